@@ -1,0 +1,132 @@
+// The op interface. The model is written once against Backend; each backend
+// (src/cpu, cuda/) holds only ops. All tensors are row-major float32 device
+// pointers unless stated; sizes are element counts.
+//
+// Convention: a forward op overwrites its output. A backward op ADDS into its
+// gradient outputs (dx += ..., dw += ...), llm.c style, so gradients that meet
+// at one tensor (residual stream, a shared KV source layer) simply accumulate.
+// The caller zeroes gradient buffers before backward.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvroute/attention.h"
+
+namespace kvroute {
+
+enum class Device { CPU, CUDA };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // ---- memory (allocations are zero-filled) ----
+  virtual void* alloc_bytes(std::size_t bytes) = 0;
+  virtual void free_bytes(void* p) = 0;
+  virtual void copy_to_device(void* dst, const void* host_src, std::size_t bytes) = 0;
+  virtual void copy_to_host(void* host_dst, const void* src, std::size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
+  virtual void fill_zero(void* p, std::size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- dense algebra ----
+  // C[M,N] = alpha * op(A) * op(B) + beta * C, where op(A) is [M,K] and op(B) is [K,N].
+  // A is stored [M,K] (or [K,M] if trans_a); B is stored [K,N] (or [N,K] if trans_b).
+  virtual void matmul(const float* A, const float* B, float* C, int M, int N, int K,
+                      bool trans_a, bool trans_b, float alpha, float beta) = 0;
+  // y += x
+  virtual void accumulate(float* y, const float* x, std::size_t n) = 0;
+  // y = a + b
+  virtual void add(float* y, const float* a, const float* b, std::size_t n) = 0;
+  // x *= s
+  virtual void scale(float* x, std::size_t n, float s) = 0;
+  // sum of x[i]^2, in double
+  virtual double sum_squares(const float* x, std::size_t n) = 0;
+
+  // ---- embedding: out[N,C] = table[ids[n], :] ----
+  virtual void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int C) = 0;
+  virtual void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int N, int C) = 0;
+
+  // ---- RMSNorm: out = x / rms(x) * w; rstd[N] saved for backward ----
+  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C,
+                               float eps) = 0;
+  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                                const float* rstd, int N, int C) = 0;
+
+  // ---- RoPE, in place on x[B,T,H,D] (rotate-half pairing: i with i+D/2), positions pos0..pos0+T-1 ----
+  virtual void rope_forward(float* x, int B, int T, int H, int D, int pos0, float theta) = 0;
+  // In place on the gradient: applies the inverse rotation.
+  virtual void rope_backward(float* dx, int B, int T, int H, int D, int pos0, float theta) = 0;
+
+  // ---- SwiGLU: out = silu(gate) * up, all [n] ----
+  virtual void swiglu_forward(float* out, const float* gate, const float* up, std::size_t n) = 0;
+  virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                               const float* up, std::size_t n) = 0;
+
+  // ---- routed causal attention (see attention.h) ----
+  virtual void attention_forward(const AttentionForward& p) = 0;
+  virtual void attention_backward(const AttentionBackward& p) = 0;
+
+  // ---- fused softmax cross-entropy over the vocabulary ----
+  // losses[n] = -log softmax(logits[n])[targets[n]]. If dlogits is non-null it receives
+  // grad_scale * (softmax - onehot); dlogits may alias logits. targets < 0 are ignored (loss 0, grad 0).
+  virtual void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* dlogits,
+                             int N, int V, float grad_scale) = 0;
+
+  // ---- AdamW on one contiguous parameter range (decoupled weight decay) ----
+  virtual void adamw_step(float* param, const float* grad, float* m, float* v, std::size_t n, float lr,
+                          float beta1, float beta2, float eps, float weight_decay, int step,
+                          float grad_scale) = 0;
+};
+
+// "cpu" or "cuda". A build without CUDA refuses "cuda" with a clear message.
+std::unique_ptr<Backend> make_backend(const std::string& name);
+bool cuda_available();
+
+// Typed owning buffer on a backend.
+template <typename T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend* be, std::size_t n) : be_(be), n_(n) {
+    ptr_ = n ? static_cast<T*>(be->alloc_bytes(n * sizeof(T))) : nullptr;
+  }
+  ~DeviceBuffer() { reset(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      be_ = o.be_; ptr_ = o.ptr_; n_ = o.n_;
+      o.ptr_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
+  void reset() {
+    if (ptr_) be_->free_bytes(ptr_);
+    ptr_ = nullptr; n_ = 0;
+  }
+  T* get() const { return ptr_; }
+  std::size_t size() const { return n_; }
+  std::size_t bytes() const { return n_ * sizeof(T); }
+  void upload(const std::vector<T>& host) { be_->copy_to_device(ptr_, host.data(), host.size() * sizeof(T)); }
+  std::vector<T> download() const {
+    std::vector<T> h(n_);
+    if (n_) be_->copy_to_host(h.data(), ptr_, bytes());
+    return h;
+  }
+
+ private:
+  Backend* be_ = nullptr;
+  T* ptr_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+}  // namespace kvroute

@@ -1,0 +1,38 @@
+// Depth-wise KV sharing strategies: a map layer -> source layer.
+// Valid when src[l] <= l for every l and src[src[l]] == src[l] (a source layer
+// keeps its own cache). Layers with src[l] == l own a KV cache.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace kvroute {
+
+struct SharingStrategy {
+  std::string name;          // as given, e.g. "cla:2"
+  std::vector<int> src;      // src[l] for l in 0..n_layers-1
+
+  int n_cache_layers() const;      // layers that keep a cache
+  double kv_fraction() const;      // n_cache_layers / n_layers
+  std::string map_string() const;  // "0,0,2,2"
+};
+
+// Parses one strategy for a model of n_layers layers:
+//   full        every layer keeps its cache
+//   cla:K       groups of K adjacent layers share the group's first cache
+//   first       every layer reads layer 0's cache
+//   half        the upper half reads the last cache layer of the lower half (YOCO-like)
+//   keep:N      N evenly spaced cache layers (layer 0 included); others read the nearest below
+//   list:a,b,.. an explicit map
+// Throws std::invalid_argument naming the problem for an unknown name or an invalid map.
+SharingStrategy parse_strategy(const std::string& spec, int n_layers);
+// Comma-separated list, where "list:..." swallows the rest of its own numbers.
+// Strategies are separated by ';' or by ',' before a letter: "full,cla:2,list:0,0,2,2,first".
+std::vector<SharingStrategy> parse_strategy_list(const std::string& specs, int n_layers);
+// Throws std::invalid_argument with the reason if src is not a valid map.
+void validate_strategy(const std::vector<int>& src, int n_layers);
+// The strategy whose cache layers are `cache_layers` (must contain 0): every other layer
+// reads the nearest cache layer below it.
+std::vector<int> strategy_from_cache_layers(const std::vector<int>& cache_layers, int n_layers);
+
+}  // namespace kvroute
