@@ -1,0 +1,293 @@
+#include "kvroute/routing.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kvroute/strategy.h"
+
+using namespace kvroute;
+
+namespace {
+
+RoutingConfig stochastic(double p, const std::string& scheme, const std::string& granularity = "sequence") {
+  RoutingConfig rc;
+  rc.mode = "stochastic";
+  rc.p = p;
+  rc.scheme = scheme;
+  rc.granularity = granularity;
+  return rc;
+}
+
+std::vector<int32_t> row(const RouteTable& t, int b) {
+  return std::vector<int32_t>(t.src.begin() + static_cast<std::ptrdiff_t>(b) * t.L,
+                              t.src.begin() + static_cast<std::ptrdiff_t>(b + 1) * t.L);
+}
+
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+constexpr uint64_t kSeed = 1234;
+
+}  // namespace
+
+// ---- table basics ----
+
+TEST(Routing, IdentityAndAccessors) {
+  RouteTable t = identity_routes(3, 5);
+  EXPECT_EQ(t.B, 3);
+  EXPECT_EQ(t.L, 5);
+  ASSERT_EQ(t.src.size(), 15u);
+  for (int b = 0; b < 3; ++b)
+    for (int l = 0; l < 5; ++l) EXPECT_EQ(t.at(b, l), l);
+  EXPECT_EQ(t.layer(4), std::vector<int32_t>({4, 4, 4}));
+  for (int s = 0; s < 5; ++s) EXPECT_TRUE(t.is_source(s));
+  EXPECT_FALSE(t.is_source(5));
+  EXPECT_THROW(t.layer(5), std::out_of_range);
+  EXPECT_THROW(t.layer(-1), std::out_of_range);
+}
+
+TEST(Routing, LayerColumnAndIsSource) {
+  RouteTable t;
+  t.B = 2;
+  t.L = 4;
+  t.src = {0, 0, 2, 2,  //
+           0, 1, 1, 1};
+  EXPECT_EQ(t.layer(0), std::vector<int32_t>({0, 0}));
+  EXPECT_EQ(t.layer(1), std::vector<int32_t>({0, 1}));
+  EXPECT_EQ(t.layer(3), std::vector<int32_t>({2, 1}));
+  EXPECT_TRUE(t.is_source(0));
+  EXPECT_TRUE(t.is_source(1));
+  EXPECT_TRUE(t.is_source(2));
+  EXPECT_FALSE(t.is_source(3));
+}
+
+TEST(Routing, FixedRoutesBroadcastTheStrategy) {
+  RouteTable t = fixed_routes(4, {0, 0, 2, 2, 4, 4});
+  EXPECT_EQ(t.B, 4);
+  EXPECT_EQ(t.L, 6);
+  for (int b = 0; b < 4; ++b) EXPECT_EQ(row(t, b), std::vector<int32_t>({0, 0, 2, 2, 4, 4}));
+  for (int s : {0, 2, 4}) EXPECT_TRUE(t.is_source(s));
+  for (int s : {1, 3, 5}) EXPECT_FALSE(t.is_source(s));
+  EXPECT_NE(error_of([] { fixed_routes(2, {0, 2, 2}); }).find("layer 1 reads layer 2"), std::string::npos);
+}
+
+// ---- modes ----
+
+TEST(Routing, ModeNoneIsIdentity) {
+  RoutingConfig rc;  // default mode none
+  rc.scheme = "whatever";  // irrelevant outside stochastic mode
+  RouteTable t = sample_routes(rc, 8, 6, kSeed, 17, 3);
+  EXPECT_EQ(t.src, identity_routes(8, 6).src);
+}
+
+TEST(Routing, ModeFixedEqualsTheStrategy) {
+  RoutingConfig rc;
+  rc.mode = "fixed";
+  for (const char* s : {"cla:2", "half", "keep:3", "first", "full"}) {
+    rc.strategy = s;
+    RouteTable t = sample_routes(rc, 5, 12, kSeed, 3, 0);
+    std::vector<int> m = parse_strategy(s, 12).src;
+    for (int b = 0; b < 5; ++b)
+      for (int l = 0; l < 12; ++l) EXPECT_EQ(t.at(b, l), m[l]) << s;
+  }
+  rc.strategy = "bogus";
+  EXPECT_NE(error_of([&] { sample_routes(rc, 2, 4, kSeed, 0, 0); }).find("unknown strategy 'bogus'"),
+            std::string::npos);
+}
+
+TEST(Routing, UnknownValuesAreNamed) {
+  RoutingConfig rc;
+  rc.mode = "sometimes";
+  EXPECT_NE(error_of([&] { sample_routes(rc, 2, 4, kSeed, 0, 0); }).find("unknown routing mode 'sometimes'"),
+            std::string::npos);
+  rc = stochastic(0.5, "skip");
+  EXPECT_NE(error_of([&] { sample_routes(rc, 2, 4, kSeed, 0, 0); }).find("unknown routing scheme 'skip'"),
+            std::string::npos);
+  rc = stochastic(0.5, "any", "token");
+  EXPECT_NE(error_of([&] { sample_routes(rc, 2, 4, kSeed, 0, 0); }).find("unknown routing granularity 'token'"),
+            std::string::npos);
+  rc = stochastic(1.5, "any");
+  EXPECT_NE(error_of([&] { sample_routes(rc, 2, 4, kSeed, 0, 0); }).find("routing p must be in [0, 1]"),
+            std::string::npos);
+}
+
+// ---- stochastic: extreme probabilities ----
+
+TEST(Routing, ZeroProbabilityIsIdentity) {
+  for (const char* scheme : {"previous", "chain", "any"})
+    for (const char* g : {"sequence", "batch"})
+      EXPECT_EQ(sample_routes(stochastic(0.0, scheme, g), 16, 12, kSeed, 5, 1).src, identity_routes(16, 12).src);
+}
+
+TEST(Routing, ProbabilityOnePrevious) {
+  RouteTable t = sample_routes(stochastic(1.0, "previous"), 16, 12, kSeed, 5, 1);
+  for (int b = 0; b < 16; ++b) {
+    EXPECT_EQ(t.at(b, 0), 0);
+    for (int l = 1; l < 12; ++l) EXPECT_EQ(t.at(b, l), l - 1);
+  }
+}
+
+TEST(Routing, ProbabilityOneChainReadsLayerZero) {
+  RouteTable t = sample_routes(stochastic(1.0, "chain"), 16, 12, kSeed, 5, 1);
+  for (int32_t s : t.src) EXPECT_EQ(s, 0);
+}
+
+TEST(Routing, ProbabilityOneAnyReadsBelow) {
+  RouteTable t = sample_routes(stochastic(1.0, "any"), 16, 12, kSeed, 5, 1);
+  for (int b = 0; b < 16; ++b) {
+    EXPECT_EQ(t.at(b, 0), 0);
+    for (int l = 1; l < 12; ++l) {
+      EXPECT_GE(t.at(b, l), 0);
+      EXPECT_LT(t.at(b, l), l);
+    }
+  }
+}
+
+// ---- stochastic: structure ----
+
+TEST(Routing, SchemeInvariantsOverManySteps) {
+  const int B = 8, L = 10;
+  for (uint64_t step = 0; step < 50; ++step) {
+    RouteTable prev = sample_routes(stochastic(0.5, "previous"), B, L, kSeed, step, 0);
+    RouteTable chain = sample_routes(stochastic(0.5, "chain"), B, L, kSeed, step, 0);
+    RouteTable any = sample_routes(stochastic(0.5, "any"), B, L, kSeed, step, 0);
+    for (int b = 0; b < B; ++b) {
+      EXPECT_EQ(prev.at(b, 0), 0);
+      EXPECT_EQ(chain.at(b, 0), 0);
+      EXPECT_EQ(any.at(b, 0), 0);
+      for (int l = 1; l < L; ++l) {
+        EXPECT_TRUE(prev.at(b, l) == l || prev.at(b, l) == l - 1);
+        EXPECT_TRUE(chain.at(b, l) == l || chain.at(b, l) == chain.at(b, l - 1));
+        EXPECT_GE(any.at(b, l), 0);
+        EXPECT_LE(any.at(b, l), l);
+      }
+      // chain always yields contiguous groups sharing the first cache: a deployable map.
+      std::vector<int32_t> r = row(chain, b);
+      EXPECT_NO_THROW(validate_strategy(std::vector<int>(r.begin(), r.end()), L));
+    }
+  }
+}
+
+TEST(Routing, AnyMayReadANonSourceLayer) {
+  // In training every layer computes its own K/V, so 'any' may route l -> s where s itself
+  // routes elsewhere; such a table is not a deployable strategy, and that is fine.
+  bool seen = false;
+  for (uint64_t step = 0; step < 20 && !seen; ++step) {
+    RouteTable t = sample_routes(stochastic(0.7, "any"), 16, 8, kSeed, step, 0);
+    for (int b = 0; b < 16; ++b)
+      for (int l = 1; l < 8; ++l)
+        if (t.at(b, t.at(b, l)) != t.at(b, l)) seen = true;
+  }
+  EXPECT_TRUE(seen);
+}
+
+// ---- determinism ----
+
+TEST(Routing, Deterministic) {
+  RoutingConfig rc = stochastic(0.5, "any");
+  RouteTable a = sample_routes(rc, 16, 12, kSeed, 42, 2);
+  RouteTable b = sample_routes(rc, 16, 12, kSeed, 42, 2);
+  EXPECT_EQ(a.src, b.src);
+  EXPECT_NE(a.src, sample_routes(rc, 16, 12, kSeed, 43, 2).src);      // other step
+  EXPECT_NE(a.src, sample_routes(rc, 16, 12, kSeed, 42, 3).src);      // other micro-batch
+  EXPECT_NE(a.src, sample_routes(rc, 16, 12, kSeed + 1, 42, 2).src);  // other seed
+}
+
+TEST(Routing, RowsDoNotDependOnBatchSize) {
+  // Sequence b's draws depend only on (seed, step, micro, b, l), not on B.
+  RoutingConfig rc = stochastic(0.5, "any");
+  RouteTable small = sample_routes(rc, 4, 12, kSeed, 9, 0);
+  RouteTable large = sample_routes(rc, 32, 12, kSeed, 9, 0);
+  for (int b = 0; b < 4; ++b) EXPECT_EQ(row(small, b), row(large, b));
+}
+
+// ---- granularity ----
+
+TEST(Routing, BatchGranularitySharesOneRow) {
+  for (const char* scheme : {"previous", "chain", "any"}) {
+    std::set<std::vector<int32_t>> first_rows;
+    for (uint64_t step = 0; step < 10; ++step) {
+      RouteTable t = sample_routes(stochastic(0.5, scheme, "batch"), 32, 12, kSeed, step, 0);
+      for (int b = 1; b < 32; ++b) EXPECT_EQ(row(t, b), row(t, 0)) << scheme;
+      first_rows.insert(row(t, 0));
+    }
+    EXPECT_GT(first_rows.size(), 1u) << scheme << ": the shared row should change between steps";
+  }
+}
+
+TEST(Routing, SequenceGranularityRowsDiffer) {
+  for (const char* scheme : {"previous", "chain", "any"}) {
+    RouteTable t = sample_routes(stochastic(0.5, scheme, "sequence"), 64, 12, kSeed, 7, 0);
+    std::set<std::vector<int32_t>> rows;
+    for (int b = 0; b < 64; ++b) rows.insert(row(t, b));
+    EXPECT_GT(rows.size(), 32u) << scheme;
+  }
+}
+
+// ---- statistics ----
+
+TEST(Routing, RoutingFrequencyMatchesP) {
+  const double p = 0.3;
+  const int B = 64, L = 12;
+  for (const char* g : {"sequence", "batch"}) {
+    const int steps = g == std::string("sequence") ? 200 : 2000;
+    long routed = 0, total = 0;
+    std::vector<long> per_layer(L, 0);
+    for (int step = 0; step < steps; ++step) {
+      RouteTable t = sample_routes(stochastic(p, "previous", g), B, L, kSeed, step, step % 3);
+      for (int b = 0; b < B; ++b)
+        for (int l = 1; l < L; ++l) {
+          bool r = t.at(b, l) != l;
+          routed += r;
+          per_layer[l] += r;
+          ++total;
+        }
+    }
+    EXPECT_NEAR(static_cast<double>(routed) / total, p, 0.02) << g;
+    for (int l = 1; l < L; ++l)
+      EXPECT_NEAR(static_cast<double>(per_layer[l]) / (total / (L - 1)), p, 0.04) << g << " layer " << l;
+  }
+}
+
+TEST(Routing, DecisionsOfNeighbouringLayersAreIndependent) {
+  // With 'previous', P(l routes and l+1 routes) should be p^2.
+  const double p = 0.5;
+  long both = 0, pairs = 0;
+  for (int step = 0; step < 200; ++step) {
+    RouteTable t = sample_routes(stochastic(p, "previous"), 64, 12, kSeed, step, 0);
+    for (int b = 0; b < 64; ++b)
+      for (int l = 1; l + 1 < 12; ++l) {
+        both += t.at(b, l) != l && t.at(b, l + 1) != l + 1;
+        ++pairs;
+      }
+  }
+  EXPECT_NEAR(static_cast<double>(both) / pairs, p * p, 0.02);
+}
+
+TEST(Routing, AnyIsUniformBelow) {
+  const int B = 64, L = 8, steps = 500;
+  std::vector<std::vector<long>> counts(L, std::vector<long>(L, 0));
+  for (int step = 0; step < steps; ++step) {
+    RouteTable t = sample_routes(stochastic(1.0, "any"), B, L, kSeed, step, 0);
+    for (int b = 0; b < B; ++b)
+      for (int l = 1; l < L; ++l) ++counts[l][t.at(b, l)];
+  }
+  const double n = static_cast<double>(B) * steps;
+  for (int l = 2; l < L; ++l) {
+    double expected = n / l, chi2 = 0;
+    for (int s = 0; s < l; ++s) chi2 += (counts[l][s] - expected) * (counts[l][s] - expected) / expected;
+    // l-1 degrees of freedom (at most 6); 40 is far beyond any plausible fluctuation.
+    EXPECT_LT(chi2, 40.0) << "layer " << l;
+  }
+}
