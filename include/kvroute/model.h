@@ -1,0 +1,111 @@
+// Decoder-only transformer: pre-norm RMSNorm, RoPE, grouped-query attention
+// with stochastic KV routing, SwiGLU MLP, tied or untied output head.
+// Written once against the Backend op interface; forward and backward live
+// side by side in src/model.cpp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvroute/backend.h"
+#include "kvroute/config.h"
+#include "kvroute/routing.h"
+
+namespace kvroute {
+
+// A named view into the single contiguous parameter buffer.
+struct ParamTensor {
+  std::string name;          // e.g. "layers/3/attn/wq"
+  std::vector<int> shape;    // [out, in] for matrices
+  std::size_t offset = 0;    // in floats, into the parameter buffer
+  std::size_t numel = 0;
+  bool weight_decay = false; // matrices decay; norm gains do not
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& cfg, Backend* backend);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend* backend() const { return be_; }
+  int head_dim() const { return cfg_.d_model / cfg_.n_heads; }
+
+  // ---- parameters: one buffer, named views ----
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  const ParamTensor& tensor(const std::string& name) const;
+  std::size_t num_params() const { return n_params_; }
+  float* params() { return params_.get(); }
+  float* grads() { return grads_.get(); }
+  // Normal(0, init_std) matrices (output projections scaled by 1/sqrt(2 n_layers)), unit norm gains.
+  void init_weights(uint64_t seed);
+  std::vector<float> params_to_host() const { return params_.download(); }
+  std::vector<float> grads_to_host() const { return grads_.download(); }
+  void params_from_host(const std::vector<float>& host);
+  void zero_grads();
+
+  // ---- forward / backward ----
+  // tokens, targets: host arrays [B*T]. Routes: [B][n_layers]. Returns the mean
+  // cross-entropy over targets >= 0. With targets == nullptr only logits are computed.
+  float forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes);
+  // Same forward, then backward: grads += d(loss * loss_scale)/d(params).
+  // Activations are kept only for this call's backward.
+  float forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
+                         const RouteTable& routes, float loss_scale);
+  // Logits [B*T, vocab] of the last forward (device memory); valid until the next call.
+  const float* logits() const { return act_.logits.get(); }
+
+  // Number of K/V projections computed by forward since construction (for tests:
+  // a layer that is no sequence's source computes none).
+  long kv_projections() const { return kv_projections_; }
+  // Bytes of activation memory held for the current (B, T).
+  std::size_t activation_bytes() const;
+
+ private:
+  // Offsets (in floats) of one layer's tensors in the parameter buffer.
+  struct LayerOffsets {
+    std::size_t attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down;
+  };
+  float run_forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes,
+                    bool keep_grad, float loss_scale);
+  void run_backward(int B, int T, const RouteTable& routes);
+  void ensure_activations(int B, int T);
+  const float* W(std::size_t off) const { return params_.get() + off; }
+  float* dW(std::size_t off) { return grads_.get() + off; }
+  std::size_t add_tensor(const std::string& name, std::vector<int> shape, bool decay);
+
+  ModelConfig cfg_;
+  Backend* be_;
+  std::vector<ParamTensor> tensors_;
+  std::size_t n_params_ = 0;
+  DeviceBuffer<float> params_, grads_;
+  std::vector<LayerOffsets> layers_;
+  std::size_t off_embed_ = 0, off_final_norm_ = 0, off_head_ = 0;
+
+  struct Activations {
+    int B = 0, T = 0;
+    DeviceBuffer<int32_t> tokens, targets;
+    DeviceBuffer<float> resid;      // [L+1][N,C] residual stream entering each layer (+ final)
+    DeviceBuffer<float> resid_mid;  // [L][N,C] after attention
+    DeviceBuffer<float> ln1, ln2;   // [L][N,C]
+    DeviceBuffer<float> rstd1, rstd2;  // [L][N]
+    DeviceBuffer<float> q, att;     // [L][N,H*D]
+    DeviceBuffer<float> k, v;       // [L][N,Hkv*D]
+    DeviceBuffer<float> lse;        // [L][B,H,T]
+    DeviceBuffer<float> gate, up, act;  // [L][N,F]
+    DeviceBuffer<float> lnf, rstdf; // [N,C], [N]
+    DeviceBuffer<float> logits;     // [N,V], becomes dlogits in training
+    DeviceBuffer<float> losses;     // [N]
+    // backward scratch
+    DeviceBuffer<float> dresid, dln;        // [N,C]
+    DeviceBuffer<float> datt, dq;           // [N,H*D]
+    DeviceBuffer<float> dk, dv;             // [L][N,Hkv*D]
+    DeviceBuffer<float> dact, dgate, dup;   // [N,F]
+  } act_;
+  long kv_projections_ = 0;
+};
+
+}  // namespace kvroute

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job: set up, fetch the default corpus, train a small model with
+# stochastic KV routing, then compare KV-sharing strategies on it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/data.sh
+build/kvroute train configs/tiny.yaml "$@"
+build/kvroute eval runs/tiny/model.h5 --strategies full,cla:2,cla:3,half,keep:2,first

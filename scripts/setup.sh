@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs every Debian package kvroute needs (idempotent), then configures and
+# builds. Usage: scripts/setup.sh [preset]   (presets: default, cpu, cuda, asan;
+# default builds the CUDA backend too when nvcc is found)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(build-essential cmake ninja-build pkg-config
+  libyaml-cpp-dev libcli11-dev libhdf5-dev libopenmpi-dev openmpi-bin libdnnl-dev
+  libgtest-dev libgmock-dev libsentencepiece-dev bible-kjv gnuplot-nox)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PRESET="${1:-${KVROUTE_PRESET:-default}}"
+cmake --preset "$PRESET" >/dev/null
+cmake --build --preset "$PRESET" -j "$(nproc)"

@@ -1,0 +1,11 @@
+// Each subcommand of the `kvroute` binary registers itself on the CLI11 app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvroute::cli {
+
+void add_train_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+
+}  // namespace kvroute::cli

@@ -1,0 +1,59 @@
+#include "kvroute/run_log.h"
+
+#include <unistd.h>
+
+#include <cmath>
+#include <iostream>
+#include <sstream>
+
+namespace kvroute {
+
+RunLog::RunLog(const std::string& run_dir)
+    : log_(run_dir + "/train.log", std::ios::app), jsonl_(run_dir + "/metrics.jsonl", std::ios::app),
+      tty_(::isatty(STDOUT_FILENO) == 1) {
+  if (!log_ || !jsonl_) throw std::runtime_error("cannot write logs into run directory '" + run_dir + "'");
+}
+
+void RunLog::line(const std::string& text) {
+  if (bar_shown_) std::cout << "\r\033[K";
+  bar_shown_ = false;
+  std::cout << text << std::endl;
+  log_ << text << std::endl;
+}
+
+void RunLog::progress(const std::string& text) {
+  if (!tty_) return;
+  std::cout << "\r\033[K" << text << std::flush;
+  bar_shown_ = true;
+}
+
+void RunLog::metrics(const std::vector<std::pair<std::string, double>>& fields,
+                     const std::vector<std::pair<std::string, std::string>>& strings) {
+  std::ostringstream os;
+  os.precision(8);
+  os << "{";
+  bool first = true;
+  for (const auto& [k, v] : fields) {
+    os << (first ? "" : ", ") << '"' << k << "\": ";
+    if (std::isfinite(v)) os << v; else os << "null";
+    first = false;
+  }
+  for (const auto& [k, v] : strings) {
+    os << (first ? "" : ", ") << '"' << k << "\": \"" << v << '"';
+    first = false;
+  }
+  os << "}";
+  jsonl_ << os.str() << std::endl;
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  long s = static_cast<long>(seconds + 0.5);
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  else std::snprintf(buf, sizeof buf, "%lds", s);
+  return buf;
+}
+
+}  // namespace kvroute

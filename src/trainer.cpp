@@ -1,0 +1,217 @@
+#include "kvroute/trainer.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <unordered_map>
+
+#include "kvroute/checkpoint.h"
+#include "kvroute/data.h"
+#include "kvroute/model.h"
+#include "kvroute/optimizer.h"
+#include "kvroute/routing.h"
+#include "kvroute/run_log.h"
+
+namespace kvroute {
+
+namespace fs = std::filesystem;
+
+double validation_loss(Model& model, const std::vector<int32_t>& val_tokens, int B, int T, int n_batches,
+                       const std::vector<int>& src) {
+  const RouteTable routes = fixed_routes(B, src);
+  double sum = 0;
+  for (int i = 0; i < n_batches; ++i) {
+    const Batch b = val_batch(val_tokens, B, T, i, n_batches);
+    sum += model.forward(b.inputs.data(), b.targets.data(), B, T, routes);
+  }
+  return sum / n_batches;
+}
+
+namespace {
+
+std::string fmt(const char* f, double a) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, a);
+  return buf;
+}
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
+  return buf;
+}
+
+// Keeps the newest `keep` periodic checkpoints in dir (named step_*.h5).
+void rotate_checkpoints(const fs::path& dir, int keep) {
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().starts_with("step_") && e.path().extension() == ".h5") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  for (std::size_t i = 0; i + keep < files.size(); ++i) fs::remove(files[i]);
+}
+
+std::string save_step_checkpoint(const fs::path& run_dir, const Model& model, const Config& cfg, long step) {
+  const fs::path dir = run_dir / "checkpoints";
+  fs::create_directories(dir);
+  char name[32];
+  std::snprintf(name, sizeof name, "step_%08ld.h5", step);
+  const fs::path path = dir / name;
+  save_checkpoint(path.string(), model, cfg, step);
+  // "latest" names the newest complete checkpoint; it is replaced atomically.
+  const fs::path tmp = dir / "latest.tmp";
+  { std::ofstream(tmp) << name << "\n"; }
+  fs::rename(tmp, dir / "latest");
+  rotate_checkpoints(dir, cfg.train.checkpoint.keep_last);
+  return path.string();
+}
+
+}  // namespace
+
+double unigram_entropy(const std::vector<int32_t>& tokens) {
+  std::unordered_map<int32_t, std::size_t> counts;
+  for (int32_t t : tokens) ++counts[t];
+  double h = 0;
+  for (const auto& [tok, n] : counts) {
+    const double p = double(n) / tokens.size();
+    h -= p * std::log(p);
+  }
+  return h;
+}
+
+TrainResult train(const Config& cfg) {
+  const TrainConfig& tc = cfg.train;
+  if (tc.threads > 0) omp_set_num_threads(tc.threads);
+  auto backend = make_backend(tc.backend);
+  const Corpus corpus = load_corpus(cfg.data);
+  if (corpus.vocab_size != cfg.model.vocab_size)
+    throw std::runtime_error("model.vocab_size is " + std::to_string(cfg.model.vocab_size) + " but tokenizer '" +
+                             corpus.tokenizer + "' has " + std::to_string(corpus.vocab_size) + " tokens");
+  const int B = tc.batch_size, T = tc.seq_len, L = cfg.model.n_layers;
+  if (corpus.val.size() < static_cast<std::size_t>(T) + 1)
+    throw std::runtime_error("validation split has only " + std::to_string(corpus.val.size()) +
+                             " tokens; need at least seq_len + 1 = " + std::to_string(T + 1));
+  if (cfg.routing.mode == "fixed") sample_routes(cfg.routing, 1, L, 0, 0, 0);  // validates the strategy early
+
+  const fs::path run_dir = tc.out_dir;
+  fs::create_directories(run_dir);
+  { std::ofstream(run_dir / "config.yaml") << to_yaml(cfg); }
+  RunLog log(run_dir.string());
+
+  Model model(cfg.model, backend.get());
+  model.init_weights(static_cast<uint64_t>(tc.seed));
+  if (!cfg.model.init_from.empty()) {
+    load_weights(cfg.model.init_from, model);
+    log.line("initialised weights from " + cfg.model.init_from);
+  }
+  AdamW opt(tc, model);
+
+  const double tokens_per_step = double(B) * T * tc.grad_accum;
+  log.line("kvroute " KVROUTE_VERSION " | backend " + backend->name() + " | threads " +
+           std::to_string(omp_get_max_threads()) + " | run dir " + run_dir.string());
+  log.line("model: " + std::to_string(L) + " layers, d_model " + std::to_string(cfg.model.d_model) + ", heads " +
+           std::to_string(cfg.model.n_heads) + "/" + std::to_string(cfg.model.n_kv_heads) + " kv, vocab " +
+           std::to_string(cfg.model.vocab_size) + ", " + fmt("%.2fM", model.num_params() / 1e6) + " parameters");
+  log.line("routing: mode " + cfg.routing.mode +
+           (cfg.routing.mode == "stochastic"
+                ? ", p " + fmt("%g", cfg.routing.p) + ", scheme " + cfg.routing.scheme + ", per " + cfg.routing.granularity
+                : cfg.routing.mode == "fixed" ? ", strategy " + cfg.routing.strategy : std::string()));
+  log.line("data: " + std::to_string(corpus.train.size()) + " train / " + std::to_string(corpus.val.size()) +
+           " val tokens (" + corpus.tokenizer + "), unigram entropy " + fmt("%.3f", unigram_entropy(corpus.train)) +
+           " nats; " + fmt("%.0f", tokens_per_step) + " tokens per step");
+  {
+    // Run one tiny forward so activation buffers exist, then report memory.
+    const std::size_t pbytes = model.num_params() * sizeof(float);
+    const Batch probe = train_batch(corpus.train, B, T, tc.seed, 0, 0);
+    model.forward(probe.inputs.data(), nullptr, B, T, identity_routes(B, L));
+    log.line("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", AdamW state " +
+             human_bytes(2.0 * pbytes) + ", activations " + human_bytes(model.activation_bytes()) +
+             " (B=" + std::to_string(B) + ", T=" + std::to_string(T) + ")");
+  }
+
+  std::vector<int> full(L);
+  for (int l = 0; l < L; ++l) full[l] = l;
+
+  TrainResult result;
+  result.run_dir = run_dir.string();
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  auto t_interval = t0;
+  double interval_tokens = 0;
+  for (long step = 1; step <= tc.steps; ++step) {
+    model.zero_grads();
+    double loss = 0;
+    for (int micro = 0; micro < tc.grad_accum; ++micro) {
+      const Batch b = train_batch(corpus.train, B, T, tc.seed, step, micro);
+      const RouteTable routes = sample_routes(cfg.routing, B, L, tc.seed, step, micro);
+      loss += model.forward_backward(b.inputs.data(), b.targets.data(), B, T, routes, 1.f / tc.grad_accum);
+    }
+    loss /= tc.grad_accum;
+    const double lr = learning_rate(tc, step);
+    const double norm = opt.grad_norm();
+    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      const std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
+                               " at step " + std::to_string(step);
+      if (tc.on_nonfinite == "skip") {
+        log.line(what + ": step skipped (train.on_nonfinite=skip)");
+        result.losses.push_back(static_cast<float>(loss));
+        continue;
+      }
+      throw std::runtime_error(what + "; stopping (the last checkpoint is kept; set train.on_nonfinite=skip to skip such steps)");
+    }
+    opt.step(lr);
+    result.losses.push_back(static_cast<float>(loss));
+    interval_tokens += tokens_per_step;
+
+    const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
+    const double eta = elapsed / step * (tc.steps - step);
+    if (step % tc.log_interval == 0 || step == tc.steps || step == 1) {
+      const double dt = std::chrono::duration<double>(clock::now() - t_interval).count();
+      const double tok_s = interval_tokens / std::max(dt, 1e-9);
+      char line[256];
+      std::snprintf(line, sizeof line,
+                    "step %6ld/%ld | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | elapsed %s | eta %s",
+                    step, static_cast<long>(tc.steps), loss, lr, norm, tok_s, format_duration(elapsed).c_str(),
+                    format_duration(eta).c_str());
+      log.line(line);
+      log.metrics({{"step", double(step)}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tok_s},
+                   {"elapsed_s", elapsed}});
+      t_interval = clock::now();
+      interval_tokens = 0;
+    } else {
+      const int width = 30;
+      const int filled = static_cast<int>(width * double(step) / tc.steps);
+      log.progress("[" + std::string(filled, '#') + std::string(width - filled, ' ') + "] step " +
+                   std::to_string(step) + "/" + std::to_string(tc.steps) + " loss " + fmt("%.4f", loss) + " eta " +
+                   format_duration(eta));
+    }
+    if (tc.eval_interval > 0 && step % tc.eval_interval == 0 && step != tc.steps) {
+      const double vl = validation_loss(model, corpus.val, B, T, tc.eval_batches, full);
+      log.line("eval step " + std::to_string(step) + " | val loss " + fmt("%.4f", vl) + " | ppl " + fmt("%.2f", std::exp(vl)));
+      log.metrics({{"step", double(step)}, {"val_loss", vl}});
+    }
+    if (tc.checkpoint.interval > 0 && step % tc.checkpoint.interval == 0 && step != tc.steps)
+      save_step_checkpoint(run_dir, model, cfg, step);
+  }
+  result.steps = tc.steps;
+  result.val_loss = validation_loss(model, corpus.val, B, T, tc.eval_batches, full);
+  log.line("final | val loss " + fmt("%.4f", result.val_loss) + " | ppl " + fmt("%.2f", std::exp(result.val_loss)) +
+           " | " + format_duration(std::chrono::duration<double>(clock::now() - t0).count()));
+  log.metrics({{"step", double(tc.steps)}, {"val_loss", result.val_loss}});
+  result.final_checkpoint = save_step_checkpoint(run_dir, model, cfg, tc.steps);
+  const fs::path final_path = run_dir / "model.h5";
+  save_checkpoint(final_path.string(), model, cfg, tc.steps);
+  result.final_checkpoint = final_path.string();
+  log.line("saved " + final_path.string());
+  return result;
+}
+
+}  // namespace kvroute
