@@ -36,7 +36,7 @@ void add_eval_command(CLI::App& app) {
     const int nb = batches > 0 ? batches : cfg.train.eval_batches;
     const int T = cfg.train.seq_len;
     std::cout << "checkpoint " << ckpt << " (step " << info.step << ", " << L << " layers, routing "
-              << cfg.routing.mode << (cfg.routing.mode == "stochastic" ? " p=" + std::to_string(cfg.routing.p) : "")
+              << cfg.routing.mode << (cfg.routing.mode == "stochastic" ? " p=" + std::to_string(cfg.routing.p).substr(0, 4) : "")
               << "), " << nb << " x " << B << " x " << T << " validation tokens\n\n";
     const auto results = evaluate_strategies(model, corpus.val, list, B, T, nb);
     std::cout << strategy_table_markdown(results);

@@ -1,0 +1,121 @@
+// End-to-end tests of the `kvroute` binary: train a tiny model on a small text
+// file, then evaluate sharing strategies on its checkpoint; bad input gives a
+// clear message and a non-zero exit, never a crash.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+namespace {
+
+struct Result {
+  int status = -1;
+  std::string output;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(KVROUTE_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(pipe);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    // One directory per process: ctest runs each test as its own process, in parallel.
+    dir_ = fs::path(::testing::TempDir()) / ("kvroute_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream text(dir_ / "corpus.txt");
+    for (int i = 0; i < 400; ++i)
+      text << "In the beginning " << i % 7 << " the quick brown fox jumps over the lazy dog.\n";
+    std::ofstream cfg(dir_ / "tiny.yaml");
+    cfg << "model: {vocab_size: 256, d_model: 32, n_layers: 4, n_heads: 2, n_kv_heads: 1, d_ff: 64, context: 32}\n"
+        << "routing: {mode: stochastic, p: 0.5, scheme: any}\n"
+        << "train: {batch_size: 4, seq_len: 32, steps: 30, lr: 0.01, warmup_steps: 5, log_interval: 10,\n"
+        << "        eval_batches: 2, out_dir: " << (dir_ / "run").string() << "}\n"
+        << "data: {train_path: " << (dir_ / "corpus.txt").string() << "}\n";
+  }
+  static std::string cfg() { return (dir_ / "tiny.yaml").string(); }
+  static fs::path dir_;
+};
+fs::path Cli::dir_;
+
+}  // namespace
+
+TEST_F(Cli, TrainThenEvalPrintsStrategyTable) {
+  const Result t = run("train " + cfg());
+  ASSERT_EQ(t.status, 0) << t.output;
+  EXPECT_THAT(t.output, HasSubstr("step     30/30"));
+  EXPECT_THAT(t.output, HasSubstr("final | val loss"));
+  for (const char* f : {"model.h5", "config.yaml", "metrics.jsonl", "train.log", "checkpoints/latest"})
+    EXPECT_TRUE(fs::exists(dir_ / "run" / f)) << f;
+  std::ifstream saved(dir_ / "run" / "config.yaml");
+  std::string yaml((std::istreambuf_iterator<char>(saved)), {});
+  EXPECT_THAT(yaml, HasSubstr("stochastic"));
+
+  const Result e = run("eval " + (dir_ / "run" / "model.h5").string() + " --strategies full,cla:2,first,list:0,0,2,2");
+  ASSERT_EQ(e.status, 0) << e.output;
+  EXPECT_THAT(e.output, HasSubstr("| strategy |"));
+  EXPECT_THAT(e.output, HasSubstr("| cla:2 | 0,0,2,2 | 2/4 | 50.0% |"));
+  EXPECT_THAT(e.output, HasSubstr("| first | 0,0,0,0 | 1/4 | 25.0% |"));
+
+  const Result bad = run("eval " + (dir_ / "run" / "model.h5").string() + " --strategies list:0,1,1,2");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_THAT(bad.output, HasSubstr("layer 3 reads layer 2"));
+  const Result unknown = run("eval " + (dir_ / "run" / "model.h5").string() + " --strategies yoco");
+  EXPECT_NE(unknown.status, 0);
+  EXPECT_THAT(unknown.output, HasSubstr("unknown strategy 'yoco'"));
+}
+
+TEST_F(Cli, DumpConfigShowsOverrides) {
+  const Result r = run("train " + cfg() + " --set routing.p=0.25 --dump-config");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("p: 0.25"));
+}
+
+TEST_F(Cli, ConfigErrorsNameTheKey) {
+  const Result typo = run("train " + cfg() + " --set model.d_modl=64");
+  EXPECT_EQ(typo.status, 1);
+  EXPECT_THAT(typo.output, HasSubstr("model.d_modl"));
+  EXPECT_THAT(typo.output, HasSubstr("did you mean 'model.d_model'"));
+  const Result range = run("train " + cfg() + " --set routing.p=1.5");
+  EXPECT_EQ(range.status, 1);
+  EXPECT_THAT(range.output, HasSubstr("routing.p"));
+  const Result gqa = run("train " + cfg() + " --set model.n_kv_heads=3");
+  EXPECT_EQ(gqa.status, 1);
+  EXPECT_THAT(gqa.output, HasSubstr("n_kv_heads"));
+}
+
+TEST_F(Cli, BadDataAndCheckpointsAreRefused) {
+  const Result missing = run("train " + cfg() + " --set data.train_path=/nonexistent/file.txt");
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_THAT(missing.output, HasSubstr("/nonexistent/file.txt"));
+  const Result strategy = run("train " + cfg() + " --set routing.mode=fixed --set routing.strategy=cla:0");
+  EXPECT_EQ(strategy.status, 1);
+  EXPECT_THAT(strategy.output, HasSubstr("cla:0"));
+  std::ofstream(dir_ / "garbage.h5") << "not a checkpoint";
+  const Result garbage = run("eval " + (dir_ / "garbage.h5").string());
+  EXPECT_EQ(garbage.status, 1);
+  EXPECT_THAT(garbage.output, HasSubstr("garbage.h5"));
+  const Result absent = run("eval " + (dir_ / "absent.h5").string());
+  EXPECT_EQ(absent.status, 1);
+  EXPECT_THAT(absent.output, HasSubstr("does not exist"));
+}
