@@ -1,0 +1,14 @@
+// Constructors of the communicator implementations (see include/kvroute/comm.h).
+#pragma once
+
+#include "kvroute/comm.h"
+
+namespace kvroute {
+
+std::unique_ptr<Communicator> make_single_process_communicator();
+std::unique_ptr<Communicator> make_mpi_communicator();
+#ifdef KVROUTE_WITH_CUDA
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int world, int local_rank);  // cuda/
+#endif
+
+}  // namespace kvroute

@@ -1,0 +1,47 @@
+// Picks the communicator: MPI or NCCL under a launcher, else a single process.
+#include <mpi.h>
+
+#include <cstdlib>
+
+#include "comm_impl.h"
+#include "kvroute/backend.h"
+
+namespace kvroute {
+
+bool launched_under_mpi() {
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PROCID"})
+    if (std::getenv(var)) return true;
+  return false;
+}
+
+namespace {
+bool g_mpi_initialised_here = false;
+}
+
+std::unique_ptr<Communicator> make_communicator(Backend& backend) {
+  if (!launched_under_mpi()) return make_single_process_communicator();
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (!initialised) {
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+    g_mpi_initialised_here = true;
+    // Errors come back as codes (turned into exceptions) instead of aborting silently.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  }
+  auto mpi = make_mpi_communicator();
+  if (backend.device() == Device::CUDA) {
+#ifdef KVROUTE_WITH_CUDA
+    return make_nccl_communicator(mpi->rank(), mpi->world_size(), mpi->local_rank());
+#endif
+  }
+  return mpi;
+}
+
+void finalize_communication() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (g_mpi_initialised_here && !finalized) MPI_Finalize();
+}
+
+}  // namespace kvroute
