@@ -1,0 +1,554 @@
+// Routed causal attention, flash style, fp32. No [Tq, Tk] matrix ever reaches
+// global memory: scores live in registers and one [32 x 32] shared tile.
+//
+// Routing: sequence b reads K/V of its source layer src[b]. src, k_layers and
+// v_layers are HOST arrays, so the host gathers the per-sequence base pointers
+// (k_layers[src[b]] + b * seq_stride, likewise V, dK, dV) into a small table,
+// copies it to the device in stream order (CudaBackend::upload_pointers) and
+// the kernels index that table by b.
+//
+// Tiling: 128 threads handle a 32 x 32 tile of (query, key) pairs; thread t
+// owns tile row t/4 and the 8 columns (t%4) + 4c, so the 4 threads sharing a
+// row are adjacent lanes of one warp and row reductions are two xor shuffles.
+// Shared tiles are padded to DM+1 floats per row (no bank conflicts).
+// head_dim D <= 128 runs in a kernel instantiated for DM in {32, 64, 128}
+// (the smallest DM >= D); columns D..DM-1 of every tile are zero, which leaves
+// every dot product exact, and are never written back.
+//
+// Forward (one block per (query tile, head, sequence)): online softmax over
+// key tiles, keeping running max m, running sum l and the unnormalised output
+// in registers; out = acc / l, lse = m + log(l).
+//
+// Backward, with P = exp(scale q.k - lse), Di = dout_i . out_i,
+// dS = P (dout_i . v_j - Di):
+//   delta kernel   Di for every (b, h, i), one warp per row.
+//   dQ kernel      one block per (query tile, head, sequence), looping over key
+//                  tiles: dq_i += scale * sum_j dS_ij k_j.
+//   dK/dV kernel   one block per (key tile, kv head, sequence), looping over the
+//                  query heads of its GQA group and the query tiles that can see
+//                  the key tile: dv_j += sum_i P_ij dout_i,
+//                  dk_j += scale * sum_i dS_ij q_i.
+// Determinism without atomics: every dq element is owned by one thread of one
+// dQ block, and every dK/dV element of (b, kv head, key tile) by one thread of
+// one dK/dV block; sequences b != b' write disjoint slices (offset b * stride)
+// even when they share a source layer, and separate attention_backward calls
+// (layers routing into the same source) are ordered by the stream. All sums run
+// in a fixed order, so results are bitwise reproducible.
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda_backend.h"
+
+namespace kvroute {
+namespace {
+
+constexpr int kBQ = 32;                 // queries per tile
+constexpr int kBK = 32;                 // keys per tile
+constexpr int kLanes = 4;               // threads per tile row
+constexpr int kThreads = kBQ * kLanes;  // 128
+constexpr int kCols = kBK / kLanes;     // tile columns per thread
+constexpr int kMaxHeadDim = 128;
+constexpr unsigned kFullMask = 0xffffffffu;
+static_assert(kBQ == kBK, "the dK/dV kernel uses the same thread layout with rows and columns swapped");
+
+struct Dims {
+  int B, Tq, Tk, H, Hkv, D, group, q_pos0;
+  float scale;
+  int q_row;   // elements between time steps in q/out/dq: H * D
+  int kv_row;  // elements between time steps in K/V: Hkv * D
+};
+
+__device__ __forceinline__ std::size_t q_offset(const Dims& a, int b, int i, int h) {
+  return (static_cast<std::size_t>(b) * a.Tq + i) * a.q_row + static_cast<std::size_t>(h) * a.D;
+}
+__device__ __forceinline__ std::size_t lse_offset(const Dims& a, int b, int h, int i) {
+  return (static_cast<std::size_t>(b) * a.H + h) * a.Tq + i;
+}
+
+// dst[r][c] (row pitch DM+1) = src[r * stride + c] for r < n_rows and c < D, else 0; 32 rows.
+template <int DM>
+__device__ __forceinline__ void load_tile(float* dst, const float* src, int stride, int n_rows, int D) {
+  constexpr int DP = DM + 1;
+  for (int idx = threadIdx.x; idx < 32 * DM; idx += kThreads) {
+    const int r = idx / DM;
+    const int c = idx % DM;
+    dst[r * DP + c] = (r < n_rows && c < D) ? src[static_cast<std::size_t>(r) * stride + c] : 0.f;
+  }
+}
+
+template <int DM>
+constexpr std::size_t forward_smem_bytes() {
+  return sizeof(float) * (2 * 32 * (DM + 1) + kBQ * (kBK + 1));
+}
+template <int DM>
+constexpr std::size_t dq_smem_bytes() {
+  return sizeof(float) * (4 * 32 * (DM + 1) + kBQ * (kBK + 1));
+}
+template <int DM>
+constexpr std::size_t dkdv_smem_bytes() {
+  return sizeof(float) * (4 * 32 * (DM + 1) + 2 * kBK * (kBQ + 1) + 2 * kBQ);
+}
+
+// table: [K base of b = 0..B-1, V base of b = 0..B-1]. grid: (ceil(Tq / kBQ), H, B).
+template <int DM>
+__global__ void __launch_bounds__(kThreads)
+    attention_forward_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+                             float* __restrict__ out, float* __restrict__ lse) {
+  constexpr int DP = DM + 1;
+  constexpr int kAcc = DM / kLanes;
+  extern __shared__ float smem[];
+  float* sQ = smem;              // [kBQ][DP]
+  float* sKV = sQ + kBQ * DP;    // [kBK][DP]: K of the tile, then V
+  float* sP = sKV + kBK * DP;    // [kBQ][kBK + 1]: probabilities of the tile
+
+  const int row = threadIdx.x / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  const int q0 = blockIdx.x * kBQ;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int kv_head = h / a.group;
+  const float* K = table[b] + kv_head * a.D;
+  const float* V = table[a.B + b] + kv_head * a.D;
+
+  const int nq = min(kBQ, a.Tq - q0);
+  const int qi = q0 + row;
+  const bool row_valid = row < nq;
+  const int visible = min(a.Tk, a.q_pos0 + qi + 1);       // this row sees keys [0, visible)
+  const int block_keys = min(a.Tk, a.q_pos0 + q0 + nq);   // the last row of the block sees the most
+
+  load_tile<DM>(sQ, q + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+
+  float m = -INFINITY;
+  float l = 0.f;
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
+
+  for (int k0 = 0; k0 < block_keys; k0 += kBK) {
+    const int nk = min(kBK, block_keys - k0);
+    __syncthreads();  // everyone is done with the previous V tile and sP (and sQ is loaded)
+    load_tile<DM>(sKV, K + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, nk, a.D);
+    __syncthreads();
+
+    float s[kCols];
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) s[t] = 0.f;
+#pragma unroll 4
+    for (int d = 0; d < DM; ++d) {
+      const float qd = sQ[row * DP + d];
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) s[t] += qd * sKV[(lane + kLanes * t) * DP + d];
+    }
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) {
+      const int j = k0 + lane + kLanes * t;
+      s[t] = (row_valid && j < visible) ? s[t] * a.scale : -INFINITY;
+      tile_max = fmaxf(tile_max, s[t]);
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(kFullMask, tile_max, 2));
+    const float m_new = fmaxf(m, tile_max);
+    float alpha = 1.f;
+    float psum = 0.f;
+    if (m_new != -INFINITY) {
+      alpha = expf(m - m_new);  // 0 while m is still -inf
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) {
+        s[t] = s[t] == -INFINITY ? 0.f : expf(s[t] - m_new);
+        psum += s[t];
+      }
+    } else {  // nothing visible to this row yet (only padding rows)
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) s[t] = 0.f;
+    }
+    psum += __shfl_xor_sync(kFullMask, psum, 1);
+    psum += __shfl_xor_sync(kFullMask, psum, 2);
+    l = l * alpha + psum;
+    m = m_new;
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) sP[row * (kBK + 1) + lane + kLanes * t] = s[t];
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) acc[i] *= alpha;
+
+    __syncthreads();  // K reads done, sP complete
+    load_tile<DM>(sKV, V + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, nk, a.D);
+    __syncthreads();
+#pragma unroll 4
+    for (int c = 0; c < kBK; ++c) {
+      const float pc = sP[row * (kBK + 1) + c];
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) acc[i] += pc * sKV[c * DP + lane + kLanes * i];
+    }
+  }
+
+  if (row_valid) {
+    float* o = out + q_offset(a, b, qi, h);
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) {
+      const int d = lane + kLanes * i;
+      if (d < a.D) o[d] = acc[i] / l;
+    }
+    if (lse && lane == 0) lse[lse_offset(a, b, h, qi)] = m + logf(l);
+  }
+}
+
+// delta[b, h, i] = dot(dout[b, i, h, :], out[b, i, h, :]); one warp per row of [B, Tq, H].
+__global__ void attention_delta_kernel(Dims a, const float* __restrict__ out, const float* __restrict__ dout,
+                                       float* __restrict__ delta) {
+  const long rows = static_cast<long>(a.B) * a.Tq * a.H;
+  const long r = static_cast<long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const float* o = out + r * a.D;
+  const float* g = dout + r * a.D;
+  float s = 0.f;
+  for (int d = lane; d < a.D; d += 32) s += o[d] * g[d];
+  for (int k = 16; k > 0; k >>= 1) s += __shfl_xor_sync(kFullMask, s, k);
+  if (lane == 0) {
+    const int h = static_cast<int>(r % a.H);
+    const int i = static_cast<int>((r / a.H) % a.Tq);
+    const int b = static_cast<int>(r / (static_cast<long>(a.H) * a.Tq));
+    delta[lse_offset(a, b, h, i)] = s;
+  }
+}
+
+// dq += scale * sum_j dS_ij k_j. table: [K..., V..., dK..., dV...]. grid: (ceil(Tq / kBQ), H, B).
+template <int DM>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+                                 const float* __restrict__ dout, const float* __restrict__ lse,
+                                 const float* __restrict__ delta, float* __restrict__ dq) {
+  constexpr int DP = DM + 1;
+  constexpr int kAcc = DM / kLanes;
+  extern __shared__ float smem[];
+  float* sQ = smem;              // [kBQ][DP]
+  float* sdO = sQ + kBQ * DP;    // [kBQ][DP]
+  float* sK = sdO + kBQ * DP;    // [kBK][DP]
+  float* sV = sK + kBK * DP;     // [kBK][DP]
+  float* sS = sV + kBK * DP;     // [kBQ][kBK + 1]: dS of the tile
+
+  const int row = threadIdx.x / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  const int q0 = blockIdx.x * kBQ;
+  const int h = blockIdx.y;
+  const int b = blockIdx.z;
+  const int kv_head = h / a.group;
+  const float* K = table[b] + kv_head * a.D;
+  const float* V = table[a.B + b] + kv_head * a.D;
+
+  const int nq = min(kBQ, a.Tq - q0);
+  const int qi = q0 + row;
+  const bool row_valid = row < nq;
+  const int visible = min(a.Tk, a.q_pos0 + qi + 1);
+  const int block_keys = min(a.Tk, a.q_pos0 + q0 + nq);
+  const float row_lse = row_valid ? lse[lse_offset(a, b, h, qi)] : 0.f;
+  const float row_delta = row_valid ? delta[lse_offset(a, b, h, qi)] : 0.f;
+
+  load_tile<DM>(sQ, q + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+  load_tile<DM>(sdO, dout + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+
+  float acc[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc[i] = 0.f;
+
+  for (int k0 = 0; k0 < block_keys; k0 += kBK) {
+    const int nk = min(kBK, block_keys - k0);
+    __syncthreads();  // previous sK / sS readers are done
+    load_tile<DM>(sK, K + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, nk, a.D);
+    load_tile<DM>(sV, V + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, nk, a.D);
+    __syncthreads();
+
+    float s[kCols], dp[kCols];
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) s[t] = dp[t] = 0.f;
+#pragma unroll 4
+    for (int d = 0; d < DM; ++d) {
+      const float qd = sQ[row * DP + d];
+      const float od = sdO[row * DP + d];
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) {
+        const int c = lane + kLanes * t;
+        s[t] += qd * sK[c * DP + d];
+        dp[t] += od * sV[c * DP + d];
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) {
+      const int c = lane + kLanes * t;
+      float ds = 0.f;
+      if (row_valid && k0 + c < visible) {
+        const float p = expf(s[t] * a.scale - row_lse);
+        ds = p * (dp[t] - row_delta);
+      }
+      sS[row * (kBK + 1) + c] = ds;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int c = 0; c < kBK; ++c) {
+      const float ds = sS[row * (kBK + 1) + c];
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) acc[i] += ds * sK[c * DP + lane + kLanes * i];
+    }
+  }
+
+  if (row_valid) {
+    float* g = dq + q_offset(a, b, qi, h);
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) {
+      const int d = lane + kLanes * i;
+      if (d < a.D) g[d] += a.scale * acc[i];
+    }
+  }
+}
+
+// dK/dV of one key tile. table: [K..., V..., dK..., dV...]. grid: (ceil(Tk / kBK), Hkv, B).
+// Thread layout as in the other kernels with the roles swapped: thread t owns
+// key row t/4 of the tile and query columns (t%4) + 4c.
+template <int DM>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkdv_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+                                   const float* __restrict__ dout, const float* __restrict__ lse,
+                                   const float* __restrict__ delta) {
+  constexpr int DP = DM + 1;
+  constexpr int kAcc = DM / kLanes;
+  extern __shared__ float smem[];
+  float* sK = smem;                    // [kBK][DP]
+  float* sV = sK + kBK * DP;           // [kBK][DP]
+  float* sQ = sV + kBK * DP;           // [kBQ][DP]
+  float* sdO = sQ + kBQ * DP;          // [kBQ][DP]
+  float* sP = sdO + kBQ * DP;          // [kBK][kBQ + 1]
+  float* sdS = sP + kBK * (kBQ + 1);   // [kBK][kBQ + 1]
+  float* sL = sdS + kBK * (kBQ + 1);   // [kBQ] lse of the query tile
+  float* sD = sL + kBQ;                // [kBQ] delta of the query tile
+
+  const int krow = threadIdx.x / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  const int k0 = blockIdx.x * kBK;
+  const int kv_head = blockIdx.y;
+  const int b = blockIdx.z;
+  const std::size_t head_off = static_cast<std::size_t>(kv_head) * a.D;
+  const float* K = table[b] + head_off;
+  const float* V = table[a.B + b] + head_off;
+  float* dK = table[2 * a.B + b] + head_off;
+  float* dV = table[3 * a.B + b] + head_off;
+
+  const int nk = min(kBK, a.Tk - k0);
+  const int kj = k0 + krow;
+  const bool key_valid = krow < nk;
+  load_tile<DM>(sK, K + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, nk, a.D);
+  load_tile<DM>(sV, V + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, nk, a.D);
+
+  float acc_k[kAcc], acc_v[kAcc];
+#pragma unroll
+  for (int i = 0; i < kAcc; ++i) acc_k[i] = acc_v[i] = 0.f;
+
+  // Query i sees key k0 only if i >= k0 - q_pos0: earlier query tiles are skipped.
+  const int first_query = max(0, k0 - a.q_pos0);
+  const int first_tile = (first_query / kBQ) * kBQ;
+  for (int hh = 0; hh < a.group; ++hh) {
+    const int h = kv_head * a.group + hh;
+    for (int q0 = first_tile; q0 < a.Tq; q0 += kBQ) {
+      const int nq = min(kBQ, a.Tq - q0);
+      __syncthreads();  // previous sQ / sdO / sP / sdS readers are done (and sK / sV are loaded)
+      load_tile<DM>(sQ, q + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+      load_tile<DM>(sdO, dout + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+      if (threadIdx.x < kBQ) {
+        const bool ok = static_cast<int>(threadIdx.x) < nq;
+        sL[threadIdx.x] = ok ? lse[lse_offset(a, b, h, q0 + threadIdx.x)] : 0.f;
+        sD[threadIdx.x] = ok ? delta[lse_offset(a, b, h, q0 + threadIdx.x)] : 0.f;
+      }
+      __syncthreads();
+
+      float s[kCols], dp[kCols];
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) s[t] = dp[t] = 0.f;
+#pragma unroll 4
+      for (int d = 0; d < DM; ++d) {
+        const float kd = sK[krow * DP + d];
+        const float vd = sV[krow * DP + d];
+#pragma unroll
+        for (int t = 0; t < kCols; ++t) {
+          const int r = lane + kLanes * t;
+          s[t] += sQ[r * DP + d] * kd;
+          dp[t] += sdO[r * DP + d] * vd;
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < kCols; ++t) {
+        const int r = lane + kLanes * t;
+        float p = 0.f, ds = 0.f;
+        if (key_valid && r < nq && kj <= a.q_pos0 + q0 + r) {
+          p = expf(s[t] * a.scale - sL[r]);
+          ds = p * (dp[t] - sD[r]);
+        }
+        sP[krow * (kBQ + 1) + r] = p;
+        sdS[krow * (kBQ + 1) + r] = ds;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int r = 0; r < kBQ; ++r) {
+        const float p = sP[krow * (kBQ + 1) + r];
+        const float ds = sdS[krow * (kBQ + 1) + r];
+#pragma unroll
+        for (int i = 0; i < kAcc; ++i) {
+          const int d = lane + kLanes * i;
+          acc_v[i] += p * sdO[r * DP + d];
+          acc_k[i] += ds * sQ[r * DP + d];
+        }
+      }
+    }
+  }
+
+  if (key_valid) {
+    float* gk = dK + static_cast<std::size_t>(kj) * a.kv_row;
+    float* gv = dV + static_cast<std::size_t>(kj) * a.kv_row;
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) {
+      const int d = lane + kLanes * i;
+      if (d < a.D) {
+        gk[d] += a.scale * acc_k[i];
+        gv[d] += acc_v[i];
+      }
+    }
+  }
+}
+
+// ---- host side ----
+
+void require(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+}
+
+// Validates the shape (as the CPU backend does) and returns the kernel dims and
+// the elements between sequences in K/V.
+Dims make_dims(const AttentionShape& s, long* seq_stride, const char* op) {
+  Dims a{};
+  a.B = s.B;
+  a.Tq = s.Tq;
+  a.Tk = s.Tk;
+  a.H = s.n_heads;
+  a.Hkv = s.n_kv_heads;
+  a.D = s.head_dim;
+  a.q_pos0 = s.q_pos0;
+  a.scale = s.scale;
+  require(s.B >= 0 && s.Tq >= 0, op, "B and Tq must be >= 0");
+  if (s.B == 0 || s.Tq == 0) return a;
+  require(s.Tk >= 1, op, "Tk must be >= 1");
+  require(s.n_heads >= 1 && s.n_kv_heads >= 1 && s.head_dim >= 1, op, "heads and head_dim must be >= 1");
+  require(s.n_heads % s.n_kv_heads == 0, op,
+          "n_kv_heads (" + std::to_string(s.n_kv_heads) + ") must divide n_heads (" + std::to_string(s.n_heads) +
+              ")");
+  require(s.head_dim <= kMaxHeadDim, op,
+          "head_dim " + std::to_string(s.head_dim) + " exceeds the CUDA kernels' maximum of " +
+              std::to_string(kMaxHeadDim));
+  require(s.q_pos0 >= 0, op, "q_pos0 must be >= 0");
+  require(std::isfinite(s.scale) && s.scale != 0.f, op, "shape.scale must be set (usually 1/sqrt(head_dim))");
+  require(s.n_heads <= 65535 && s.n_kv_heads <= 65535 && s.B <= 65535, op, "B or head count exceeds grid limits");
+  a.group = s.n_heads / s.n_kv_heads;
+  a.q_row = s.n_heads * s.head_dim;
+  a.kv_row = s.n_kv_heads * s.head_dim;
+  const long dense = static_cast<long>(s.Tk) * a.kv_row;
+  require(s.kv_seq_stride == 0 || s.kv_seq_stride >= dense, op,
+          "kv_seq_stride " + std::to_string(s.kv_seq_stride) + " is smaller than Tk * n_kv_heads * head_dim");
+  *seq_stride = s.kv_seq_stride ? s.kv_seq_stride : dense;
+  return a;
+}
+
+// Appends layers[src[b]] + b * seq_stride for every b to the table.
+void gather(std::vector<void*>& table, const float* const* layers, const int32_t* src, int B, long seq_stride,
+            const char* op, const char* what) {
+  for (int b = 0; b < B; ++b) {
+    require(src[b] >= 0, op, "negative source layer for sequence " + std::to_string(b));
+    const float* base = layers[src[b]];
+    require(base != nullptr, op, std::string("null ") + what + " for source layer " + std::to_string(src[b]));
+    table.push_back(const_cast<float*>(base) + static_cast<std::size_t>(b) * seq_stride);
+  }
+}
+
+template <int DM>
+void launch_forward(const Dims& a, const float* q, float* const* table, float* out, float* lse,
+                    cudaStream_t stream) {
+  constexpr std::size_t smem = forward_smem_bytes<DM>();
+  KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  const dim3 grid((a.Tq + kBQ - 1) / kBQ, a.H, a.B);
+  attention_forward_kernel<DM><<<grid, kThreads, smem, stream>>>(a, q, table, out, lse);
+  KVR_KERNEL_CHECK();
+}
+
+template <int DM>
+void launch_backward(const Dims& a, const float* q, float* const* table, const float* dout, const float* lse,
+                     const float* delta, float* dq, cudaStream_t stream) {
+  constexpr std::size_t smem_dq = dq_smem_bytes<DM>();
+  constexpr std::size_t smem_dkdv = dkdv_smem_bytes<DM>();
+  KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_kernel<DM>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_dq)));
+  KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<DM>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_dkdv)));
+  const dim3 grid_q((a.Tq + kBQ - 1) / kBQ, a.H, a.B);
+  attention_backward_dq_kernel<DM><<<grid_q, kThreads, smem_dq, stream>>>(a, q, table, dout, lse, delta, dq);
+  KVR_KERNEL_CHECK();
+  const dim3 grid_k((a.Tk + kBK - 1) / kBK, a.Hkv, a.B);
+  attention_backward_dkdv_kernel<DM><<<grid_k, kThreads, smem_dkdv, stream>>>(a, q, table, dout, lse, delta);
+  KVR_KERNEL_CHECK();
+}
+
+}  // namespace
+
+void CudaBackend::attention_forward(const AttentionForward& p) {
+  const char* op = "attention_forward";
+  long seq_stride = 0;
+  const Dims a = make_dims(p.shape, &seq_stride, op);
+  if (a.B == 0 || a.Tq == 0) return;
+  require(p.q && p.out, op, "null q or out");
+  require(p.src && p.k_layers && p.v_layers, op, "null src / k_layers / v_layers");
+  std::vector<void*> ptrs;
+  ptrs.reserve(2 * static_cast<std::size_t>(a.B));
+  gather(ptrs, p.k_layers, p.src, a.B, seq_stride, op, "K");
+  gather(ptrs, p.v_layers, p.src, a.B, seq_stride, op, "V");
+  auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
+  if (a.D <= 32) {
+    launch_forward<32>(a, p.q, table, p.out, p.lse, stream_);
+  } else if (a.D <= 64) {
+    launch_forward<64>(a, p.q, table, p.out, p.lse, stream_);
+  } else {
+    launch_forward<128>(a, p.q, table, p.out, p.lse, stream_);
+  }
+}
+
+void CudaBackend::attention_backward(const AttentionBackward& p) {
+  const char* op = "attention_backward";
+  long seq_stride = 0;
+  const Dims a = make_dims(p.shape, &seq_stride, op);
+  if (a.B == 0 || a.Tq == 0) return;
+  require(p.q && p.out && p.lse && p.dout, op, "null q, out, lse or dout");
+  require(p.dq && p.dk_layers && p.dv_layers, op, "null dq, dk_layers or dv_layers");
+  require(p.src && p.k_layers && p.v_layers, op, "null src / k_layers / v_layers");
+  std::vector<void*> ptrs;
+  ptrs.reserve(4 * static_cast<std::size_t>(a.B));
+  gather(ptrs, p.k_layers, p.src, a.B, seq_stride, op, "K");
+  gather(ptrs, p.v_layers, p.src, a.B, seq_stride, op, "V");
+  gather(ptrs, p.dk_layers, p.src, a.B, seq_stride, op, "dK");
+  gather(ptrs, p.dv_layers, p.src, a.B, seq_stride, op, "dV");
+  auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
+
+  const std::size_t n_rows = static_cast<std::size_t>(a.B) * a.Tq * a.H;
+  auto* delta = static_cast<float*>(scratch(kScratchAttnDelta, n_rows * sizeof(float)));
+  constexpr int kDeltaWarps = 8;
+  const unsigned delta_blocks = static_cast<unsigned>((n_rows + kDeltaWarps - 1) / kDeltaWarps);
+  attention_delta_kernel<<<delta_blocks, 32 * kDeltaWarps, 0, stream_>>>(a, p.out, p.dout, delta);
+  KVR_KERNEL_CHECK();
+
+  if (a.D <= 32) {
+    launch_backward<32>(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+  } else if (a.D <= 64) {
+    launch_backward<64>(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+  } else {
+    launch_backward<128>(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+  }
+}
+
+}  // namespace kvroute

@@ -1,0 +1,741 @@
+// CUDA backend vs CPU backend: every op runs on the same random inputs on both
+// backends and the results are compared element-wise. Compiled by the host
+// compiler, so it talks to the GPU only through the Backend interface.
+//
+// Without a CUDA device every test skips with "no CUDA device: GPU test
+// skipped"; in a build without CUDA the file holds a single skipped test.
+//
+// fp32 tolerance table. An element passes when |gpu - cpu| <= atol + rtol * |cpu|.
+//   op                                   atol    rtol   why they may differ at all
+//   accumulate / add / scale / embedding 0       1e-6   same IEEE ops, same order (expect exact)
+//   sum_squares                          0       1e-9   double sums in a different order
+//   matmul (K <= 256)                    1e-4    1e-4   cuBLAS vs oneDNN summation order
+//   rmsnorm, rope, swiglu, adamw         1e-5    1e-5   float reductions in another order, exp, FMA contraction
+//   cross_entropy losses                 1e-5    1e-5   online vs two-pass softmax sums
+//   cross_entropy dlogits                1e-8    1e-4   tiny values (grad_scale * p)
+//   attention out / lse / dq / dk / dv   1e-4    1e-4   online softmax, tiled sums in another order
+// Determinism tests require bitwise equality of two GPU runs.
+#include <gtest/gtest.h>
+
+#include "kvroute/backend.h"
+
+#ifdef KVROUTE_WITH_CUDA
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace kvroute {
+namespace {
+
+struct Tol {
+  double atol;
+  double rtol;
+};
+constexpr Tol kExactTol{0.0, 1e-6};
+constexpr Tol kSumSquaresTol{0.0, 1e-9};
+constexpr Tol kMatmulTol{1e-4, 1e-4};
+constexpr Tol kMathTol{1e-5, 1e-5};
+constexpr Tol kLossTol{1e-5, 1e-5};
+constexpr Tol kDlogitsTol{1e-8, 1e-4};
+constexpr Tol kAttentionTol{1e-4, 1e-4};
+
+#define KVR_REQUIRE_CUDA()                                                       \
+  do {                                                                           \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device: GPU test skipped";   \
+  } while (0)
+
+// Both backends of one test.
+struct Backends {
+  std::unique_ptr<Backend> gpu = make_backend("cuda");
+  std::unique_ptr<Backend> cpu = make_backend("cpu");
+};
+
+// One host array mirrored on both backends.
+template <typename T>
+struct Mirror {
+  DeviceBuffer<T> gpu;
+  DeviceBuffer<T> cpu;
+  Mirror(Backends& be, const std::vector<T>& host)
+      : gpu(be.gpu.get(), host.size()), cpu(be.cpu.get(), host.size()) {
+    gpu.upload(host);
+    cpu.upload(host);
+  }
+};
+
+std::vector<float> random_floats(std::size_t n, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+std::vector<int32_t> random_ints(std::size_t n, std::mt19937& rng, int lo, int hi) {
+  std::uniform_int_distribution<int> dist(lo, hi);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, Tol tol, const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  std::size_t bad = 0, worst_i = 0;
+  double worst = -1.0;
+  for (std::size_t i = 0; i < gpu.size(); ++i) {
+    const double g = gpu[i], c = cpu[i];
+    const double diff = std::fabs(g - c);
+    const double limit = tol.atol + tol.rtol * std::fabs(c);
+    const bool both_nan = std::isnan(g) && std::isnan(c);
+    if (!both_nan && !(diff <= limit)) {
+      ++bad;
+      const double excess = std::isnan(diff) ? std::numeric_limits<double>::infinity() : diff - limit;
+      if (excess > worst) {
+        worst = excess;
+        worst_i = i;
+      }
+    }
+  }
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << gpu.size() << " elements outside atol " << tol.atol
+                     << " + rtol " << tol.rtol << "; worst at [" << worst_i << "] gpu " << gpu[worst_i] << " cpu "
+                     << cpu[worst_i];
+}
+
+void expect_close(const Mirror<float>& m, Tol tol, const std::string& what) {
+  expect_close(m.gpu.download(), m.cpu.download(), tol, what);
+}
+
+template <typename T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// ---------------------------------------------------------------- memory
+
+TEST(CudaOps, MemoryRoundTrip) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda");
+  EXPECT_EQ(gpu->device(), Device::CUDA);
+  EXPECT_EQ(gpu->name(), "cuda");
+  std::mt19937 rng(1);
+  const std::size_t n = 100003;
+  DeviceBuffer<float> a(gpu.get(), n), b(gpu.get(), n);
+  for (float x : a.download()) ASSERT_EQ(x, 0.f) << "allocations must be zero-filled";
+  const auto host = random_floats(n, rng);
+  a.upload(host);
+  EXPECT_TRUE(bitwise_equal(a.download(), host));
+  gpu->copy(b.get(), a.get(), n * sizeof(float));
+  EXPECT_TRUE(bitwise_equal(b.download(), host));
+  gpu->fill_zero(b.get(), n * sizeof(float));
+  for (float x : b.download()) ASSERT_EQ(x, 0.f);
+  gpu->synchronize();
+}
+
+// ---------------------------------------------------------------- dense algebra
+
+TEST(CudaOps, MatmulAllTransposes) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(2);
+  const int sizes[][3] = {{37, 53, 29}, {64, 128, 256}, {1, 300, 17}, {5, 1, 8}};
+  for (const auto& s : sizes) {
+    const int M = s[0], N = s[1], K = s[2];
+    for (int ta = 0; ta < 2; ++ta) {
+      for (int tb = 0; tb < 2; ++tb) {
+        for (float beta : {0.f, 0.3f}) {
+          Mirror<float> A(be, random_floats(static_cast<std::size_t>(M) * K, rng));
+          Mirror<float> B(be, random_floats(static_cast<std::size_t>(K) * N, rng));
+          Mirror<float> C(be, random_floats(static_cast<std::size_t>(M) * N, rng));
+          const float alpha = 0.7f;
+          be.gpu->matmul(A.gpu.get(), B.gpu.get(), C.gpu.get(), M, N, K, ta, tb, alpha, beta);
+          be.cpu->matmul(A.cpu.get(), B.cpu.get(), C.cpu.get(), M, N, K, ta, tb, alpha, beta);
+          std::ostringstream what;
+          what << "matmul M=" << M << " N=" << N << " K=" << K << " trans_a=" << ta << " trans_b=" << tb
+               << " beta=" << beta;
+          expect_close(C, kMatmulTol, what.str());
+        }
+      }
+    }
+  }
+  // K == 0: C = beta * C.
+  Mirror<float> C(be, random_floats(12, rng));
+  be.gpu->matmul(nullptr, nullptr, C.gpu.get(), 3, 4, 0, false, false, 1.f, 0.5f);
+  be.cpu->matmul(nullptr, nullptr, C.cpu.get(), 3, 4, 0, false, false, 1.f, 0.5f);
+  expect_close(C, kMatmulTol, "matmul K=0");
+}
+
+TEST(CudaOps, ElementwiseAccumulateAddScale) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(3);
+  const std::size_t n = 1000003;
+  Mirror<float> x(be, random_floats(n, rng)), y(be, random_floats(n, rng)), z(be, random_floats(n, rng));
+  be.gpu->accumulate(y.gpu.get(), x.gpu.get(), n);
+  be.cpu->accumulate(y.cpu.get(), x.cpu.get(), n);
+  expect_close(y, kExactTol, "accumulate");
+  be.gpu->add(z.gpu.get(), x.gpu.get(), y.gpu.get(), n);
+  be.cpu->add(z.cpu.get(), x.cpu.get(), y.cpu.get(), n);
+  expect_close(z, kExactTol, "add");
+  be.gpu->add(z.gpu.get(), z.gpu.get(), x.gpu.get(), n);  // in place
+  be.cpu->add(z.cpu.get(), z.cpu.get(), x.cpu.get(), n);
+  expect_close(z, kExactTol, "add in place");
+  be.gpu->scale(z.gpu.get(), n, -0.37f);
+  be.cpu->scale(z.cpu.get(), n, -0.37f);
+  expect_close(z, kExactTol, "scale");
+}
+
+TEST(CudaOps, SumSquares) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(4);
+  for (std::size_t n : {std::size_t{1}, std::size_t{255}, std::size_t{65537}, std::size_t{1000003}}) {
+    Mirror<float> x(be, random_floats(n, rng, -3.f, 3.f));
+    const double g = be.gpu->sum_squares(x.gpu.get(), n);
+    const double c = be.cpu->sum_squares(x.cpu.get(), n);
+    EXPECT_NEAR(g, c, kSumSquaresTol.atol + kSumSquaresTol.rtol * std::fabs(c)) << "sum_squares n=" << n;
+  }
+  EXPECT_EQ(be.gpu->sum_squares(nullptr, 0), 0.0);
+}
+
+TEST(CudaOps, SwiGLU) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(5);
+  const std::size_t n = 100003;
+  Mirror<float> gate(be, random_floats(n, rng, -8.f, 8.f)), up(be, random_floats(n, rng, -2.f, 2.f));
+  Mirror<float> out(be, random_floats(n, rng)), dout(be, random_floats(n, rng));
+  Mirror<float> dgate(be, random_floats(n, rng)), dup(be, random_floats(n, rng));  // backward adds into these
+  be.gpu->swiglu_forward(out.gpu.get(), gate.gpu.get(), up.gpu.get(), n);
+  be.cpu->swiglu_forward(out.cpu.get(), gate.cpu.get(), up.cpu.get(), n);
+  expect_close(out, kMathTol, "swiglu_forward");
+  be.gpu->swiglu_backward(dgate.gpu.get(), dup.gpu.get(), dout.gpu.get(), gate.gpu.get(), up.gpu.get(), n);
+  be.cpu->swiglu_backward(dgate.cpu.get(), dup.cpu.get(), dout.cpu.get(), gate.cpu.get(), up.cpu.get(), n);
+  expect_close(dgate, kMathTol, "swiglu_backward dgate");
+  expect_close(dup, kMathTol, "swiglu_backward dup");
+}
+
+// ---------------------------------------------------------------- embedding, norm, rope
+
+TEST(CudaOps, Embedding) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(6);
+  const int vocab = 50;
+  for (int C : {96, 2000}) {
+    const int N = 300;  // many repeated ids
+    Mirror<int32_t> ids(be, random_ints(N, rng, 0, vocab - 1));
+    Mirror<float> table(be, random_floats(static_cast<std::size_t>(vocab) * C, rng));
+    Mirror<float> out(be, random_floats(static_cast<std::size_t>(N) * C, rng));
+    Mirror<float> dout(be, random_floats(static_cast<std::size_t>(N) * C, rng));
+    Mirror<float> dtable(be, random_floats(static_cast<std::size_t>(vocab) * C, rng));
+    be.gpu->embedding_forward(out.gpu.get(), ids.gpu.get(), table.gpu.get(), N, C);
+    be.cpu->embedding_forward(out.cpu.get(), ids.cpu.get(), table.cpu.get(), N, C);
+    expect_close(out, kExactTol, "embedding_forward C=" + std::to_string(C));
+    be.gpu->embedding_backward(dtable.gpu.get(), dout.gpu.get(), ids.gpu.get(), N, C);
+    be.cpu->embedding_backward(dtable.cpu.get(), dout.cpu.get(), ids.cpu.get(), N, C);
+    expect_close(dtable, kExactTol, "embedding_backward C=" + std::to_string(C));
+  }
+}
+
+TEST(CudaOps, RMSNorm) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(7);
+  const int shapes[][2] = {{67, 200}, {1000, 64}, {3, 1}};
+  for (const auto& s : shapes) {
+    const int N = s[0], C = s[1];
+    const std::size_t nc = static_cast<std::size_t>(N) * C;
+    const std::string tag = " N=" + std::to_string(N) + " C=" + std::to_string(C);
+    Mirror<float> x(be, random_floats(nc, rng, -2.f, 2.f)), w(be, random_floats(C, rng, 0.5f, 1.5f));
+    Mirror<float> out(be, random_floats(nc, rng)), rstd(be, random_floats(N, rng));
+    Mirror<float> dout(be, random_floats(nc, rng)), dx(be, random_floats(nc, rng)), dw(be, random_floats(C, rng));
+    be.gpu->rmsnorm_forward(out.gpu.get(), rstd.gpu.get(), x.gpu.get(), w.gpu.get(), N, C, 1e-5f);
+    be.cpu->rmsnorm_forward(out.cpu.get(), rstd.cpu.get(), x.cpu.get(), w.cpu.get(), N, C, 1e-5f);
+    expect_close(out, kMathTol, "rmsnorm_forward out" + tag);
+    expect_close(rstd, kMathTol, "rmsnorm_forward rstd" + tag);
+    // Backward on the CPU's rstd for both, so only the backward is compared.
+    be.gpu->copy_to_device(rstd.gpu.get(), rstd.cpu.download().data(), N * sizeof(float));
+    be.gpu->rmsnorm_backward(dx.gpu.get(), dw.gpu.get(), dout.gpu.get(), x.gpu.get(), w.gpu.get(), rstd.gpu.get(),
+                             N, C);
+    be.cpu->rmsnorm_backward(dx.cpu.get(), dw.cpu.get(), dout.cpu.get(), x.cpu.get(), w.cpu.get(), rstd.cpu.get(),
+                             N, C);
+    expect_close(dx, kMathTol, "rmsnorm_backward dx" + tag);
+    expect_close(dw, Tol{1e-4, 1e-5}, "rmsnorm_backward dw" + tag);  // sums over N rows
+  }
+}
+
+TEST(CudaOps, RoPE) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(8);
+  struct Case {
+    int B, T, H, D, pos0;
+  };
+  for (const Case c : {Case{2, 19, 3, 64, 7}, Case{1, 1, 4, 128, 1000}, Case{3, 40, 2, 32, 0}}) {
+    const std::size_t n = static_cast<std::size_t>(c.B) * c.T * c.H * c.D;
+    const std::string tag = " D=" + std::to_string(c.D) + " pos0=" + std::to_string(c.pos0);
+    const auto host = random_floats(n, rng);
+    Mirror<float> x(be, host);
+    be.gpu->rope_forward(x.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    be.cpu->rope_forward(x.cpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    expect_close(x, kMathTol, "rope_forward" + tag);
+    Mirror<float> dx(be, random_floats(n, rng));
+    be.gpu->rope_backward(dx.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    be.cpu->rope_backward(dx.cpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    expect_close(dx, kMathTol, "rope_backward" + tag);
+    // The backward is the inverse rotation: forward then backward restores x.
+    be.gpu->rope_backward(x.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    expect_close(x.gpu.download(), host, kMathTol, "rope round trip" + tag);
+  }
+}
+
+// ---------------------------------------------------------------- loss and optimizer
+
+TEST(CudaOps, CrossEntropy) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(9);
+  const int shapes[][2] = {{37, 1000}, {4, 50304}, {3, 7}};
+  for (const auto& s : shapes) {
+    const int N = s[0], V = s[1];
+    const std::size_t nv = static_cast<std::size_t>(N) * V;
+    const std::string tag = " N=" + std::to_string(N) + " V=" + std::to_string(V);
+    auto targets = random_ints(N, rng, 0, V - 1);
+    for (int n = 0; n < N; n += 5) targets[n] = -1;  // ignored positions
+    const auto logits_host = random_floats(nv, rng, -6.f, 6.f);
+    const float grad_scale = 1.f / N;
+    Mirror<int32_t> tgt(be, targets);
+    Mirror<float> logits(be, logits_host);
+    Mirror<float> losses(be, random_floats(N, rng)), dlogits(be, random_floats(nv, rng));
+
+    // 1. losses only
+    be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, V, grad_scale);
+    be.cpu->cross_entropy(logits.cpu.get(), tgt.cpu.get(), losses.cpu.get(), nullptr, N, V, grad_scale);
+    expect_close(losses, kLossTol, "cross_entropy losses" + tag);
+    // 2. separate dlogits (overwritten)
+    be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), dlogits.gpu.get(), N, V, grad_scale);
+    be.cpu->cross_entropy(logits.cpu.get(), tgt.cpu.get(), losses.cpu.get(), dlogits.cpu.get(), N, V, grad_scale);
+    expect_close(losses, kLossTol, "cross_entropy losses (with grad)" + tag);
+    expect_close(dlogits, kDlogitsTol, "cross_entropy dlogits" + tag);
+    // 3. dlogits aliasing logits
+    be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), logits.gpu.get(), N, V, grad_scale);
+    be.cpu->cross_entropy(logits.cpu.get(), tgt.cpu.get(), losses.cpu.get(), logits.cpu.get(), N, V, grad_scale);
+    expect_close(losses, kLossTol, "cross_entropy losses (aliased)" + tag);
+    expect_close(logits, kDlogitsTol, "cross_entropy dlogits (aliased)" + tag);
+    const auto aliased = logits.gpu.download();
+    EXPECT_TRUE(bitwise_equal(aliased, dlogits.gpu.download())) << "aliased and separate dlogits differ" << tag;
+    for (int n = 0; n < N; ++n) {
+      if (targets[n] >= 0) continue;
+      for (int j = 0; j < V; ++j) ASSERT_EQ(aliased[static_cast<std::size_t>(n) * V + j], 0.f) << "ignored row " << n;
+    }
+  }
+}
+
+TEST(CudaOps, AdamW) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(10);
+  const std::size_t n = 10007;
+  Mirror<float> param(be, random_floats(n, rng)), m(be, std::vector<float>(n, 0.f)), v(be, std::vector<float>(n, 0.f));
+  for (int step = 1; step <= 3; ++step) {
+    Mirror<float> grad(be, random_floats(n, rng, -0.1f, 0.1f));
+    be.gpu->adamw_step(param.gpu.get(), grad.gpu.get(), m.gpu.get(), v.gpu.get(), n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                       step, 0.5f);
+    be.cpu->adamw_step(param.cpu.get(), grad.cpu.get(), m.cpu.get(), v.cpu.get(), n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f,
+                       step, 0.5f);
+    const std::string tag = " step " + std::to_string(step);
+    expect_close(m, kMathTol, "adamw m" + tag);
+    expect_close(v, Tol{1e-9, 1e-5}, "adamw v" + tag);
+    expect_close(param, kMathTol, "adamw param" + tag);
+  }
+}
+
+// ---------------------------------------------------------------- routed attention
+
+struct AttnCase {
+  int B, Tq, Tk, H, Hkv, D, q_pos0;
+  int t_cap;     // time steps allocated per sequence in K/V (> Tk: KV-cache layout via kv_seq_stride)
+  int n_layers;  // K/V layers that exist
+  int layer;     // the querying layer: src[b] is drawn from [0, layer]
+  std::string name() const {
+    std::ostringstream s;
+    s << "B=" << B << " Tq=" << Tq << " Tk=" << Tk << " H=" << H << " Hkv=" << Hkv << " D=" << D
+      << " q_pos0=" << q_pos0 << " t_cap=" << t_cap;
+    return s.str();
+  }
+};
+
+// Per-backend host pointer arrays for the layers, as the model would build them.
+struct LayerPointers {
+  std::vector<const float*> k, v;
+  std::vector<float*> dk, dv;
+};
+
+// Runs forward and backward of one routed attention call on both backends and
+// compares out, lse, dq and every layer's dK/dV (including layers nobody routes
+// to, which must stay untouched). K/V time steps >= Tk of a cache layout hold
+// NaN: reading them anywhere would show.
+void check_attention(const AttnCase& c, uint32_t seed) {
+  SCOPED_TRACE(c.name());
+  Backends be;
+  std::mt19937 rng(seed);
+  const std::size_t kv_row = static_cast<std::size_t>(c.Hkv) * c.D;
+  const std::size_t seq_stride = static_cast<std::size_t>(c.t_cap) * kv_row;
+  const std::size_t kv_n = static_cast<std::size_t>(c.B) * seq_stride;
+  const std::size_t q_n = static_cast<std::size_t>(c.B) * c.Tq * c.H * c.D;
+  const std::size_t lse_n = static_cast<std::size_t>(c.B) * c.H * c.Tq;
+
+  AttentionShape shape;
+  shape.B = c.B;
+  shape.Tq = c.Tq;
+  shape.Tk = c.Tk;
+  shape.n_heads = c.H;
+  shape.n_kv_heads = c.Hkv;
+  shape.head_dim = c.D;
+  shape.q_pos0 = c.q_pos0;
+  shape.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+  shape.kv_seq_stride = c.t_cap == c.Tk ? 0 : static_cast<long>(seq_stride);
+
+  std::vector<Mirror<float>> K, V, dK, dV;
+  K.reserve(c.n_layers);
+  V.reserve(c.n_layers);
+  dK.reserve(c.n_layers);
+  dV.reserve(c.n_layers);
+  LayerPointers pg, pc;
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto k = random_floats(kv_n, rng), v = random_floats(kv_n, rng);
+    for (int b = 0; b < c.B; ++b)
+      for (std::size_t e = static_cast<std::size_t>(c.Tk) * kv_row; e < seq_stride; ++e)
+        k[b * seq_stride + e] = v[b * seq_stride + e] = std::numeric_limits<float>::quiet_NaN();
+    K.emplace_back(be, k);
+    V.emplace_back(be, v);
+    dK.emplace_back(be, random_floats(kv_n, rng));  // backward adds into these
+    dV.emplace_back(be, random_floats(kv_n, rng));
+  }
+  for (int l = 0; l < c.n_layers; ++l) {
+    pg.k.push_back(K[l].gpu.get());
+    pg.v.push_back(V[l].gpu.get());
+    pg.dk.push_back(dK[l].gpu.get());
+    pg.dv.push_back(dV[l].gpu.get());
+    pc.k.push_back(K[l].cpu.get());
+    pc.v.push_back(V[l].cpu.get());
+    pc.dk.push_back(dK[l].cpu.get());
+    pc.dv.push_back(dV[l].cpu.get());
+  }
+  auto src = random_ints(c.B, rng, 0, c.layer);
+  src[0] = c.layer;               // ordinary self-attention
+  if (c.B > 1) src[c.B - 1] = 0;  // routed to the first layer
+
+  Mirror<float> q(be, random_floats(q_n, rng)), dout(be, random_floats(q_n, rng));
+  Mirror<float> out(be, random_floats(q_n, rng)), lse(be, random_floats(lse_n, rng));
+  Mirror<float> dq(be, random_floats(q_n, rng));
+
+  auto forward = [&](Backend& backend, const LayerPointers& lp, const float* qp, float* outp, float* lsep) {
+    AttentionForward f;
+    f.shape = shape;
+    f.q = qp;
+    f.k_layers = lp.k.data();
+    f.v_layers = lp.v.data();
+    f.src = src.data();
+    f.out = outp;
+    f.lse = lsep;
+    backend.attention_forward(f);
+  };
+  // Without lse first (decode), then with it.
+  forward(*be.gpu, pg, q.gpu.get(), out.gpu.get(), nullptr);
+  forward(*be.cpu, pc, q.cpu.get(), out.cpu.get(), nullptr);
+  expect_close(out, kAttentionTol, "attention_forward out (no lse)");
+  forward(*be.gpu, pg, q.gpu.get(), out.gpu.get(), lse.gpu.get());
+  forward(*be.cpu, pc, q.cpu.get(), out.cpu.get(), lse.cpu.get());
+  expect_close(out, kAttentionTol, "attention_forward out");
+  expect_close(lse, kAttentionTol, "attention_forward lse");
+
+  auto backward = [&](Backend& backend, const LayerPointers& lp, const Mirror<float>& qm, bool on_gpu) {
+    AttentionBackward b;
+    b.shape = shape;
+    b.q = on_gpu ? qm.gpu.get() : qm.cpu.get();
+    b.k_layers = lp.k.data();
+    b.v_layers = lp.v.data();
+    b.src = src.data();
+    b.out = on_gpu ? out.gpu.get() : out.cpu.get();
+    b.lse = on_gpu ? lse.gpu.get() : lse.cpu.get();
+    b.dout = on_gpu ? dout.gpu.get() : dout.cpu.get();
+    b.dq = on_gpu ? dq.gpu.get() : dq.cpu.get();
+    b.dk_layers = lp.dk.data();
+    b.dv_layers = lp.dv.data();
+    backend.attention_backward(b);
+  };
+  backward(*be.gpu, pg, q, true);
+  backward(*be.cpu, pc, q, false);
+  expect_close(dq, kAttentionTol, "attention_backward dq");
+  for (int l = 0; l < c.n_layers; ++l) {
+    expect_close(dK[l], kAttentionTol, "attention_backward dK layer " + std::to_string(l));
+    expect_close(dV[l], kAttentionTol, "attention_backward dV layer " + std::to_string(l));
+  }
+}
+
+TEST(CudaOps, AttentionRoutedGqaD64) {
+  KVR_REQUIRE_CUDA();
+  check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 11);
+}
+
+TEST(CudaOps, AttentionRoutedGqaD128) {
+  KVR_REQUIRE_CUDA();
+  check_attention({3, 45, 45, 6, 2, 128, 0, 45, 3, 2}, 12);
+}
+
+TEST(CudaOps, AttentionRoutedMhaD32) {
+  KVR_REQUIRE_CUDA();
+  check_attention({5, 33, 33, 4, 4, 32, 0, 33, 3, 2}, 13);
+}
+
+TEST(CudaOps, AttentionGenericHeadDims) {
+  KVR_REQUIRE_CUDA();
+  check_attention({2, 40, 40, 2, 1, 48, 0, 40, 3, 2}, 14);   // padded into the D=64 kernel
+  check_attention({2, 37, 37, 4, 2, 96, 0, 37, 3, 2}, 15);   // padded into the D=128 kernel
+  check_attention({2, 20, 20, 2, 2, 8, 0, 20, 2, 1}, 16);    // padded into the D=32 kernel
+}
+
+TEST(CudaOps, AttentionSelfOnlyTileMultiples) {
+  KVR_REQUIRE_CUDA();
+  check_attention({2, 64, 64, 4, 1, 64, 0, 64, 1, 0}, 17);
+}
+
+TEST(CudaOps, AttentionDecodeFromCache) {
+  KVR_REQUIRE_CUDA();
+  check_attention({3, 1, 37, 4, 2, 64, 36, 64, 3, 2}, 18);
+  check_attention({2, 1, 70, 8, 2, 128, 69, 96, 3, 2}, 19);
+  check_attention({2, 1, 1, 2, 1, 64, 0, 8, 3, 2}, 20);  // first token
+}
+
+TEST(CudaOps, AttentionChunkedPrefill) {
+  KVR_REQUIRE_CUDA();
+  check_attention({2, 20, 70, 4, 1, 64, 50, 96, 3, 2}, 21);
+  check_attention({2, 40, 100, 4, 2, 128, 60, 100, 3, 2}, 22);
+}
+
+// A model-shaped sequence of calls without synchronising: many layers forward,
+// then backward in reverse with several layers routing into the same source,
+// so dK/dV of a source layer accumulate over calls. More calls than the CUDA
+// backend's pointer-table ring has slots.
+TEST(CudaOps, AttentionManyLayersAccumulate) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(23);
+  const int L = 24, B = 3, T = 17, H = 2, Hkv = 1, D = 32;
+  const std::size_t q_n = static_cast<std::size_t>(B) * T * H * D;
+  const std::size_t kv_n = static_cast<std::size_t>(B) * T * Hkv * D;
+  AttentionShape shape;
+  shape.B = B;
+  shape.Tq = shape.Tk = T;
+  shape.n_heads = H;
+  shape.n_kv_heads = Hkv;
+  shape.head_dim = D;
+  shape.scale = 1.f / std::sqrt(static_cast<float>(D));
+
+  std::vector<Mirror<float>> K, V, dK, dV, Q, dQ, out, lse, dout;
+  for (auto* v : {&K, &V, &dK, &dV, &Q, &dQ, &out, &lse, &dout}) v->reserve(L);
+  LayerPointers pg, pc;
+  std::vector<std::vector<int32_t>> src(L);
+  for (int l = 0; l < L; ++l) {
+    K.emplace_back(be, random_floats(kv_n, rng));
+    V.emplace_back(be, random_floats(kv_n, rng));
+    dK.emplace_back(be, std::vector<float>(kv_n, 0.f));
+    dV.emplace_back(be, std::vector<float>(kv_n, 0.f));
+    Q.emplace_back(be, random_floats(q_n, rng));
+    dQ.emplace_back(be, std::vector<float>(q_n, 0.f));
+    out.emplace_back(be, std::vector<float>(q_n, 0.f));
+    lse.emplace_back(be, std::vector<float>(static_cast<std::size_t>(B) * H * T, 0.f));
+    dout.emplace_back(be, random_floats(q_n, rng));
+    src[l] = random_ints(B, rng, std::max(0, l - 3), l);
+  }
+  for (int l = 0; l < L; ++l) {
+    pg.k.push_back(K[l].gpu.get());
+    pg.v.push_back(V[l].gpu.get());
+    pg.dk.push_back(dK[l].gpu.get());
+    pg.dv.push_back(dV[l].gpu.get());
+    pc.k.push_back(K[l].cpu.get());
+    pc.v.push_back(V[l].cpu.get());
+    pc.dk.push_back(dK[l].cpu.get());
+    pc.dv.push_back(dV[l].cpu.get());
+  }
+  for (int side = 0; side < 2; ++side) {
+    const bool gpu = side == 0;
+    Backend& backend = gpu ? *be.gpu : *be.cpu;
+    const LayerPointers& lp = gpu ? pg : pc;
+    auto pick = [gpu](Mirror<float>& m) { return gpu ? m.gpu.get() : m.cpu.get(); };
+    for (int l = 0; l < L; ++l) {
+      AttentionForward f;
+      f.shape = shape;
+      f.q = pick(Q[l]);
+      f.k_layers = lp.k.data();
+      f.v_layers = lp.v.data();
+      f.src = src[l].data();
+      f.out = pick(out[l]);
+      f.lse = pick(lse[l]);
+      backend.attention_forward(f);
+    }
+    for (int l = L - 1; l >= 0; --l) {
+      AttentionBackward bw;
+      bw.shape = shape;
+      bw.q = pick(Q[l]);
+      bw.k_layers = lp.k.data();
+      bw.v_layers = lp.v.data();
+      bw.src = src[l].data();
+      bw.out = pick(out[l]);
+      bw.lse = pick(lse[l]);
+      bw.dout = pick(dout[l]);
+      bw.dq = pick(dQ[l]);
+      bw.dk_layers = lp.dk.data();
+      bw.dv_layers = lp.dv.data();
+      backend.attention_backward(bw);
+    }
+  }
+  for (int l = 0; l < L; ++l) {
+    const std::string tag = " layer " + std::to_string(l);
+    expect_close(out[l], kAttentionTol, "out" + tag);
+    expect_close(lse[l], kAttentionTol, "lse" + tag);
+    expect_close(dQ[l], kAttentionTol, "dq" + tag);
+    expect_close(dK[l], kAttentionTol, "dK" + tag);
+    expect_close(dV[l], kAttentionTol, "dV" + tag);
+  }
+}
+
+// ---------------------------------------------------------------- determinism
+
+TEST(CudaOps, AttentionBackwardIsBitwiseDeterministic) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda");
+  std::mt19937 rng(24);
+  const int B = 4, T = 96, H = 4, Hkv = 2, D = 64, L = 3;
+  const std::size_t q_n = static_cast<std::size_t>(B) * T * H * D;
+  const std::size_t kv_n = static_cast<std::size_t>(B) * T * Hkv * D;
+  AttentionShape shape;
+  shape.B = B;
+  shape.Tq = shape.Tk = T;
+  shape.n_heads = H;
+  shape.n_kv_heads = Hkv;
+  shape.head_dim = D;
+  shape.scale = 1.f / std::sqrt(static_cast<float>(D));
+  const std::vector<int32_t> src = {2, 0, 2, 1};  // two sequences share layer 2
+
+  std::vector<DeviceBuffer<float>> K, V, dK, dV;
+  std::vector<const float*> kp, vp;
+  std::vector<float*> dkp, dvp;
+  for (int l = 0; l < L; ++l) {
+    K.emplace_back(gpu.get(), kv_n);
+    V.emplace_back(gpu.get(), kv_n);
+    dK.emplace_back(gpu.get(), kv_n);
+    dV.emplace_back(gpu.get(), kv_n);
+    K.back().upload(random_floats(kv_n, rng));
+    V.back().upload(random_floats(kv_n, rng));
+  }
+  for (int l = 0; l < L; ++l) {
+    kp.push_back(K[l].get());
+    vp.push_back(V[l].get());
+    dkp.push_back(dK[l].get());
+    dvp.push_back(dV[l].get());
+  }
+  DeviceBuffer<float> q(gpu.get(), q_n), dout(gpu.get(), q_n), out(gpu.get(), q_n), dq(gpu.get(), q_n);
+  DeviceBuffer<float> lse(gpu.get(), static_cast<std::size_t>(B) * H * T);
+  q.upload(random_floats(q_n, rng));
+  dout.upload(random_floats(q_n, rng));
+
+  AttentionForward f;
+  f.shape = shape;
+  f.q = q.get();
+  f.k_layers = kp.data();
+  f.v_layers = vp.data();
+  f.src = src.data();
+  f.out = out.get();
+  f.lse = lse.get();
+  gpu->attention_forward(f);
+  const auto out1 = out.download(), lse1 = lse.download();
+  gpu->attention_forward(f);
+  EXPECT_TRUE(bitwise_equal(out1, out.download())) << "forward out differs between runs";
+  EXPECT_TRUE(bitwise_equal(lse1, lse.download())) << "forward lse differs between runs";
+
+  AttentionBackward bw;
+  bw.shape = shape;
+  bw.q = q.get();
+  bw.k_layers = kp.data();
+  bw.v_layers = vp.data();
+  bw.src = src.data();
+  bw.out = out.get();
+  bw.lse = lse.get();
+  bw.dout = dout.get();
+  bw.dq = dq.get();
+  bw.dk_layers = dkp.data();
+  bw.dv_layers = dvp.data();
+  std::vector<std::vector<float>> first;
+  for (int run = 0; run < 2; ++run) {
+    gpu->fill_zero(dq.get(), dq.bytes());
+    for (int l = 0; l < L; ++l) {
+      gpu->fill_zero(dK[l].get(), dK[l].bytes());
+      gpu->fill_zero(dV[l].get(), dV[l].bytes());
+    }
+    gpu->attention_backward(bw);
+    std::vector<std::vector<float>> got = {dq.download()};
+    for (int l = 0; l < L; ++l) {
+      got.push_back(dK[l].download());
+      got.push_back(dV[l].download());
+    }
+    if (run == 0) {
+      first = std::move(got);
+    } else {
+      for (std::size_t i = 0; i < got.size(); ++i)
+        EXPECT_TRUE(bitwise_equal(first[i], got[i])) << "backward output " << i << " (0 = dq, then dK/dV per layer) "
+                                                     << "differs between runs";
+    }
+  }
+}
+
+TEST(CudaOps, ReductionsAreBitwiseDeterministic) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda");
+  std::mt19937 rng(25);
+  const int N = 777, C = 300, vocab = 40;
+  const std::size_t nc = static_cast<std::size_t>(N) * C;
+  DeviceBuffer<float> x(gpu.get(), nc), w(gpu.get(), C), out(gpu.get(), nc), rstd(gpu.get(), N), dout(gpu.get(), nc);
+  DeviceBuffer<float> dx(gpu.get(), nc), dw(gpu.get(), C), dtable(gpu.get(), static_cast<std::size_t>(vocab) * C);
+  DeviceBuffer<int32_t> ids(gpu.get(), N);
+  x.upload(random_floats(nc, rng));
+  w.upload(random_floats(C, rng));
+  dout.upload(random_floats(nc, rng));
+  ids.upload(random_ints(N, rng, 0, vocab - 1));
+  gpu->rmsnorm_forward(out.get(), rstd.get(), x.get(), w.get(), N, C, 1e-5f);
+  std::vector<float> dw1, dtable1;
+  double ss1 = 0.0;
+  for (int run = 0; run < 2; ++run) {
+    gpu->fill_zero(dx.get(), dx.bytes());
+    gpu->fill_zero(dw.get(), dw.bytes());
+    gpu->fill_zero(dtable.get(), dtable.bytes());
+    gpu->rmsnorm_backward(dx.get(), dw.get(), dout.get(), x.get(), w.get(), rstd.get(), N, C);
+    gpu->embedding_backward(dtable.get(), dout.get(), ids.get(), N, C);
+    const double ss = gpu->sum_squares(dout.get(), nc);
+    if (run == 0) {
+      dw1 = dw.download();
+      dtable1 = dtable.download();
+      ss1 = ss;
+    } else {
+      EXPECT_TRUE(bitwise_equal(dw1, dw.download())) << "rmsnorm dw differs between runs";
+      EXPECT_TRUE(bitwise_equal(dtable1, dtable.download())) << "embedding dtable differs between runs";
+      EXPECT_EQ(std::memcmp(&ss1, &ss, sizeof(double)), 0) << "sum_squares differs between runs";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvroute
+
+#else  // !KVROUTE_WITH_CUDA
+
+TEST(CudaOps, BuiltWithoutCuda) { GTEST_SKIP() << "kvroute built without CUDA: GPU tests skipped"; }
+
+#endif  // KVROUTE_WITH_CUDA
