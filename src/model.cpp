@@ -7,6 +7,8 @@
 //   mid  = x + att Wo^T
 //   ln2  = rmsnorm(mid)               act = silu(ln2 Wg^T) * (ln2 Wu^T)
 //   x'   = mid + act Wd^T
+// layer_forward is the only copy of this: the training forward runs it over
+// activation buffers, the inference engine (src/inference) over its KV cache.
 // Backward walks the layers top-down. Layer l's attention backward adds dK/dV
 // into its source layer's buffers; since sources are never above l, by the time
 // the walk reaches layer s every reader of s has contributed, and s can push
@@ -159,76 +161,166 @@ float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int
   return loss;
 }
 
+void Model::check_tokens(const int32_t* tokens, std::size_t n) const {
+  for (std::size_t i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
+      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " outside vocabulary of " +
+                                  std::to_string(cfg_.vocab_size));
+}
+
+void Model::embed(const int32_t* ids, float* x, int N) { be_->embedding_forward(x, ids, W(off_embed_), N, cfg_.d_model); }
+
+void Model::head_forward(const float* x, float* lnf, float* rstd, float* logits, int N) {
+  const int C = cfg_.d_model;
+  be_->rmsnorm_forward(lnf, rstd, x, W(off_final_norm_), N, C, static_cast<float>(cfg_.norm_eps));
+  be_->matmul(lnf, W(off_head_), logits, N, cfg_.vocab_size, C, false, true, 1.f, 0.f);
+}
+
+namespace {
+
+// Calls fn(b0, n) for each maximal run of rows [b0, b0+n) that share pos0 and, if
+// contiguous_slots, occupy consecutive slots (so one op call with a slot offset covers them).
+template <typename Fn>
+void for_each_run(const ForwardStep& s, bool contiguous_slots, Fn fn) {
+  if (!s.pos0 && (!s.slot || !contiguous_slots)) {
+    fn(0, s.B);
+    return;
+  }
+  auto pos = [&](int b) { return s.pos0 ? s.pos0[b] : 0; };
+  auto slot = [&](int b) { return s.slot ? s.slot[b] : b; };
+  int b0 = 0;
+  for (int b = 1; b <= s.B; ++b) {
+    const bool breaks = b == s.B || pos(b) != pos(b0) || (contiguous_slots && slot(b) != slot(b - 1) + 1);
+    if (breaks) {
+      fn(b0, b - b0);
+      b0 = b;
+    }
+  }
+}
+
+}  // namespace
+
+void Model::layer_forward(int l, const ForwardStep& s, const KvStore& kv, const int32_t* src, bool compute_kv,
+                          const LayerBuffers& a) {
+  const LayerOffsets& w = layers_[l];
+  const int B = s.B, Tq = s.Tq, N = B * Tq, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim();
+  const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D;
+  const float eps = static_cast<float>(cfg_.norm_eps), theta = static_cast<float>(cfg_.rope_theta);
+  const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
+  auto pos = [&](int b) { return s.pos0 ? s.pos0[b] : 0; };
+  auto slot = [&](int b) { return s.slot ? s.slot[b] : b; };
+  for (int b = 0; b < B; ++b)
+    if (slot(b) < 0 || slot(b) >= kv.n_slots || pos(b) < 0 || pos(b) + Tq > kv.max_len)
+      throw std::invalid_argument("layer_forward: row " + std::to_string(b) + " (slot " + std::to_string(slot(b)) +
+                                  ", positions " + std::to_string(pos(b)) + ".." + std::to_string(pos(b) + Tq - 1) +
+                                  ") is outside the K/V storage (" + std::to_string(kv.n_slots) + " slots x " +
+                                  std::to_string(kv.max_len) + " positions)");
+
+  be_->rmsnorm_forward(a.ln1, a.rstd1, a.x, W(w.attn_norm), N, C, eps);
+  be_->matmul(a.ln1, W(w.wq), a.q, N, HD, C, false, true, 1.f, 0.f);
+  for_each_run(s, false, [&](int b0, int n) {
+    be_->rope_forward(a.q + static_cast<std::size_t>(b0) * Tq * HD, n, Tq, H, D, pos(b0), theta);
+  });
+  if (compute_kv) {
+    if (!kv.k_layers[l] || !kv.v_layers[l])
+      throw std::invalid_argument("layer_forward: layer " + std::to_string(l) + " computes K/V but has no storage");
+    const bool in_place = !s.slot && !s.pos0 && kv.seq_stride == static_cast<long>(Tq) * KD;
+    float* k = in_place ? kv.k_layers[l] : a.k_new;
+    float* v = in_place ? kv.v_layers[l] : a.v_new;
+    be_->matmul(a.ln1, W(w.wk), k, N, KD, C, false, true, 1.f, 0.f);
+    for_each_run(s, false, [&](int b0, int n) {
+      be_->rope_forward(k + static_cast<std::size_t>(b0) * Tq * KD, n, Tq, Hkv, D, pos(b0), theta);
+    });
+    be_->matmul(a.ln1, W(w.wv), v, N, KD, C, false, true, 1.f, 0.f);
+    if (!in_place) {
+      const std::size_t row_bytes = static_cast<std::size_t>(Tq) * KD * sizeof(float);
+      for (int b = 0; b < B; ++b) {
+        const std::size_t dst = static_cast<std::size_t>(slot(b)) * kv.seq_stride + static_cast<std::size_t>(pos(b)) * KD;
+        const std::size_t from = static_cast<std::size_t>(b) * Tq * KD;
+        be_->copy(kv.k_layers[l] + dst, k + from, row_bytes);
+        be_->copy(kv.v_layers[l] + dst, v + from, row_bytes);
+      }
+    }
+    ++kv_projections_;
+  }
+
+  const int L = cfg_.n_layers;
+  std::vector<const float*> k_layers(L), v_layers(L);
+  for_each_run(s, true, [&](int b0, int n) {
+    const std::size_t shift = static_cast<std::size_t>(slot(b0)) * kv.seq_stride;
+    for (int j = 0; j < L; ++j) {
+      k_layers[j] = kv.k_layers[j] ? kv.k_layers[j] + shift : nullptr;
+      v_layers[j] = kv.v_layers[j] ? kv.v_layers[j] + shift : nullptr;
+    }
+    AttentionForward p;
+    p.shape = AttentionShape{n, Tq, pos(b0) + Tq, H, Hkv, D, pos(b0), 1.f / std::sqrt(static_cast<float>(D)),
+                             kv.seq_stride};
+    p.q = a.q + static_cast<std::size_t>(b0) * Tq * HD;
+    p.k_layers = k_layers.data();
+    p.v_layers = v_layers.data();
+    p.src = src + b0;
+    p.out = a.att + static_cast<std::size_t>(b0) * Tq * HD;
+    p.lse = a.lse ? a.lse + static_cast<std::size_t>(b0) * H * Tq : nullptr;
+    be_->attention_forward(p);
+  });
+  be_->copy(a.mid, a.x, NC * sizeof(float));
+  be_->matmul(a.att, W(w.wo), a.mid, N, C, HD, false, true, 1.f, 1.f);
+
+  be_->rmsnorm_forward(a.ln2, a.rstd2, a.mid, W(w.mlp_norm), N, C, eps);
+  be_->matmul(a.ln2, W(w.w_gate), a.gate, N, F, C, false, true, 1.f, 0.f);
+  be_->matmul(a.ln2, W(w.w_up), a.up, N, F, C, false, true, 1.f, 0.f);
+  be_->swiglu_forward(a.act, a.gate, a.up, NF);
+  be_->copy(a.out, a.mid, NC * sizeof(float));
+  be_->matmul(a.act, W(w.w_down), a.out, N, C, F, false, true, 1.f, 1.f);
+}
+
 float Model::run_forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes,
                          bool keep_grad, float loss_scale) {
   if (T > cfg_.context)
     throw std::invalid_argument("sequence length " + std::to_string(T) + " exceeds model context " +
                                 std::to_string(cfg_.context));
   if (routes.B != B || routes.L != cfg_.n_layers) throw std::invalid_argument("route table shape mismatch");
-  for (int i = 0; i < B * T; ++i)
-    if (tokens[i] < 0 || tokens[i] >= cfg_.vocab_size)
-      throw std::invalid_argument("token id " + std::to_string(tokens[i]) + " outside vocabulary of " +
-                                  std::to_string(cfg_.vocab_size));
+  check_tokens(tokens, static_cast<std::size_t>(B) * T);
   ensure_activations(B, T);
   Activations& a = act_;
   const int N = B * T, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim(), L = cfg_.n_layers;
-  const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D, V = cfg_.vocab_size;
-  const float eps = static_cast<float>(cfg_.norm_eps), theta = static_cast<float>(cfg_.rope_theta);
+  const int H = cfg_.n_heads, HD = H * D, KD = cfg_.n_kv_heads * D, V = cfg_.vocab_size;
   const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
 
   be_->copy_to_device(a.tokens.get(), tokens, sizeof(int32_t) * N);
-  be_->embedding_forward(a.resid.get(), a.tokens.get(), W(off_embed_), N, C);
+  embed(a.tokens.get(), a.resid.get(), N);
 
-  std::vector<const float*> k_layers(L), v_layers(L);
+  // Every layer's K/V slice is dense [B, T, Hkv, D], so layers write their K/V in place.
+  KvStore kv;
+  kv.k_layers.resize(L);
+  kv.v_layers.resize(L);
   for (int l = 0; l < L; ++l) {
-    k_layers[l] = a.k.get() + static_cast<std::size_t>(l) * N * KD;
-    v_layers[l] = a.v.get() + static_cast<std::size_t>(l) * N * KD;
+    kv.k_layers[l] = a.k.get() + static_cast<std::size_t>(l) * N * KD;
+    kv.v_layers[l] = a.v.get() + static_cast<std::size_t>(l) * N * KD;
   }
+  kv.seq_stride = static_cast<long>(T) * KD;
+  kv.n_slots = B;
+  kv.max_len = T;
+  const ForwardStep step{B, T, nullptr, nullptr};
   for (int l = 0; l < L; ++l) {
-    const LayerOffsets& w = layers_[l];
-    float* x = a.resid.get() + l * NC;
-    float* ln1 = a.ln1.get() + l * NC;
-    float* q = a.q.get() + static_cast<std::size_t>(l) * N * HD;
-    float* att = a.att.get() + static_cast<std::size_t>(l) * N * HD;
-    float* mid = a.resid_mid.get() + l * NC;
-    be_->rmsnorm_forward(ln1, a.rstd1.get() + static_cast<std::size_t>(l) * N, x, W(w.attn_norm), N, C, eps);
-    be_->matmul(ln1, W(w.wq), q, N, HD, C, false, true, 1.f, 0.f);
-    be_->rope_forward(q, B, T, H, D, 0, theta);
-    if (routes.is_source(l)) {
-      float* k = const_cast<float*>(k_layers[l]);
-      float* v = const_cast<float*>(v_layers[l]);
-      be_->matmul(ln1, W(w.wk), k, N, KD, C, false, true, 1.f, 0.f);
-      be_->rope_forward(k, B, T, Hkv, D, 0, theta);
-      be_->matmul(ln1, W(w.wv), v, N, KD, C, false, true, 1.f, 0.f);
-      ++kv_projections_;
-    }
+    LayerBuffers buf;
+    buf.x = a.resid.get() + l * NC;
+    buf.out = a.resid.get() + (l + 1) * NC;
+    buf.ln1 = a.ln1.get() + l * NC;
+    buf.rstd1 = a.rstd1.get() + static_cast<std::size_t>(l) * N;
+    buf.q = a.q.get() + static_cast<std::size_t>(l) * N * HD;
+    buf.att = a.att.get() + static_cast<std::size_t>(l) * N * HD;
+    buf.lse = a.lse.get() + static_cast<std::size_t>(l) * N * H;
+    buf.mid = a.resid_mid.get() + l * NC;
+    buf.ln2 = a.ln2.get() + l * NC;
+    buf.rstd2 = a.rstd2.get() + static_cast<std::size_t>(l) * N;
+    buf.gate = a.gate.get() + l * NF;
+    buf.up = a.up.get() + l * NF;
+    buf.act = a.act.get() + l * NF;
     const std::vector<int32_t> src = routes.layer(l);
-    AttentionForward p;
-    p.shape = AttentionShape{B, T, T, H, Hkv, D, 0, 1.f / std::sqrt(static_cast<float>(D)), 0};
-    p.q = q;
-    p.k_layers = k_layers.data();
-    p.v_layers = v_layers.data();
-    p.src = src.data();
-    p.out = att;
-    p.lse = a.lse.get() + static_cast<std::size_t>(l) * N * H;
-    be_->attention_forward(p);
-    be_->copy(mid, x, NC * sizeof(float));
-    be_->matmul(att, W(w.wo), mid, N, C, HD, false, true, 1.f, 1.f);
-
-    float* ln2 = a.ln2.get() + l * NC;
-    float* gate = a.gate.get() + l * NF;
-    float* up = a.up.get() + l * NF;
-    float* act = a.act.get() + l * NF;
-    float* x_next = a.resid.get() + (l + 1) * NC;
-    be_->rmsnorm_forward(ln2, a.rstd2.get() + static_cast<std::size_t>(l) * N, mid, W(w.mlp_norm), N, C, eps);
-    be_->matmul(ln2, W(w.w_gate), gate, N, F, C, false, true, 1.f, 0.f);
-    be_->matmul(ln2, W(w.w_up), up, N, F, C, false, true, 1.f, 0.f);
-    be_->swiglu_forward(act, gate, up, NF);
-    be_->copy(x_next, mid, NC * sizeof(float));
-    be_->matmul(act, W(w.w_down), x_next, N, C, F, false, true, 1.f, 1.f);
+    layer_forward(l, step, kv, src.data(), routes.is_source(l), buf);
   }
-  be_->rmsnorm_forward(a.lnf.get(), a.rstdf.get(), a.resid.get() + L * NC, W(off_final_norm_), N, C, eps);
-  be_->matmul(a.lnf.get(), W(off_head_), a.logits.get(), N, V, C, false, true, 1.f, 0.f);
+  head_forward(a.resid.get() + L * NC, a.lnf.get(), a.rstdf.get(), a.logits.get(), N);
   if (!targets) return 0.f;
 
   int n_valid = 0;

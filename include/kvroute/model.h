@@ -23,6 +23,38 @@ struct ParamTensor {
   bool weight_decay = false; // matrices decay; norm gains do not
 };
 
+// ---- the pieces of one forward pass, shared by training and the inference engine ----
+
+// The token grid of one forward call: B rows of Tq consecutive tokens each.
+struct ForwardStep {
+  int B = 0, Tq = 0;
+  const int32_t* pos0 = nullptr;  // host [B]: absolute position of row b's first token; null = all 0
+  const int32_t* slot = nullptr;  // host [B]: the K/V slot (sequence) row b writes and reads; null = b
+};
+
+// Per-layer K/V storage. K of layer l, slot s, position t, kv head h lives at
+// k_layers[l][s * seq_stride + t * n_kv_heads * head_dim + h * head_dim]; V likewise.
+// Training passes its activation buffers (seq_stride = T * n_kv_heads * head_dim); the
+// inference engine passes its KV cache, where a layer that keeps no cache has null pointers.
+struct KvStore {
+  std::vector<float*> k_layers, v_layers;  // [n_layers]
+  long seq_stride = 0;                     // elements between slots
+  int n_slots = 0;
+  int max_len = 0;                         // positions per slot
+};
+
+// What one layer's forward reads and writes; each buffer is [N, width] for N = B * Tq rows.
+struct LayerBuffers {
+  const float* x = nullptr;  // residual stream entering the layer
+  float* out = nullptr;      // residual stream leaving it (may alias x)
+  float *ln1 = nullptr, *rstd1 = nullptr, *q = nullptr, *att = nullptr, *mid = nullptr;
+  float *ln2 = nullptr, *rstd2 = nullptr, *gate = nullptr, *up = nullptr, *act = nullptr;
+  float* lse = nullptr;  // [B, H, Tq]; may be null when no backward follows
+  // [N, n_kv_heads * head_dim] scratch for fresh K/V rows. Unused (may be null) when they can be
+  // written in place: slot and pos0 null and seq_stride == Tq * n_kv_heads * head_dim.
+  float *k_new = nullptr, *v_new = nullptr;
+};
+
 class Model {
  public:
   Model(const ModelConfig& cfg, Backend* backend);
@@ -58,8 +90,23 @@ class Model {
   // Logits [B*T, vocab] of the last forward (device memory); valid until the next call.
   const float* logits() const { return act_.logits.get(); }
 
-  // Number of K/V projections computed by forward since construction (for tests:
-  // a layer that is no sequence's source computes none).
+  // ---- forward building blocks: the training forward and the inference engine both run
+  // these, so the transformer layer is written once ----
+  // x[N, C] = embedding rows of the device token ids.
+  void embed(const int32_t* ids, float* x, int N);
+  // Layer l over the step's tokens. If compute_kv, projects K/V and stores them into kv at
+  // each row's (slot, positions pos0 .. pos0+Tq-1); otherwise computes no K/V at all. The
+  // queries of row b attend (causally) to layer src[b]'s K/V at positions 0 .. pos0[b]+Tq-1.
+  // src: host [B].
+  void layer_forward(int l, const ForwardStep& step, const KvStore& kv, const int32_t* src, bool compute_kv,
+                     const LayerBuffers& buf);
+  // logits[N, V] = final_norm(x) W_head^T; lnf [N, C] and rstd [N] are scratch.
+  void head_forward(const float* x, float* lnf, float* rstd, float* logits, int N);
+  // Throws std::invalid_argument naming the first token id outside the vocabulary.
+  void check_tokens(const int32_t* tokens, std::size_t n) const;
+
+  // Number of K/V projections (one per layer_forward call with compute_kv) since construction,
+  // for tests: a layer that is no sequence's source computes none.
   long kv_projections() const { return kv_projections_; }
   // Bytes of activation memory held for the current (B, T).
   std::size_t activation_bytes() const;
