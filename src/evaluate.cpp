@@ -1,41 +1,109 @@
+// The evaluation harness: every strategy of a checkpoint measured through the
+// inference engine's cache (validation loss, cache size, TTFT, decode speed,
+// peak memory).
 #include "kvroute/evaluate.h"
 
 #include <cmath>
-#include <cstdio>
+#include <fstream>
 #include <sstream>
+#include <stdexcept>
 
-#include "kvroute/trainer.h"
+#include "kvroute/data.h"
 
 namespace kvroute {
 
-std::vector<StrategyResult> evaluate_strategies(Model& model, const std::vector<int32_t>& val_tokens,
-                                                const std::vector<SharingStrategy>& strategies, int B, int T,
-                                                int n_batches) {
+int batches_for_budget(long token_budget, int batch_size, int seq_len) {
+  if (batch_size < 1 || seq_len < 1) throw std::invalid_argument("batch size and sequence length must be >= 1");
+  const long per_batch = static_cast<long>(batch_size) * seq_len;
+  return static_cast<int>(std::max(1L, (token_budget + per_batch - 1) / per_batch));
+}
+
+double strategy_val_loss(Model& model, const SharingStrategy& strategy, const ValidationSet& val) {
+  if (!val.tokens || val.n_batches < 1) throw std::invalid_argument("validation set is empty");
+  InferenceEngine engine(model, strategy, val.batch_size, val.seq_len);
+  double sum = 0;
+  for (int i = 0; i < val.n_batches; ++i) {
+    const Batch b = val_batch(*val.tokens, val.batch_size, val.seq_len, i, val.n_batches);
+    sum += engine.teacher_forced_loss(b.inputs, b.targets, val.batch_size, val.seq_len);
+  }
+  return sum / val.n_batches;
+}
+
+long peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  return 0;
+}
+
+bool reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  if (!clear) return false;
+  clear << "5";
+  clear.flush();
+  return static_cast<bool>(clear);
+}
+
+std::vector<StrategyResult> evaluate_strategies(Model& model, const std::string& checkpoint, long step,
+                                                const std::vector<std::string>& specs,
+                                                const std::vector<int32_t>& val_tokens, const EvalSpec& spec,
+                                                std::ostream& log) {
+  const ModelConfig& mc = model.config();
+  const int L = mc.n_layers;
+  const ValidationSet val{&val_tokens, spec.batch_size, spec.seq_len, spec.n_batches};
+  SharingStrategy full{"full", {}};
+  for (int l = 0; l < L; ++l) full.src.push_back(l);
+  const std::size_t full_bytes = kv_bytes_per_token(mc, full);
+
+  // Resolve every spec first, so a typo fails before any long measurement.
+  struct Pending {
+    SharingStrategy strategy;
+    int greedy_n = 0;
+  };
+  std::vector<Pending> pending;
+  for (const std::string& s : specs) {
+    if (is_greedy_strategy(s))
+      pending.push_back({SharingStrategy{s, {}}, parse_greedy_count(s, L)});
+    else
+      pending.push_back({parse_strategy(s, L), 0});
+  }
+
   std::vector<StrategyResult> out;
-  for (const SharingStrategy& s : strategies) {
+  for (const Pending& p : pending) {
+    reset_peak_rss();
     StrategyResult r;
-    r.strategy = s;
-    r.val_loss = validation_loss(model, val_tokens, B, T, n_batches, s.src);
+    r.checkpoint = checkpoint;
+    r.step = step;
+    if (p.greedy_n > 0) {
+      log << p.strategy.name << ": greedy search from full down to " << p.greedy_n << " cache layers\n";
+      const GreedySearch g = greedy_search(p.strategy.name, L, p.greedy_n, [&](const SharingStrategy& s) {
+        return strategy_val_loss(model, s, val);
+      });
+      r.strategy = g.strategy;
+      r.greedy_path = greedy_path_string(g);
+      r.val_loss = g.path.back().val_loss;
+      log << "  path: " << r.greedy_path << "\n  chosen map: " << g.strategy.map_string() << " (list:"
+          << g.strategy.map_string() << "), " << g.evaluations << " loss evaluations\n";
+    } else {
+      r.strategy = p.strategy;
+      r.val_loss = strategy_val_loss(model, r.strategy, val);
+    }
     r.perplexity = std::exp(r.val_loss);
+    r.val_tokens = val.n_tokens();
+    r.kv_bytes_per_token = kv_bytes_per_token(mc, r.strategy);
+    r.full_kv_bytes_per_token = full_bytes;
+    r.kv_fraction = static_cast<double>(r.kv_bytes_per_token) / static_cast<double>(full_bytes);
+    if (spec.measure_speed) {
+      const GenerationBench b = benchmark_generation(model, {r.strategy}, spec.bench).front();
+      r.ttft_ms = b.median_ttft_ms();
+      r.decode_tokens_per_s = b.median_decode_tokens_per_s();
+    }
+    r.peak_rss_kib = peak_rss_kib();
+    log << "  " << r.strategy.name << " [" << r.strategy.map_string() << "]: val loss " << r.val_loss << "\n";
     out.push_back(r);
   }
   return out;
-}
-
-std::string strategy_table_markdown(const std::vector<StrategyResult>& results) {
-  std::ostringstream os;
-  os << "| strategy | source map | cache layers | KV kept | val loss | perplexity | loss vs " 
-     << (results.empty() ? std::string("first") : results.front().strategy.name) << " |\n";
-  os << "|---|---|---:|---:|---:|---:|---:|\n";
-  for (const StrategyResult& r : results) {
-    char buf[256];
-    const double base = results.front().val_loss;
-    std::snprintf(buf, sizeof buf, "| %s | %s | %d/%zu | %.1f%% | %.4f | %.3f | %+.2f%% |\n", r.strategy.name.c_str(),
-                  r.strategy.map_string().c_str(), r.strategy.n_cache_layers(), r.strategy.src.size(),
-                  100.0 * r.strategy.kv_fraction(), r.val_loss, r.perplexity, 100.0 * (r.val_loss - base) / base);
-    os << buf;
-  }
-  return os.str();
 }
 
 }  // namespace kvroute

@@ -171,13 +171,21 @@ SharingStrategy parse_strategy(const std::string& spec_in, int n_layers) {
     } catch (const std::invalid_argument& e) {
       fail(spec, e.what());
     }
+  } else if (name == "greedy") {
+    fail(spec, "greedy:N searches for the best map with a model and validation data; `kvroute eval` resolves it "
+               "and prints the map, to pass elsewhere as list:...");
   } else {
     throw std::invalid_argument("unknown strategy '" + spec + "' " + kExpected);
   }
   return SharingStrategy{spec, std::move(src)};
 }
 
-std::vector<SharingStrategy> parse_strategy_list(const std::string& specs, int n_layers) {
+bool is_greedy_strategy(const std::string& spec) {
+  const std::string t = trim(spec);
+  return trim(t.substr(0, t.find(':'))) == "greedy";
+}
+
+std::vector<std::string> split_strategy_list(const std::string& specs) {
   // Split into tokens on ';' and ','; a ',' token that starts with a digit or '-' extends the
   // preceding list:, anything else starts a new strategy.
   if (trim(specs).empty()) throw std::invalid_argument("no strategies given");
@@ -204,8 +212,12 @@ std::vector<SharingStrategy> parse_strategy_list(const std::string& specs, int n
     if (specs[end] == ';') last_is_list = false;
     start = end + 1;
   }
+  return groups;
+}
+
+std::vector<SharingStrategy> parse_strategy_list(const std::string& specs, int n_layers) {
   std::vector<SharingStrategy> out;
-  for (const std::string& g : groups) out.push_back(parse_strategy(g, n_layers));
+  for (const std::string& g : split_strategy_list(specs)) out.push_back(parse_strategy(g, n_layers));
   return out;
 }
 

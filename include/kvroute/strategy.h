@@ -26,6 +26,11 @@ struct SharingStrategy {
 //   list:a,b,.. an explicit map
 // Throws std::invalid_argument naming the problem for an unknown name or an invalid map.
 SharingStrategy parse_strategy(const std::string& spec, int n_layers);
+// greedy:N is not a fixed map: it is a search that needs a model and validation data
+// (kvroute eval resolves it, see evaluate.h). parse_strategy refuses it with that message.
+bool is_greedy_strategy(const std::string& spec);
+// Splits a strategy list (as below) into one spec per strategy, without parsing them.
+std::vector<std::string> split_strategy_list(const std::string& specs);
 // Comma-separated list, where "list:..." swallows the rest of its own numbers.
 // Strategies are separated by ';' or by ',' before a letter: "full,cla:2,list:0,0,2,2,first".
 std::vector<SharingStrategy> parse_strategy_list(const std::string& specs, int n_layers);

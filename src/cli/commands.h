@@ -7,5 +7,7 @@ namespace kvroute::cli {
 
 void add_train_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_generate_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 }  // namespace kvroute::cli

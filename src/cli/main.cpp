@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   kvroute::cli::add_train_command(app);
   kvroute::cli::add_eval_command(app);
+  kvroute::cli::add_generate_command(app);
+  kvroute::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
