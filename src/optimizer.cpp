@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 
 namespace kvroute {
 
@@ -18,6 +20,14 @@ AdamW::AdamW(const TrainConfig& tc, Model& model)
 
 double AdamW::grad_norm() const {
   return std::sqrt(model_.backend()->sum_squares(model_.grads(), model_.num_params()));
+}
+
+void AdamW::moments_from_host(const std::vector<float>& m, const std::vector<float>& v) {
+  if (m.size() != m_.size() || v.size() != v_.size())
+    throw std::invalid_argument("AdamW moments: got " + std::to_string(m.size()) + " and " + std::to_string(v.size()) +
+                                " floats, the model has " + std::to_string(m_.size()) + " parameters");
+  m_.upload(m);
+  v_.upload(v);
 }
 
 double AdamW::step(double lr) {

@@ -155,7 +155,6 @@ struct GenerationBench {
   SharingStrategy strategy;
   std::size_t kv_bytes = 0;           // cache allocated for the measurement
   std::size_t kv_bytes_per_token = 0;
-  long kv_projections_per_token = 0;  // K/V projections per decode step
   std::vector<double> ttft_ms;        // every timed run
   std::vector<double> decode_tokens_per_s;
   double median_ttft_ms() const;

@@ -24,6 +24,10 @@ class AdamW {
   void set_steps_taken(long t) { t_ = t; }
   float* m() { return m_.get(); }
   float* v() { return v_.get(); }
+  // Host copies of the moments in parameter-buffer order, and their restore (checkpoints).
+  std::vector<float> m_to_host() const { return m_.download(); }
+  std::vector<float> v_to_host() const { return v_.download(); }
+  void moments_from_host(const std::vector<float>& m, const std::vector<float>& v);
   std::size_t size() const { return m_.size(); }
 
  private:

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   kvroute::cli::add_eval_command(app);
   kvroute::cli::add_generate_command(app);
   kvroute::cli::add_bench_command(app);
+  kvroute::cli::add_ckpt_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

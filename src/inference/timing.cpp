@@ -61,7 +61,6 @@ std::vector<GenerationBench> benchmark_generation(Model& model, const std::vecto
     b.strategy = s;
     b.kv_bytes = engines.back()->cache().bytes();
     b.kv_bytes_per_token = engines.back()->cache().bytes_per_token();
-    b.kv_projections_per_token = s.n_cache_layers();
     out.push_back(b);
   }
   GenerateOptions ttft_opt;
