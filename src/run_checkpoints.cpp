@@ -96,6 +96,12 @@ std::string find_latest_checkpoint(const std::string& run_dir, std::string* note
   return files.back().path.string();
 }
 
+std::vector<std::string> list_run_checkpoints(const std::string& run_dir) {
+  std::vector<std::string> paths;
+  for (const StepFile& f : step_files(checkpoints_dir(run_dir))) paths.push_back(f.path.string());
+  return paths;
+}
+
 std::vector<std::string> rotate_checkpoints(const std::string& run_dir, int keep_last) {
   const fs::path dir = checkpoints_dir(run_dir);
   const auto latest = read_latest(dir);

@@ -28,6 +28,9 @@ std::string save_run_checkpoint(const std::string& run_dir, const Model& model, 
 // says so. Throws CheckpointError naming the directory when there is no checkpoint.
 std::string find_latest_checkpoint(const std::string& run_dir, std::string* note = nullptr);
 
+// The step_*.h5 files in <run_dir>/checkpoints, oldest first (full paths).
+std::vector<std::string> list_run_checkpoints(const std::string& run_dir);
+
 // Keeps `latest` and the keep_last - 1 newest step files before it; files of later
 // steps than `latest` (left from an abandoned continuation) are kept too, since the
 // resumed run will overwrite them. Returns the removed paths.
