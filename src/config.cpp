@@ -102,6 +102,8 @@ const std::vector<Field>& registry() {
       {FIELD(train.out_dir), .doc = "run directory (logs, checkpoints)"},
       {FIELD(train.on_nonfinite), .doc = "on a NaN/Inf loss: stop the run or skip the step",
        .choices = {"stop", "skip"}},
+      {FIELD(train.recompute), .doc = "recompute in backward instead of keeping: none, attention (q, scores), layer (all but K/V)",
+       .choices = {"none", "attention", "layer"}},
       {FIELD(train.checkpoint.interval), .doc = "steps between checkpoints; 0 = only at the end",
        .range = at_least(0)},
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",

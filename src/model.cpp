@@ -9,7 +9,8 @@
 //   x'   = mid + act Wd^T
 // layer_forward is the only copy of this: the training forward runs it over
 // activation buffers, the inference engine (src/inference) over its KV cache.
-// Backward walks the layers top-down. Layer l's attention backward adds dK/dV
+// Backward walks the layers top-down, first rebuilding what the forward did not keep
+// (train.recompute; see Model::set_recompute). Layer l's attention backward adds dK/dV
 // into its source layer's buffers; since sources are never above l, by the time
 // the walk reaches layer s every reader of s has contributed, and s can push
 // its complete dK/dV through its own projections.
@@ -97,6 +98,14 @@ void Model::params_from_host(const std::vector<float>& host) {
 
 void Model::zero_grads() { be_->fill_zero(grads_.get(), grads_.bytes()); }
 
+void Model::set_recompute(const std::string& mode) {
+  if (mode != "none" && mode != "attention" && mode != "layer")
+    throw std::invalid_argument("train.recompute: unknown mode '" + mode + "' (none, attention or layer)");
+  if (mode == recompute_) return;
+  recompute_ = mode;
+  act_ = Activations{};  // reallocated for the new mode by the next forward
+}
+
 void Model::ensure_activations(int B, int T) {
   if (act_.B == B && act_.T == T) return;
   const std::size_t N = static_cast<std::size_t>(B) * T, L = cfg_.n_layers, C = cfg_.d_model, F = cfg_.d_ff;
@@ -110,19 +119,21 @@ void Model::ensure_activations(int B, int T) {
   a.tokens = DeviceBuffer<int32_t>(be_, N);
   a.targets = DeviceBuffer<int32_t>(be_, N);
   a.resid = DeviceBuffer<float>(be_, (L + 1) * N * C);
-  a.resid_mid = DeviceBuffer<float>(be_, L * N * C);
-  a.ln1 = DeviceBuffer<float>(be_, L * N * C);
-  a.ln2 = DeviceBuffer<float>(be_, L * N * C);
+  // Tensors kept per layer, or one buffer that every layer reuses when backward recomputes them.
+  const std::size_t La = keeps_attention() ? L : 1, Lm = keeps_mlp() ? L : 1;
+  a.resid_mid = DeviceBuffer<float>(be_, Lm * N * C);
+  a.ln1 = DeviceBuffer<float>(be_, N * C);
+  a.ln2 = DeviceBuffer<float>(be_, N * C);
   a.rstd1 = DeviceBuffer<float>(be_, L * N);
   a.rstd2 = DeviceBuffer<float>(be_, L * N);
-  a.q = DeviceBuffer<float>(be_, L * N * HD);
-  a.att = DeviceBuffer<float>(be_, L * N * HD);
+  a.q = DeviceBuffer<float>(be_, La * N * HD);
+  a.att = DeviceBuffer<float>(be_, La * N * HD);
   a.k = DeviceBuffer<float>(be_, L * N * KD);
   a.v = DeviceBuffer<float>(be_, L * N * KD);
-  a.lse = DeviceBuffer<float>(be_, L * N * cfg_.n_heads);
-  a.gate = DeviceBuffer<float>(be_, L * N * F);
-  a.up = DeviceBuffer<float>(be_, L * N * F);
-  a.act = DeviceBuffer<float>(be_, L * N * F);
+  a.lse = DeviceBuffer<float>(be_, La * N * cfg_.n_heads);
+  a.gate = DeviceBuffer<float>(be_, Lm * N * F);
+  a.up = DeviceBuffer<float>(be_, Lm * N * F);
+  a.act = DeviceBuffer<float>(be_, N * F);
   a.lnf = DeviceBuffer<float>(be_, N * C);
   a.rstdf = DeviceBuffer<float>(be_, N);
   a.logits = DeviceBuffer<float>(be_, N * V);
@@ -147,6 +158,43 @@ std::size_t Model::activation_bytes() const {
                                        &a.dgate, &a.dup})
     total += b->bytes();
   return total + a.tokens.bytes() + a.targets.bytes();
+}
+
+KvStore Model::training_kv() {
+  // Every layer's K/V slice is dense [B, T, Hkv, D], so layers write their K/V in place.
+  Activations& a = act_;
+  const std::size_t N = static_cast<std::size_t>(a.B) * a.T, KD = static_cast<std::size_t>(cfg_.n_kv_heads) * head_dim();
+  KvStore kv;
+  for (int l = 0; l < cfg_.n_layers; ++l) {
+    kv.k_layers.push_back(a.k.get() + l * N * KD);
+    kv.v_layers.push_back(a.v.get() + l * N * KD);
+  }
+  kv.seq_stride = static_cast<long>(a.T * KD);
+  kv.n_slots = a.B;
+  kv.max_len = a.T;
+  return kv;
+}
+
+LayerBuffers Model::training_buffers(int l) {
+  Activations& a = act_;
+  const std::size_t N = static_cast<std::size_t>(a.B) * a.T, C = cfg_.d_model, F = cfg_.d_ff, H = cfg_.n_heads;
+  const std::size_t HD = H * head_dim();
+  const std::size_t la = keeps_attention() ? l : 0, lm = keeps_mlp() ? l : 0;  // buffer index
+  LayerBuffers b;
+  b.x = a.resid.get() + l * N * C;
+  b.out = a.resid.get() + (l + 1) * N * C;
+  b.ln1 = a.ln1.get();
+  b.ln2 = a.ln2.get();
+  b.act = a.act.get();
+  b.rstd1 = a.rstd1.get() + l * N;
+  b.rstd2 = a.rstd2.get() + l * N;
+  b.q = a.q.get() + la * N * HD;
+  b.att = a.att.get() + la * N * HD;
+  b.lse = a.lse.get() + la * N * H;
+  b.mid = a.resid_mid.get() + lm * N * C;
+  b.gate = a.gate.get() + lm * N * F;
+  b.up = a.up.get() + lm * N * F;
+  return b;
 }
 
 float Model::forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes) {
@@ -202,11 +250,16 @@ void for_each_run(const ForwardStep& s, bool contiguous_slots, Fn fn) {
 
 void Model::layer_forward(int l, const ForwardStep& s, const KvStore& kv, const int32_t* src, bool compute_kv,
                           const LayerBuffers& a) {
+  attention_half(l, s, kv, src, compute_kv, a);
+  mlp_half(l, s, a, true);
+}
+
+void Model::attention_half(int l, const ForwardStep& s, const KvStore& kv, const int32_t* src, bool compute_kv,
+                           const LayerBuffers& a) {
   const LayerOffsets& w = layers_[l];
-  const int B = s.B, Tq = s.Tq, N = B * Tq, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim();
+  const int B = s.B, Tq = s.Tq, N = B * Tq, C = cfg_.d_model, D = head_dim();
   const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D;
   const float eps = static_cast<float>(cfg_.norm_eps), theta = static_cast<float>(cfg_.rope_theta);
-  const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
   auto pos = [&](int b) { return s.pos0 ? s.pos0[b] : 0; };
   auto slot = [&](int b) { return s.slot ? s.slot[b] : b; };
   for (int b = 0; b < B; ++b)
@@ -263,12 +316,20 @@ void Model::layer_forward(int l, const ForwardStep& s, const KvStore& kv, const 
     p.lse = a.lse ? a.lse + static_cast<std::size_t>(b0) * H * Tq : nullptr;
     be_->attention_forward(p);
   });
+}
+
+void Model::mlp_half(int l, const ForwardStep& s, const LayerBuffers& a, bool to_output) {
+  const LayerOffsets& w = layers_[l];
+  const int N = s.B * s.Tq, C = cfg_.d_model, F = cfg_.d_ff, HD = cfg_.n_heads * head_dim();
+  const float eps = static_cast<float>(cfg_.norm_eps);
+  const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
   be_->copy(a.mid, a.x, NC * sizeof(float));
   be_->matmul(a.att, W(w.wo), a.mid, N, C, HD, false, true, 1.f, 1.f);
 
   be_->rmsnorm_forward(a.ln2, a.rstd2, a.mid, W(w.mlp_norm), N, C, eps);
   be_->matmul(a.ln2, W(w.w_gate), a.gate, N, F, C, false, true, 1.f, 0.f);
   be_->matmul(a.ln2, W(w.w_up), a.up, N, F, C, false, true, 1.f, 0.f);
+  if (!to_output) return;
   be_->swiglu_forward(a.act, a.gate, a.up, NF);
   be_->copy(a.out, a.mid, NC * sizeof(float));
   be_->matmul(a.act, W(w.w_down), a.out, N, C, F, false, true, 1.f, 1.f);
@@ -283,42 +344,17 @@ float Model::run_forward(const int32_t* tokens, const int32_t* targets, int B, i
   check_tokens(tokens, static_cast<std::size_t>(B) * T);
   ensure_activations(B, T);
   Activations& a = act_;
-  const int N = B * T, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim(), L = cfg_.n_layers;
-  const int H = cfg_.n_heads, HD = H * D, KD = cfg_.n_kv_heads * D, V = cfg_.vocab_size;
-  const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
+  const int N = B * T, C = cfg_.d_model, L = cfg_.n_layers, V = cfg_.vocab_size;
+  const std::size_t NC = static_cast<std::size_t>(N) * C;
 
   be_->copy_to_device(a.tokens.get(), tokens, sizeof(int32_t) * N);
   embed(a.tokens.get(), a.resid.get(), N);
 
-  // Every layer's K/V slice is dense [B, T, Hkv, D], so layers write their K/V in place.
-  KvStore kv;
-  kv.k_layers.resize(L);
-  kv.v_layers.resize(L);
-  for (int l = 0; l < L; ++l) {
-    kv.k_layers[l] = a.k.get() + static_cast<std::size_t>(l) * N * KD;
-    kv.v_layers[l] = a.v.get() + static_cast<std::size_t>(l) * N * KD;
-  }
-  kv.seq_stride = static_cast<long>(T) * KD;
-  kv.n_slots = B;
-  kv.max_len = T;
+  const KvStore kv = training_kv();
   const ForwardStep step{B, T, nullptr, nullptr};
   for (int l = 0; l < L; ++l) {
-    LayerBuffers buf;
-    buf.x = a.resid.get() + l * NC;
-    buf.out = a.resid.get() + (l + 1) * NC;
-    buf.ln1 = a.ln1.get() + l * NC;
-    buf.rstd1 = a.rstd1.get() + static_cast<std::size_t>(l) * N;
-    buf.q = a.q.get() + static_cast<std::size_t>(l) * N * HD;
-    buf.att = a.att.get() + static_cast<std::size_t>(l) * N * HD;
-    buf.lse = a.lse.get() + static_cast<std::size_t>(l) * N * H;
-    buf.mid = a.resid_mid.get() + l * NC;
-    buf.ln2 = a.ln2.get() + l * NC;
-    buf.rstd2 = a.rstd2.get() + static_cast<std::size_t>(l) * N;
-    buf.gate = a.gate.get() + l * NF;
-    buf.up = a.up.get() + l * NF;
-    buf.act = a.act.get() + l * NF;
     const std::vector<int32_t> src = routes.layer(l);
-    layer_forward(l, step, kv, src.data(), routes.is_source(l), buf);
+    layer_forward(l, step, kv, src.data(), routes.is_source(l), training_buffers(l));
   }
   head_forward(a.resid.get() + L * NC, a.lnf.get(), a.rstdf.get(), a.logits.get(), N);
   if (!targets) return 0.f;
@@ -341,6 +377,7 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
   Activations& a = act_;
   const int N = B * T, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim(), L = cfg_.n_layers;
   const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D, V = cfg_.vocab_size;
+  const float eps = static_cast<float>(cfg_.norm_eps);
   const float theta = static_cast<float>(cfg_.rope_theta);
   const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
   const float* dlogits = a.logits.get();
@@ -364,14 +401,21 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
     dv_layers[l] = a.dv.get() + off;
   }
 
+  const KvStore kv = training_kv();
+  const ForwardStep step{B, T, nullptr, nullptr};
   for (int l = L - 1; l >= 0; --l) {
     const LayerOffsets& w = layers_[l];
+    const LayerBuffers buf = training_buffers(l);
+    const std::vector<int32_t> src = routes.layer(l);
+    // Rebuild what the forward did not keep. K/V are always kept: layers above read them.
+    if (keeps_attention()) be_->rmsnorm_forward(buf.ln1, buf.rstd1, buf.x, W(w.attn_norm), N, C, eps);
+    else attention_half(l, step, kv, src.data(), false, buf);
+    if (keeps_mlp()) be_->rmsnorm_forward(buf.ln2, buf.rstd2, buf.mid, W(w.mlp_norm), N, C, eps);
+    else mlp_half(l, step, buf, false);
+    be_->swiglu_forward(buf.act, buf.gate, buf.up, NF);
+
     // MLP: x' = mid + act Wd^T. dresid holds dL/dx', which is also the residual part of dL/dmid.
-    const float* mid = a.resid_mid.get() + l * NC;
-    const float* ln2 = a.ln2.get() + l * NC;
-    const float* gate = a.gate.get() + l * NF;
-    const float* up = a.up.get() + l * NF;
-    const float* act = a.act.get() + l * NF;
+    const float *mid = buf.mid, *ln2 = buf.ln2, *gate = buf.gate, *up = buf.up, *act = buf.act;
     be_->matmul(a.dresid.get(), W(w.w_down), a.dact.get(), N, F, C, false, false, 1.f, 0.f);
     be_->matmul(a.dresid.get(), act, dW(w.w_down), C, F, N, true, false, 1.f, 1.f);
     be_->fill_zero(a.dgate.get(), a.dgate.bytes());
@@ -382,17 +426,13 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
     be_->matmul(a.dgate.get(), ln2, dW(w.w_gate), F, C, N, true, false, 1.f, 1.f);
     be_->matmul(a.dup.get(), ln2, dW(w.w_up), F, C, N, true, false, 1.f, 1.f);
     be_->rmsnorm_backward(a.dresid.get(), dW(w.mlp_norm), a.dln.get(), mid, W(w.mlp_norm),
-                          a.rstd2.get() + static_cast<std::size_t>(l) * N, N, C);
+                          buf.rstd2, N, C);
 
     // Attention: mid = x + att Wo^T. dresid now holds dL/dmid.
-    const float* x = a.resid.get() + l * NC;
-    const float* ln1 = a.ln1.get() + l * NC;
-    const float* q = a.q.get() + static_cast<std::size_t>(l) * N * HD;
-    const float* att = a.att.get() + static_cast<std::size_t>(l) * N * HD;
+    const float *x = buf.x, *ln1 = buf.ln1, *q = buf.q, *att = buf.att;
     be_->matmul(a.dresid.get(), W(w.wo), a.datt.get(), N, HD, C, false, false, 1.f, 0.f);
     be_->matmul(a.dresid.get(), att, dW(w.wo), C, HD, N, true, false, 1.f, 1.f);
     be_->fill_zero(a.dq.get(), a.dq.bytes());
-    const std::vector<int32_t> src = routes.layer(l);
     AttentionBackward p;
     p.shape = AttentionShape{B, T, T, H, Hkv, D, 0, 1.f / std::sqrt(static_cast<float>(D)), 0};
     p.q = q;
@@ -400,7 +440,7 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
     p.v_layers = v_layers.data();
     p.src = src.data();
     p.out = att;
-    p.lse = a.lse.get() + static_cast<std::size_t>(l) * N * H;
+    p.lse = buf.lse;
     p.dout = a.datt.get();
     p.dq = a.dq.get();
     p.dk_layers = dk_layers.data();
@@ -419,7 +459,7 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
       be_->matmul(dv_layers[l], ln1, dW(w.wv), KD, C, N, true, false, 1.f, 1.f);
     }
     be_->rmsnorm_backward(a.dresid.get(), dW(w.attn_norm), a.dln.get(), x, W(w.attn_norm),
-                          a.rstd1.get() + static_cast<std::size_t>(l) * N, N, C);
+                          buf.rstd1, N, C);
   }
   be_->embedding_backward(dW(off_embed_), a.dresid.get(), a.tokens.get(), N, C);
 }

@@ -107,6 +107,7 @@ TrainResult train(const Config& cfg) {
   RunLog log(run_dir.string());
 
   Model model(cfg.model, backend.get());
+  model.set_recompute(tc.recompute);
   model.init_weights(static_cast<uint64_t>(tc.seed));
   if (!cfg.model.init_from.empty()) {
     load_weights(cfg.model.init_from, model);

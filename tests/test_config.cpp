@@ -58,6 +58,7 @@ train:
   eval_batches: 16
   out_dir: runs/exp 1
   on_nonfinite: skip
+  recompute: layer
   checkpoint:
     interval: 500
     keep_last: 7
@@ -209,6 +210,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(t.eval_batches, 16);
   EXPECT_EQ(t.out_dir, "runs/exp 1");
   EXPECT_EQ(t.on_nonfinite, "skip");
+  EXPECT_EQ(t.recompute, "layer");
   EXPECT_EQ(t.checkpoint.interval, 500);
   EXPECT_EQ(t.checkpoint.keep_last, 7);
   const DataConfig& d = c.data;

@@ -58,6 +58,7 @@ struct TrainConfig {
   int eval_batches = 8;
   std::string out_dir = "runs/default";
   std::string on_nonfinite = "stop"; // stop | skip
+  std::string recompute = "none";    // activation recomputation in backward: none | attention | layer
   CheckpointConfig checkpoint;
 };
 
