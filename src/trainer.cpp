@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "kvroute/checkpoint.h"
+#include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
@@ -89,7 +90,7 @@ double unigram_entropy(const std::vector<int32_t>& tokens) {
 
 TrainResult train(const Config& cfg) {
   const TrainConfig& tc = cfg.train;
-  if (tc.threads > 0) omp_set_num_threads(tc.threads);
+  configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend);
   const Corpus corpus = load_corpus(cfg.data);
   if (corpus.vocab_size != cfg.model.vocab_size)

@@ -1,0 +1,58 @@
+#include "kvroute/cpu_threads.h"
+
+#include <omp.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace kvroute {
+namespace {
+
+int affinity_cpu_count() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+  return CPU_COUNT(&set);
+}
+
+// Ranks of this job on this machine, as the launcher tells them; 1 when none does.
+int local_rank_count() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
+    const char* v = std::getenv(var);
+    if (!v || !*v) continue;
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end != v && n >= 1) return static_cast<int>(n);
+  }
+  return 1;
+}
+
+}  // namespace
+
+ThreadChoice choose_cpu_threads(int requested, const char* omp_num_threads, int runtime_default, int affinity_cpus,
+                                int online_cpus, int local_ranks) {
+  if (requested > 0) return {requested, "requested"};
+  if (omp_num_threads && *omp_num_threads) return {std::max(1, runtime_default), "OMP_NUM_THREADS"};
+  const int cpus = std::max(1, affinity_cpus);
+  if (cpus < online_cpus)
+    return {cpus, std::to_string(cpus) + " of " + std::to_string(online_cpus) + " CPUs (bound by the launcher)"};
+  if (local_ranks > 1)
+    return {std::max(1, cpus / local_ranks),
+            std::to_string(cpus) + " CPUs / " + std::to_string(local_ranks) + " local ranks"};
+  return {cpus, "all " + std::to_string(cpus) + " CPUs"};
+}
+
+ThreadChoice configure_cpu_threads(int requested) {
+  const int online = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  int affinity = affinity_cpu_count();
+  if (affinity <= 0) affinity = std::max(1, online);
+  const ThreadChoice c =
+      choose_cpu_threads(requested, std::getenv("OMP_NUM_THREADS"), omp_get_max_threads(), affinity, online,
+                         local_rank_count());
+  omp_set_num_threads(c.threads);
+  return c;
+}
+
+}  // namespace kvroute
