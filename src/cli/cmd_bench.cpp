@@ -1,5 +1,6 @@
 // kvroute bench <what> ...: benchmarks, each a median of several runs.
 //   bench generate CFG-or-CKPT --strategy full,cla:2   prefill latency (TTFT) and decode tokens/s
+//   bench train CFG [--profile]                        training tokens/s, FLOP/s, MFU (cmd_bench_train.cpp)
 // Each benchmark is one add_bench_* function registered in add_bench_command.
 #include <omp.h>
 
@@ -16,6 +17,8 @@
 #include "kvroute/model.h"
 
 namespace kvroute::cli {
+
+void add_bench_train(CLI::App& bench);  // cmd_bench_train.cpp
 
 namespace {
 
@@ -116,6 +119,7 @@ void add_bench_generate(CLI::App& bench) {
 void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (medians of several runs)");
   add_bench_generate(*bench);
+  add_bench_train(*bench);
   bench->callback([bench] {
     if (bench->get_subcommands().empty())
       throw std::invalid_argument("bench needs a benchmark, e.g. `kvroute bench generate configs/gpt2-small.yaml` "
