@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "kvroute/checkpoint.h"
+#include "kvroute/cpu_threads.h"
 #include "kvroute/config.h"
 #include "kvroute/inference.h"
 #include "kvroute/json_text.h"
@@ -63,8 +64,7 @@ void add_bench_generate(CLI::App& bench) {
     const auto list = parse_strategy_list(strategies, mc.n_layers);
     if (spec.prompt_len == 0) spec.prompt_len = std::min(128, mc.context);
     if (spec.decode_len == 0) spec.decode_len = std::min(64, mc.context - 1);
-    if (threads > 0) omp_set_num_threads(threads);
-    else if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+    configure_cpu_threads(threads > 0 ? threads : cfg.train.threads);
     auto backend = make_backend(cfg.train.backend);
     Model model(mc, backend.get());
     if (from_config) model.init_weights(init_seed);

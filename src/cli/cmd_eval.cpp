@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "kvroute/checkpoint.h"
+#include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
 #include "kvroute/evaluate.h"
 #include "kvroute/model.h"
@@ -69,8 +70,7 @@ void add_eval_command(CLI::App& app) {
     for (std::size_t i = 0; i < ckpts.size(); ++i) {
       const std::string& ckpt = ckpts[i];
       const Config& cfg = infos[i].config;
-      if (threads > 0) omp_set_num_threads(threads);
-      else if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+      configure_cpu_threads(threads > 0 ? threads : cfg.train.threads);
       auto backend = make_backend(cfg.train.backend);
       Model model(cfg.model, backend.get());
       load_weights(ckpt, model);
