@@ -103,13 +103,13 @@ void load_rows(float* dst, int ld, const float* src, std::size_t src_stride, int
   }
 }
 
-// tile[d * kKeyBlock + j] = rows[j * row_stride + d] for j < n, zero beyond: a [D, kKeyBlock]
-// tile, so scores against all keys of the tile come out of one tile_gemm.
-void load_transposed(float* tile, const float* rows, std::size_t row_stride, int n, int D) {
-  std::fill(tile, tile + static_cast<std::size_t>(D) * kKeyBlock, 0.f);
+// tile[d * ld + j] = rows[j * row_stride + d] for j < n, zero for n <= j < ld: a [D, ld] tile, so
+// scores against all its keys come out of one tile_gemm.
+void load_transposed(float* tile, int ld, const float* rows, std::size_t row_stride, int n, int D) {
+  for (int d = 0; d < D; ++d) std::fill(tile + static_cast<std::size_t>(d) * ld + n, tile + (d + 1) * ld, 0.f);
   for (int j = 0; j < n; ++j) {
     const float* r = rows + j * row_stride;
-    for (int d = 0; d < D; ++d) tile[d * kKeyBlock + j] = r[d];
+    for (int d = 0; d < D; ++d) tile[static_cast<std::size_t>(d) * ld + j] = r[d];
   }
 }
 
@@ -139,12 +139,18 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
   const long n_tasks = static_cast<long>(g.B) * g.H * n_qblocks;
   const int D = g.D;
   const int Dp = round_up(D, cpu::kTileCols);  // padded head_dim of the value/output tiles
+  const bool v_in_place = Dp == D;               // value rows can feed tile_gemm straight from memory
+  const int max_keys = g.keys_visible(g.Tq - 1);
+  const int kt_ld = round_up(max_keys, kKeyBlock);
 
 #pragma omp parallel
   {
     std::vector<float> q_tile(static_cast<std::size_t>(kQueryBlock) * D);  // scaled queries
-    std::vector<float> k_tile(static_cast<std::size_t>(D) * kKeyBlock);    // transposed keys
-    std::vector<float> v_tile(static_cast<std::size_t>(kKeyBlock) * Dp);
+    // K^T of one (source layer, sequence, kv head) for all visible keys, [D, kt_ld], zero padded;
+    // built once and reused by every query block and query head of the group this thread runs.
+    std::vector<float> k_t(static_cast<std::size_t>(D) * kt_ld);
+    const float* k_t_of = nullptr;  // the K it holds
+    std::vector<float> v_tile(v_in_place ? 0 : static_cast<std::size_t>(kKeyBlock) * Dp);
     std::vector<float> scores(static_cast<std::size_t>(kQueryBlock) * kKeyBlock);  // then probabilities
     std::vector<float> acc(static_cast<std::size_t>(kQueryBlock) * Dp);           // unnormalised output
     float row_max[kQueryBlock], row_sum[kQueryBlock];
@@ -164,16 +170,25 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
       const int n_keys = g.keys_visible(i0 + nq - 1);
 
       load_rows(q_tile.data(), D, p.q + g.q_offset(b, i0, h), g.q_row, nq, D, kQueryBlock, g.scale);
+      if (k_t_of != K) {
+        load_transposed(k_t.data(), kt_ld, K, g.kv_row, max_keys, D);
+        k_t_of = K;
+      }
       std::fill(acc.begin(), acc.end(), 0.f);
       std::fill(row_max, row_max + kQueryBlock, -std::numeric_limits<float>::infinity());
       std::fill(row_sum, row_sum + kQueryBlock, 0.f);
 
       for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
         const int nk = std::min(kKeyBlock, n_keys - j0);
-        load_transposed(k_tile.data(), K + j0 * g.kv_row, g.kv_row, nk, D);
-        load_rows(v_tile.data(), Dp, V + j0 * g.kv_row, g.kv_row, nk, D, kKeyBlock);
-        std::fill(scores.begin(), scores.end(), 0.f);
-        cpu::tile_gemm(scores.data(), kKeyBlock, q_tile.data(), D, k_tile.data(), kKeyBlock, rows, kKeyBlock, D);
+        const float* v_rows = V + j0 * g.kv_row;
+        std::size_t v_ld = g.kv_row;
+        if (!v_in_place) {
+          load_rows(v_tile.data(), Dp, v_rows, g.kv_row, nk, D, kKeyBlock);
+          v_rows = v_tile.data();
+          v_ld = Dp;
+        }
+        cpu::tile_gemm<false>(scores.data(), kKeyBlock, q_tile.data(), D, k_t.data() + j0, kt_ld, rows, kKeyBlock,
+                              D);
 
         for (int i = 0; i < rows; ++i) {
           float* s = scores.data() + static_cast<std::size_t>(i) * kKeyBlock;
@@ -183,7 +198,8 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
             continue;
           }
           float tile_max = -std::numeric_limits<float>::infinity();
-          for (int j = 0; j < cnt; ++j) tile_max = std::max(tile_max, s[j]);
+#pragma omp simd reduction(max : tile_max)
+          for (int j = 0; j < cnt; ++j) tile_max = s[j] > tile_max ? s[j] : tile_max;
           const float new_max = std::max(row_max[i], tile_max);
           const float correction = cpu::fast_exp(row_max[i] - new_max);  // 0 on the first tile
           const float tile_sum = cpu::exp_shifted(s, s, cnt, new_max);
@@ -194,7 +210,7 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
 #pragma omp simd
           for (int d = 0; d < Dp; ++d) o[d] *= correction;
         }
-        cpu::tile_gemm(acc.data(), Dp, scores.data(), kKeyBlock, v_tile.data(), Dp, rows, Dp, nk);
+        cpu::tile_gemm(acc.data(), Dp, scores.data(), kKeyBlock, v_rows, static_cast<int>(v_ld), rows, Dp, nk);
       }
 
       for (int i = 0; i < nq; ++i) {
@@ -264,8 +280,8 @@ void CpuBackend::attention_backward(const AttentionBackward& p) {
       for (int j0 = 0; j0 < n_keys; j0 += KB) {
         const int nk = std::min(KB, n_keys - j0);
         const int key_rows = round_up(nk, cpu::kTileRows);
-        load_transposed(k_t.data(), K + j0 * g.kv_row, g.kv_row, nk, D);
-        load_transposed(v_t.data(), V + j0 * g.kv_row, g.kv_row, nk, D);
+        load_transposed(k_t.data(), KB, K + j0 * g.kv_row, g.kv_row, nk, D);
+        load_transposed(v_t.data(), KB, V + j0 * g.kv_row, g.kv_row, nk, D);
         load_rows(k_rows.data(), Dp, K + j0 * g.kv_row, g.kv_row, nk, D, KB);
         std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
         std::fill(dv_acc.begin(), dv_acc.end(), 0.f);

@@ -10,14 +10,15 @@ namespace {
 constexpr int kTileRows = 4;             // M must be a multiple of this
 constexpr int kTileCols = 2 * kLanes;    // N must be a multiple of this
 
-// C[M,N] += A[M,K] * B[K,N], row-major with leading dimensions lda, ldb, ldc.
-// Each 4 x (2 vectors) block of C stays in registers across the K loop.
+// C[M,N] += A[M,K] * B[K,N] (or C = A * B with accumulate = false), row-major with leading
+// dimensions lda, ldb, ldc. Each 4 x (2 vectors) block of C stays in registers across the K loop.
+template <bool accumulate = true>
 inline void tile_gemm(float* C, int ldc, const float* A, int lda, const float* B, int ldb, int M, int N,
                       int K) {
   for (int m0 = 0; m0 < M; m0 += kTileRows) {
     for (int n0 = 0; n0 < N; n0 += kTileCols) {
-      floatv acc[kTileRows][2];
-      for (int r = 0; r < kTileRows; ++r) {
+      floatv acc[kTileRows][2] = {};
+      for (int r = 0; r < kTileRows && accumulate; ++r) {
         acc[r][0] = load_vec(C + (m0 + r) * ldc + n0);
         acc[r][1] = load_vec(C + (m0 + r) * ldc + n0 + kLanes);
       }
