@@ -1,5 +1,6 @@
 #include "kvroute/cpu_threads.h"
 
+#include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
 #include <sched.h>
 #include <unistd.h>
@@ -53,6 +54,16 @@ ThreadChoice configure_cpu_threads(int requested) {
                          local_rank_count());
   omp_set_num_threads(c.threads);
   return c;
+}
+
+std::string onednn_threading_runtime() {
+  switch (dnnl_version()->cpu_runtime) {
+    case DNNL_RUNTIME_OMP: return "OpenMP";
+    case DNNL_RUNTIME_TBB: return "TBB";
+    case DNNL_RUNTIME_THREADPOOL: return "threadpool";
+    case DNNL_RUNTIME_SEQ: return "sequential";
+    default: return "unknown";
+  }
 }
 
 }  // namespace kvroute

@@ -192,3 +192,8 @@ TEST(BenchTrainCli, BadInputIsRefusedClearly) {
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("/nonexistent/cfg.yaml"));
 }
+
+TEST(CpuThreads, OneDnnSharesTheOpenMpPool) {
+  // The thread settings above assume oneDNN's sgemm runs on the same OpenMP pool.
+  EXPECT_EQ(onednn_threading_runtime(), "OpenMP");
+}

@@ -28,4 +28,8 @@ ThreadChoice choose_cpu_threads(int requested, const char* omp_num_threads, int 
 // count, applies choose_cpu_threads with omp_set_num_threads, and returns the choice.
 ThreadChoice configure_cpu_threads(int requested);
 
+// The CPU threading runtime of the oneDNN library loaded at run time: "OpenMP" (one pool with
+// the backend's loops, as assumed above), "TBB", "threadpool", "sequential" or "unknown".
+std::string onednn_threading_runtime();
+
 }  // namespace kvroute

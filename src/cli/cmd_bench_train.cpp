@@ -35,9 +35,11 @@ std::string format(const char* fmt, double v) {
 void print_profile(std::ostream& os, const TrainBenchResult& r, int steps) {
   double in_ops = 0;
   for (const OpTiming& t : r.profile) in_ops += t.seconds;
-  const double step = r.median_step_seconds, mean_step_in_ops = in_ops / steps;
-  os << "\nper-op time (--profile; totals over the " << steps << " timed steps / " << steps
-     << ", each call between two synchronize(); share of the median step):\n\n"
+  double total = 0;  // the timed steps, so shares add up to 100%
+  for (double s : r.step_seconds) total += s;
+  const double step = total / steps, mean_step_in_ops = in_ops / steps;
+  os << "\nper-op time (--profile; per step = totals over the " << steps
+     << " timed steps / " << steps << ", each call between two synchronize(); share of the mean step):\n\n"
      << "| op | calls/step | ms/step | share | model GFLOP/s |\n|---|---:|---:|---:|---:|\n";
   for (const OpTiming& t : r.profile) {
     char line[200];
@@ -96,7 +98,8 @@ void add_bench_train(CLI::App& bench) {
          << ", \"n_heads\": " << mc.n_heads << ", \"n_kv_heads\": " << mc.n_kv_heads << ", \"d_ff\": " << mc.d_ff
          << ", \"vocab_size\": " << mc.vocab_size << ", \"params\": " << r.params << "},\n \"settings\": {\"backend\": "
          << json_string(backend->name()) << ", \"threads\": " << n_threads
-         << ", \"threads_from\": " << json_string(tchoice.reason) << ", \"batch_size\": " << tc.batch_size
+         << ", \"threads_from\": " << json_string(tchoice.reason)
+         << ", \"onednn_runtime\": " << json_string(onednn_threading_runtime()) << ", \"batch_size\": " << tc.batch_size
          << ", \"seq_len\": " << tc.seq_len << ", \"grad_accum\": " << tc.grad_accum
          << ", \"tokens_per_step\": " << r.tokens_per_step << ", \"routing\": " << json_string(routing)
          << ", \"recompute\": " << json_string(tc.recompute) << ", \"warmup_steps\": " << spec.warmup_steps
@@ -133,7 +136,8 @@ void add_bench_train(CLI::App& bench) {
        << format("%.2f", r.params / 1e6) << "M parameters; routing " << routing << "; recompute " << tc.recompute
        << "\nstep: " << tc.batch_size << " x " << tc.seq_len << " tokens x grad_accum " << tc.grad_accum << " = "
        << r.tokens_per_step << " tokens (synthetic), AdamW included; backend " << backend->name() << ", "
-       << n_threads << " threads (" << tchoice.reason << "); load average " << format("%.2f", load_start) << " -> "
+       << n_threads << " threads (" << tchoice.reason << "; oneDNN on " << onednn_threading_runtime()
+       << "); load average " << format("%.2f", load_start) << " -> "
        << format("%.2f", load_end) << "\nmedian of " << spec.steps << " timed steps after " << spec.warmup_steps
        << " warm-up\n\n| measure | value |\n|---|---:|\n"
        << "| step time | " << format("%.3f s", r.median_step_seconds) << " |\n"
