@@ -109,11 +109,15 @@ const std::vector<Field>& registry() {
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",
        .range = at_least(1)},
 
-      {FIELD(data.tokenizer), .doc = "\"byte\" or a tokenizer directory", .non_empty = true},
-      {FIELD(data.train_path), .doc = "training text file"},
+      {FIELD(data.tokenizer), .doc = "\"byte\" or a tokenizer directory (kvroute data tokenizer)", .non_empty = true},
+      {FIELD(data.shards), .doc = "token shard directory (kvroute data encode); empty = use train_path"},
+      {FIELD(data.train_path), .doc = "training text file, tokenized on load (when data.shards is empty)"},
       {FIELD(data.val_path), .doc = "validation text file; empty = split off the end of train_path"},
       {FIELD(data.val_fraction), .doc = "validation share of train_path when val_path is empty",
        .range = interval(0, 1, "()")},
+      {FIELD(data.order), .doc = "training windows: random (seeded, epoch-wise) or sequential",
+       .choices = {"random", "sequential"}},
+      {FIELD(data.verify), .doc = "check shard checksums and token ids when loading (one pass over the shards)"},
   };
   return fields;
 }

@@ -93,13 +93,14 @@ TrainResult train(const Config& cfg) {
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend);
   const Corpus corpus = load_corpus(cfg.data);
-  if (corpus.vocab_size != cfg.model.vocab_size)
-    throw std::runtime_error("model.vocab_size is " + std::to_string(cfg.model.vocab_size) + " but tokenizer '" +
-                             corpus.tokenizer + "' has " + std::to_string(corpus.vocab_size) + " tokens");
+  check_model_vocab(corpus, cfg.model.vocab_size);
   const int B = tc.batch_size, T = tc.seq_len, L = cfg.model.n_layers;
   if (corpus.val.size() < static_cast<std::size_t>(T) + 1)
     throw std::runtime_error("validation split has only " + std::to_string(corpus.val.size()) +
                              " tokens; need at least seq_len + 1 = " + std::to_string(T + 1));
+  // Training windows (loader.h). loader state: loader.state() / loader.restore(LoaderState) (LoaderState::fields()
+  // gives named int64s for a checkpoint); before step s it is draws = (s - 1) * grad_accum * batch_size.
+  WindowLoader loader(corpus.train, corpus.vocab_size, loader_options(cfg));
   if (cfg.routing.mode == "fixed") sample_routes(cfg.routing, 1, L, 0, 0, 0);  // validates the strategy early
 
   const fs::path run_dir = tc.out_dir;
@@ -126,13 +127,15 @@ TrainResult train(const Config& cfg) {
            (cfg.routing.mode == "stochastic"
                 ? ", p " + fmt("%g", cfg.routing.p) + ", scheme " + cfg.routing.scheme + ", per " + cfg.routing.granularity
                 : cfg.routing.mode == "fixed" ? ", strategy " + cfg.routing.strategy : std::string()));
-  log.line("data: " + std::to_string(corpus.train.size()) + " train / " + std::to_string(corpus.val.size()) +
-           " val tokens (" + corpus.tokenizer + "), unigram entropy " + fmt("%.3f", unigram_entropy(corpus.train)) +
-           " nats; " + fmt("%.0f", tokens_per_step) + " tokens per step");
+  log.line("data: " + corpus.source + ", tokenizer " + corpus.tokenizer + ": " + std::to_string(corpus.train.size()) +
+           " train / " + std::to_string(corpus.val.size()) + " val tokens, unigram entropy " +
+           fmt("%.3f", unigram_entropy(corpus.train, corpus.vocab_size)) + " nats (train split); " +
+           fmt("%.0f", tokens_per_step) + " tokens per step, " + std::to_string(loader.windows_per_epoch()) +
+           " windows per epoch (" + cfg.data.order + " order)");
   {
     // Run one tiny forward so activation buffers exist, then report memory.
     const std::size_t pbytes = model.num_params() * sizeof(float);
-    const Batch probe = train_batch(corpus.train, B, T, tc.seed, 0, 0);
+    const Batch probe = loader.batch_at(0, B);
     model.forward(probe.inputs.data(), nullptr, B, T, identity_routes(B, L));
     log.line("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", AdamW state " +
              human_bytes(2.0 * pbytes) + ", activations " + human_bytes(model.activation_bytes()) +
@@ -152,7 +155,7 @@ TrainResult train(const Config& cfg) {
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
-      const Batch b = train_batch(corpus.train, B, T, tc.seed, step, micro);
+      const Batch b = loader.next_batch(B);
       const RouteTable routes = sample_routes(cfg.routing, B, L, tc.seed, step, micro);
       loss += model.forward_backward(b.inputs.data(), b.targets.data(), B, T, routes, 1.f / tc.grad_accum);
     }

@@ -64,9 +64,12 @@ train:
     keep_last: 7
 data:
   tokenizer: tok/dir
+  shards: data/shards
   train_path: data/train.txt
   val_path: data/val.txt
   val_fraction: 0.2
+  order: sequential
+  verify: false
 )";
 
 class ConfigTest : public ::testing::Test {
@@ -218,6 +221,9 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(d.train_path, "data/train.txt");
   EXPECT_EQ(d.val_path, "data/val.txt");
   EXPECT_EQ(d.val_fraction, 0.2);
+  EXPECT_EQ(d.shards, "data/shards");
+  EXPECT_EQ(d.order, "sequential");
+  EXPECT_FALSE(d.verify);
 }
 
 TEST_F(ConfigTest, LaterFilesWin) {

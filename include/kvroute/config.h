@@ -63,10 +63,13 @@ struct TrainConfig {
 };
 
 struct DataConfig {
-  std::string tokenizer = "byte";    // byte
-  std::string train_path;            // text file (byte tokenizer)
+  std::string tokenizer = "byte";    // "byte" or a tokenizer directory (`kvroute data tokenizer`)
+  std::string shards;                // token shard directory (`kvroute data encode`); or use train_path
+  std::string train_path;            // text file, tokenized on load
   std::string val_path;              // text file; empty = split off the end of train_path
   double val_fraction = 0.05;        // used when val_path is empty
+  std::string order = "random";      // training windows: random | sequential (see loader.h)
+  bool verify = true;                // check shard checksums and token ids on load (one pass)
 };
 
 struct Config {

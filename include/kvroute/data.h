@@ -1,42 +1,53 @@
-// Token data for training and evaluation.
-// Training windows are drawn at random positions, as a pure function of
-// (seed, step, micro-batch, row), so a resumed run draws the same windows.
-// Validation walks fixed, evenly spaced windows, so every evaluation of a
-// checkpoint sees the same tokens.
+// Token data for training and evaluation, as named by the data config.
+//
+// Two sources:
+//   data.shards: DIR   token shards written by `kvroute data encode` (shard.h,
+//                      shard_dir.h): the train shards are memory-mapped, the
+//                      validation shards are read in manifest order.
+//   data.train_path    a text file tokenized on load with data.tokenizer; the
+//                      validation split is data.val_path, or the last
+//                      data.val_fraction of the file, cut at a line break.
+// Training windows come from a WindowLoader (loader.h) over Corpus::train.
+// Validation walks fixed, evenly spaced windows of Corpus::val (val_batch), so
+// every evaluation of a checkpoint sees the same tokens.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kvroute/config.h"
+#include "kvroute/loader.h"
+#include "kvroute/tokenizer.h"
 
 namespace kvroute {
 
-struct Batch {
-  int B = 0, T = 0;
-  std::vector<int32_t> inputs;   // [B*T]
-  std::vector<int32_t> targets;  // [B*T], inputs shifted by one
-};
-
 struct Corpus {
-  std::string tokenizer;         // "byte"
+  std::string tokenizer;              // Tokenizer::identity(): "byte" or "sentencepiece-4096-<hex>"
+  std::string tokenizer_fingerprint;  // fingerprint_hex(Tokenizer::fingerprint())
   int vocab_size = 0;
-  std::vector<int32_t> train;
-  std::vector<int32_t> val;
+  std::shared_ptr<const Tokenizer> tok;  // decodes ids back to text
+  std::string source;                    // one line for logs: where the tokens came from
+  TokenStore train;                      // memory-mapped shards, or tokens in memory
+  std::vector<int32_t> val;              // validation tokens, in a fixed order
 };
 
-// Loads the corpus named by the data config. Throws std::runtime_error naming
-// the file and the problem (missing, empty, too short for one window).
-Corpus load_corpus(const DataConfig& dc);
+enum class CorpusParts { train_and_val, val_only };
+
+// Loads the corpus named by the data config. Throws std::runtime_error naming the
+// key or file and the problem: missing or empty file, truncated or corrupt shard,
+// shards from another tokenizer, both or neither of data.shards and data.train_path.
+Corpus load_corpus(const DataConfig& dc, CorpusParts parts = CorpusParts::train_and_val);
+
+// Refuses a model whose vocabulary differs from the tokenizer's, naming both keys.
+void check_model_vocab(const Corpus& corpus, int model_vocab_size);
+
+// The loader options the trainer uses (train.seq_len, train.seed, data.order; rank 0 of 1).
+LoaderOptions loader_options(const Config& cfg);
 
 // Byte-level tokenizer: one token per byte, vocabulary 256.
 std::vector<int32_t> byte_encode(const std::string& text);
 std::string byte_decode(const std::vector<int32_t>& ids);
-
-// One training micro-batch of B windows of T+1 tokens.
-Batch train_batch(const std::vector<int32_t>& tokens, int B, int T, uint64_t seed, uint64_t step, uint64_t micro);
-// Validation batch i of n_batches: B*n_batches evenly spaced windows over the split.
-Batch val_batch(const std::vector<int32_t>& tokens, int B, int T, int i, int n_batches);
 
 }  // namespace kvroute

@@ -10,5 +10,6 @@ void add_eval_command(CLI::App& app);
 void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_ckpt_command(CLI::App& app);
+void add_data_command(CLI::App& app);
 
 }  // namespace kvroute::cli

@@ -1,90 +1,148 @@
+// The corpus named by the data config (data.h): token shards or a text file.
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 
 #include "kvroute/data.h"
-#include "kvroute/rng.h"
+#include "kvroute/shard.h"
+#include "kvroute/shard_dir.h"
 
 namespace kvroute {
 
 namespace {
-std::string read_file(const std::string& path, const char* what) {
-  if (path.empty()) throw std::runtime_error(std::string(what) + ": no file given");
+
+std::string read_text_file(const std::string& path, const char* key) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(std::string(what) + ": cannot open '" + path + "'");
+  if (!in) throw std::runtime_error(std::string(key) + ": cannot open '" + path + "'");
   std::stringstream ss;
   ss << in.rdbuf();
   std::string text = ss.str();
-  if (text.empty()) throw std::runtime_error(std::string(what) + ": '" + path + "' is empty");
+  if (text.empty()) throw std::runtime_error(std::string(key) + ": '" + path + "' is empty");
   return text;
 }
-}  // namespace
 
-std::vector<int32_t> byte_encode(const std::string& text) {
-  std::vector<int32_t> ids(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
-  return ids;
-}
-
-std::string byte_decode(const std::vector<int32_t>& ids) {
-  std::string s;
-  s.reserve(ids.size());
-  for (int32_t id : ids) s.push_back(static_cast<char>(id & 0xff));
+TokenSegment shard_segment(const Shard& shard) {
+  TokenSegment s;
+  s.name = shard.path();
+  s.bytes = shard.token_bytes();
+  s.count = shard.size();
+  s.width = shard.header().token_width;
+  s.owner = std::make_shared<Shard>(shard);
   return s;
 }
 
-Corpus load_corpus(const DataConfig& dc) {
-  if (dc.tokenizer != "byte")
-    throw std::runtime_error("data.tokenizer: '" + dc.tokenizer + "' is not supported yet (only 'byte')");
-  Corpus c;
-  c.tokenizer = "byte";
-  c.vocab_size = 256;
-  c.train = byte_encode(read_file(dc.train_path, "data.train_path"));
+// Opens one shard of the manifest and checks that it is the file the manifest lists.
+Shard open_listed_shard(const ShardEntry& e, const ShardDirInfo& info, bool verify) {
+  Shard s = Shard::open(e.path, verify ? ShardCheck::full : ShardCheck::header);
+  const ShardHeader& h = s.header();
+  const std::string name = "shard '" + e.path + "'";
+  if (h.tokenizer_fingerprint != info.tokenizer_fingerprint || h.vocab_size != info.vocab_size)
+    throw std::runtime_error(name + ": written by tokenizer " + fingerprint_hex(h.tokenizer_fingerprint) + " (vocab " +
+                             std::to_string(h.vocab_size) + "), but the manifest names " +
+                             fingerprint_hex(info.tokenizer_fingerprint) + " (vocab " +
+                             std::to_string(info.vocab_size) + ")");
+  if (h.token_count != e.tokens || h.checksum != e.checksum)
+    throw std::runtime_error(name + ": holds " + std::to_string(h.token_count) + " tokens with checksum " +
+                             fingerprint_hex(h.checksum) + ", but manifest.yaml lists " + std::to_string(e.tokens) +
+                             " tokens with checksum " + fingerprint_hex(e.checksum) +
+                             " (a file was replaced or copied partially)");
+  return s;
+}
+
+void load_shards(Corpus& c, const DataConfig& dc, const Tokenizer& tok, CorpusParts parts) {
+  const ShardDirInfo info = read_shard_dir(dc.shards);
+  if (info.tokenizer_fingerprint != tok.fingerprint() || info.vocab_size != static_cast<uint32_t>(tok.vocab_size())) {
+    const std::string saved = info.tokenizer_spec();
+    throw std::runtime_error("data.shards '" + dc.shards + "' were encoded with tokenizer " + info.tokenizer_identity +
+                             ", but data.tokenizer '" + dc.tokenizer + "' is " + tok.identity() +
+                             (saved.empty() ? std::string() : "; set data.tokenizer: " + saved));
+  }
+  const auto train = info.split("train"), val = info.split("val");
+  if (train.empty()) throw std::runtime_error("data.shards '" + dc.shards + "': the manifest lists no training shards");
+  if (val.empty())
+    throw std::runtime_error(
+        "data.shards '" + dc.shards +
+        "': no validation shards (encoded with --val-fraction 0); re-encode with a validation split");
+  if (parts == CorpusParts::train_and_val)
+    for (const ShardEntry& e : train) c.train.segments.push_back(shard_segment(open_listed_shard(e, info, dc.verify)));
+  c.val.reserve(info.tokens("val"));
+  for (const ShardEntry& e : val) {
+    const Shard s = open_listed_shard(e, info, dc.verify);
+    for (uint64_t i = 0; i < s.size(); ++i) {
+      const int32_t id = s[i];
+      if (id < 0 || static_cast<uint32_t>(id) >= s.header().vocab_size)
+        throw std::runtime_error("shard '" + e.path + "': token " + std::to_string(i) + " has id " +
+                                 std::to_string(id) + ", not below the vocabulary size " +
+                                 std::to_string(s.header().vocab_size));
+      c.val.push_back(id);
+    }
+  }
+  c.source = "shards " + dc.shards + " (" + std::to_string(train.size()) + " train, " + std::to_string(val.size()) +
+             " val; " + (dc.verify ? "checksums verified" : "checksums not verified") + ")";
+}
+
+void load_text(Corpus& c, const DataConfig& dc, const Tokenizer& tok, CorpusParts parts) {
+  const std::string text = read_text_file(dc.train_path, "data.train_path");
+  std::string_view train = text, val;
+  std::string val_text;
   if (!dc.val_path.empty()) {
-    c.val = byte_encode(read_file(dc.val_path, "data.val_path"));
+    val_text = read_text_file(dc.val_path, "data.val_path");
+    val = val_text;
   } else {
     // Split the tail off as validation, at a line break so no line straddles the split.
-    std::size_t cut = static_cast<std::size_t>(c.train.size() * (1.0 - dc.val_fraction));
-    while (cut < c.train.size() && c.train[cut] != '\n') ++cut;
-    c.val.assign(c.train.begin() + static_cast<long>(cut), c.train.end());
-    c.train.resize(cut);
+    std::size_t cut = static_cast<std::size_t>(text.size() * (1.0 - dc.val_fraction));
+    while (cut < text.size() && text[cut] != '\n') ++cut;
+    train = std::string_view(text).substr(0, cut);
+    val = std::string_view(text).substr(cut);
   }
+  if (parts == CorpusParts::train_and_val)
+    c.train.segments.push_back(memory_segment(dc.train_path + " (train split)", encode_parallel(tok, train)));
+  c.val = encode_parallel(tok, val);
+  c.source = "text " + dc.train_path + (dc.val_path.empty() ? "" : " + " + dc.val_path);
+}
+
+}  // namespace
+
+Corpus load_corpus(const DataConfig& dc, CorpusParts parts) {
+  if (!dc.shards.empty() && !dc.train_path.empty())
+    throw std::runtime_error("data.shards ('" + dc.shards + "') and data.train_path ('" + dc.train_path +
+                             "') are both set; use one (data.shards: token shards from `kvroute data encode`; "
+                             "data.train_path: a text file tokenized on load), e.g. --set data.train_path=");
+  if (dc.shards.empty() && dc.train_path.empty())
+    throw std::runtime_error(
+        "no training data: set data.shards (a directory from `kvroute data encode`) or "
+        "data.train_path (a text file)");
+  std::shared_ptr<const Tokenizer> tok;
+  try {
+    tok = load_tokenizer(dc.tokenizer);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("data.tokenizer: " + std::string(e.what()));
+  }
+  Corpus c;
+  c.tok = tok;
+  c.tokenizer = tok->identity();
+  c.tokenizer_fingerprint = fingerprint_hex(tok->fingerprint());
+  c.vocab_size = tok->vocab_size();
+  if (!dc.shards.empty())
+    load_shards(c, dc, *tok, parts);
+  else
+    load_text(c, dc, *tok, parts);
   return c;
 }
 
-Batch train_batch(const std::vector<int32_t>& tokens, int B, int T, uint64_t seed, uint64_t step, uint64_t micro) {
-  if (tokens.size() < static_cast<std::size_t>(T) + 1)
-    throw std::runtime_error("training split has " + std::to_string(tokens.size()) +
-                             " tokens, fewer than one window of " + std::to_string(T + 1));
-  Batch b{B, T, std::vector<int32_t>(static_cast<std::size_t>(B) * T), std::vector<int32_t>(static_cast<std::size_t>(B) * T)};
-  const uint64_t n_starts = tokens.size() - T;
-  for (int r = 0; r < B; ++r) {
-    const uint64_t counter = (step * 1000003ull + micro) * 65537ull + r;
-    const std::size_t start = uniform_int(seed, kStreamData, counter, n_starts);
-    for (int t = 0; t < T; ++t) {
-      b.inputs[static_cast<std::size_t>(r) * T + t] = tokens[start + t];
-      b.targets[static_cast<std::size_t>(r) * T + t] = tokens[start + t + 1];
-    }
-  }
-  return b;
+void check_model_vocab(const Corpus& corpus, int model_vocab_size) {
+  if (corpus.vocab_size != model_vocab_size)
+    throw std::runtime_error("model.vocab_size is " + std::to_string(model_vocab_size) + " but the tokenizer (" +
+                             corpus.tokenizer + ", data.tokenizer) has " + std::to_string(corpus.vocab_size) +
+                             " tokens; set model.vocab_size: " + std::to_string(corpus.vocab_size));
 }
 
-Batch val_batch(const std::vector<int32_t>& tokens, int B, int T, int i, int n_batches) {
-  if (tokens.size() < static_cast<std::size_t>(T) + 1)
-    throw std::runtime_error("validation split has " + std::to_string(tokens.size()) +
-                             " tokens, fewer than one window of " + std::to_string(T + 1));
-  Batch b{B, T, std::vector<int32_t>(static_cast<std::size_t>(B) * T), std::vector<int32_t>(static_cast<std::size_t>(B) * T)};
-  const std::size_t n_windows = static_cast<std::size_t>(B) * n_batches;
-  const std::size_t span = tokens.size() - T - 1;
-  for (int r = 0; r < B; ++r) {
-    const std::size_t w = static_cast<std::size_t>(i) * B + r;
-    const std::size_t start = n_windows > 1 ? span * w / (n_windows - 1) : 0;
-    for (int t = 0; t < T; ++t) {
-      b.inputs[static_cast<std::size_t>(r) * T + t] = tokens[start + t];
-      b.targets[static_cast<std::size_t>(r) * T + t] = tokens[start + t + 1];
-    }
-  }
-  return b;
+LoaderOptions loader_options(const Config& cfg) {
+  LoaderOptions o;
+  o.seq_len = cfg.train.seq_len;
+  o.seed = static_cast<uint64_t>(cfg.train.seed);
+  o.order = parse_window_order(cfg.data.order);
+  return o;
 }
 
 }  // namespace kvroute

@@ -1,0 +1,47 @@
+// Streams the documents of text files (encode.h's --docs rules) as pieces of at
+// most max_piece_bytes, cut at line ends, so a document of any size can be
+// encoded in parallel without holding it whole.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvroute/encode.h"
+
+namespace kvroute {
+
+struct DocumentPiece {
+  uint64_t document = 0;  // 0, 1, 2, ... in input order
+  std::string text;       // the exact bytes (lines with their newlines); may be empty
+  bool ends_document = false;
+  uint64_t input_offset = 0;  // input bytes consumed up to the end of this piece
+};
+
+class DocumentReader {
+ public:
+  DocumentReader(std::vector<std::string> paths, DocumentRule rule, std::size_t max_piece_bytes = 1 << 20);
+  // The next piece, or false at the end. Throws std::runtime_error naming a file that cannot be read.
+  bool next(DocumentPiece& out);
+  uint64_t bytes_read() const { return bytes_read_; }
+  uint64_t documents() const { return next_document_; }
+
+ private:
+  bool open_next_file();
+  void emit(DocumentPiece& out, bool ends);
+  void open_document() { doc_open_ = true, doc_ = next_document_++; }
+
+  std::vector<std::string> paths_;
+  DocumentRule rule_;
+  std::shared_ptr<void> start_;  // compiled POSIX regex_t (start:RE)
+  std::size_t max_piece_;
+  std::size_t file_ = 0;
+  std::ifstream in_;
+  bool doc_open_ = false;
+  uint64_t doc_ = 0, next_document_ = 0, bytes_read_ = 0;
+  std::string buffer_, line_;
+};
+
+}  // namespace kvroute

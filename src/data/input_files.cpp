@@ -1,0 +1,66 @@
+#include "data/input_files.h"
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "kvroute/shard.h"
+
+namespace kvroute {
+
+namespace fs = std::filesystem;
+
+uint64_t check_input_files(const std::vector<std::string>& paths, const std::string& what) {
+  if (paths.empty()) throw std::runtime_error(what + ": no input files given");
+  uint64_t total = 0;
+  for (const std::string& p : paths) {
+    const std::string name = what + " '" + p + "'";
+    std::error_code ec;
+    const auto st = fs::status(p, ec);
+    if (ec || !fs::exists(st)) throw std::runtime_error(name + ": no such file");
+    if (fs::is_directory(st)) throw std::runtime_error(name + ": is a directory, not a text file");
+    if (!fs::is_regular_file(st)) throw std::runtime_error(name + ": not a regular file");
+    std::ifstream in(p, std::ios::binary);
+    if (!in) throw std::runtime_error(name + ": cannot be read (" + std::strerror(errno) + ")");
+    const uint64_t size = fs::file_size(p, ec);
+    if (ec) throw std::runtime_error(name + ": cannot read its size (" + ec.message() + ")");
+    if (size == 0) throw std::runtime_error(name + ": is empty");
+    total += size;
+  }
+  return total;
+}
+
+void check_output_dir(const std::string& out_dir, bool force, const std::string& what) {
+  if (out_dir.empty()) throw std::runtime_error(what + ": no output directory given (--out)");
+  std::error_code ec;
+  if (!fs::exists(out_dir, ec)) return;
+  if (!fs::is_directory(out_dir, ec))
+    throw std::runtime_error(what + ": output '" + out_dir + "' exists and is not a directory");
+  if (!fs::is_empty(out_dir, ec) && !force)
+    throw std::runtime_error(what + ": output directory '" + out_dir +
+                             "' already exists and is not empty; pass --force to replace it");
+}
+
+void commit_output_dir(const std::string& tmp_dir, const std::string& out_dir) {
+  std::error_code ec;
+  if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
+  const fs::path parent = fs::path(out_dir).parent_path();
+  if (!parent.empty()) fs::create_directories(parent);
+  fs::rename(tmp_dir, out_dir);
+}
+
+uint64_t file_fingerprint(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read '" + path + "'");
+  uint64_t h = kFnvOffset;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h = fnv1a64(buf.data(), static_cast<std::size_t>(in.gcount()), h);
+  }
+  return h;
+}
+
+}  // namespace kvroute

@@ -1,0 +1,150 @@
+// End-to-end tests of `kvroute data tokenizer | encode | inspect`, and of
+// training and evaluating on the shards they write: progress and results on
+// stdout, bad input refused with the file and the problem and a non-zero exit.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+
+#include "data_fixtures.h"
+
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using namespace kvroute::testing_data;
+
+struct Result {
+  int status = -1;
+  std::string output;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(KVROUTE_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(pipe);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+class DataCli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fresh_temp_dir("kvroute_data_cli");
+    write_file_bytes(dir_ / "corpus.txt", join_documents(generated_documents(300)));
+  }
+  static std::string path(const std::string& name) { return (dir_ / name).string(); }
+  // Tokenizer + shards, made once per process.
+  static void make_shards() {
+    if (fs::exists(dir_ / "shards" / "manifest.yaml")) return;
+    const Result t = run("data tokenizer --input " + path("corpus.txt") + " --vocab-size 320 --out " + path("tok"));
+    ASSERT_EQ(t.status, 0) << t.output;
+    const Result e = run("data encode --tokenizer " + path("tok") + " --input " + path("corpus.txt") + " --out " +
+                         path("shards") + " --docs blank --val-fraction 0.1");
+    ASSERT_EQ(e.status, 0) << e.output;
+  }
+  static fs::path dir_;
+};
+fs::path DataCli::dir_;
+
+TEST_F(DataCli, TokenizerEncodeInspectPipeline) {
+  const Result t = run("data tokenizer --input " + path("corpus.txt") + " --vocab-size 320 --model-type bpe --out " +
+                       path("tok_bpe"));
+  ASSERT_EQ(t.status, 0) << t.output;
+  EXPECT_THAT(t.output, HasSubstr("tokenizer: reading: "));
+  EXPECT_THAT(t.output, HasSubstr("tokenizer: wrote " + path("tok_bpe") + " (sentencepiece-320-"));
+  EXPECT_THAT(t.output, Not(HasSubstr("\r"))) << "no terminal: plain lines, no redrawn bar";
+
+  const Result e = run("data encode --tokenizer " + path("tok_bpe") + " --input " + path("corpus.txt") + " --out " +
+                       path("shards_bpe") + " --val-fraction 0.1");
+  ASSERT_EQ(e.status, 0) << e.output;
+  EXPECT_THAT(e.output, HasSubstr("encode: "));
+  EXPECT_THAT(e.output, HasSubstr("MB/s"));
+  EXPECT_THAT(e.output, HasSubstr("train 270 documents"));
+  EXPECT_THAT(e.output, HasSubstr("val 30 documents"));
+  EXPECT_TRUE(fs::exists(dir_ / "shards_bpe" / "tokenizer" / "tokenizer.model"));
+
+  const Result i = run("data inspect " + path("shards_bpe/val_00000.bin") + " --tokens 12");
+  ASSERT_EQ(i.status, 0) << i.output;
+  EXPECT_THAT(i.output, HasSubstr("kvroute token shard, version 1"));
+  EXPECT_THAT(i.output, HasSubstr("vocabulary  320 ids, 2-byte tokens (uint16)"));
+  EXPECT_THAT(i.output, HasSubstr("documents   30"));
+  EXPECT_THAT(i.output, HasSubstr("verified    checksum matches"));
+  EXPECT_THAT(i.output, HasSubstr("first 12 tokens:"));
+  EXPECT_THAT(i.output, HasSubstr("decoded:"));
+
+  const Result d = run("data inspect " + path("shards_bpe"));
+  ASSERT_EQ(d.status, 0) << d.output;
+  EXPECT_THAT(d.output, HasSubstr("train_00000.bin"));
+  EXPECT_THAT(d.output, HasSubstr("rule 'blank', validation fraction 0.1"));
+
+  // Byte-level shards decode without a tokenizer directory.
+  const Result b = run("data encode --tokenizer byte --input " + path("corpus.txt") + " --out " + path("shards_byte"));
+  ASSERT_EQ(b.status, 0) << b.output;
+  const Result bi = run("data inspect " + path("shards_byte/train_00000.bin") + " --tokens 5");
+  ASSERT_EQ(bi.status, 0) << bi.output;
+  EXPECT_THAT(bi.output, HasSubstr("tokenizer   byte (byte)"));
+}
+
+TEST_F(DataCli, TrainAndEvalReadTheShards) {
+  make_shards();
+  std::ofstream(dir_ / "tiny.yaml")
+      << "model: {vocab_size: 320, d_model: 32, n_layers: 2, n_heads: 2, n_kv_heads: 1, d_ff: 64, context: 32}\n"
+      << "routing: {mode: stochastic, p: 0.5}\n"
+      << "train: {batch_size: 4, seq_len: 32, steps: 12, lr: 0.01, warmup_steps: 2, log_interval: 4,\n"
+      << "        eval_batches: 2, out_dir: " << path("run") << "}\n"
+      << "data: {tokenizer: " << path("tok") << ", shards: " << path("shards") << "}\n";
+  const Result t = run("train " + path("tiny.yaml"));
+  ASSERT_EQ(t.status, 0) << t.output;
+  EXPECT_THAT(t.output, HasSubstr("data: shards " + path("shards") + " (1 train, 1 val; checksums verified)"));
+  EXPECT_THAT(t.output, HasSubstr("unigram entropy"));
+  EXPECT_THAT(t.output, HasSubstr("final | val loss"));
+  const Result e = run("eval " + path("run/model.h5") + " --strategies full,first --no-speed --out " + path("eval"));
+  ASSERT_EQ(e.status, 0) << e.output;
+  EXPECT_THAT(e.output, HasSubstr("| first |"));
+
+  const Result vocab = run("train " + path("tiny.yaml") + " --set model.vocab_size=256");
+  EXPECT_EQ(vocab.status, 1);
+  EXPECT_THAT(vocab.output, HasSubstr("model.vocab_size is 256 but the tokenizer"));
+  const Result window = run("train " + path("tiny.yaml") + " --set model.context=50000 --set train.seq_len=50000");
+  EXPECT_EQ(window.status, 1);
+  EXPECT_THAT(window.output, HasSubstr("validation split has only"));
+}
+
+TEST_F(DataCli, BadInputGivesAClearErrorAndExitCode) {
+  make_shards();
+  const Result missing = run("data tokenizer --input " + path("nope.txt") + " --vocab-size 300 --out " + path("t2"));
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_THAT(missing.output, HasSubstr("input '" + path("nope.txt") + "': no such file"));
+  const Result exists = run("data encode --tokenizer byte --input " + path("corpus.txt") + " --out " + path("shards"));
+  EXPECT_EQ(exists.status, 1);
+  EXPECT_THAT(exists.output, HasSubstr("pass --force"));
+  const Result docs =
+      run("data encode --tokenizer byte --input " + path("corpus.txt") + " --out " + path("x") + " --docs chapters");
+  EXPECT_EQ(docs.status, 1);
+  EXPECT_THAT(docs.output, HasSubstr("--docs: 'chapters' is not one of"));
+
+  // A corrupt shard: the header is still shown, then the problem.
+  std::string bytes = read_file_bytes(dir_ / "shards" / "val_00000.bin");
+  bytes[70] ^= 0x01;
+  write_file_bytes(dir_ / "corrupt.bin", bytes);
+  const Result corrupt = run("data inspect " + path("corrupt.bin"));
+  EXPECT_EQ(corrupt.status, 1);
+  EXPECT_THAT(corrupt.output, HasSubstr("tokens      "));
+  EXPECT_THAT(corrupt.output, HasSubstr("corrupt.bin': checksum mismatch"));
+  write_file_bytes(dir_ / "truncated.bin", bytes.substr(0, 40));
+  const Result truncated = run("data inspect " + path("truncated.bin"));
+  EXPECT_EQ(truncated.status, 1);
+  EXPECT_THAT(truncated.output, HasSubstr("truncated.bin': truncated: 40 bytes"));
+  const Result wrong_tok = run("data inspect " + path("shards/val_00000.bin") + " --tokenizer byte");
+  EXPECT_EQ(wrong_tok.status, 1);
+  EXPECT_THAT(wrong_tok.output, HasSubstr("did not write shard"));
+}
+
+}  // namespace
