@@ -127,10 +127,13 @@ TEST_F(InferenceCli, GenerateRefusesBadInput) {
   const Result top_p = run(base + " --prompt x --top-p 1.5");
   EXPECT_EQ(top_p.status, 1);
   EXPECT_THAT(top_p.output, HasSubstr("--top-p must be in (0, 1]"));
+  const Result vocab = run(base + " --prompt x --set model.vocab_size=300");
+  EXPECT_EQ(vocab.status, 1);
+  EXPECT_THAT(vocab.output, HasSubstr("model.vocab_size is 300 but data.tokenizer 'byte' has 256 tokens"));
   const Result missing = run("generate " + (dir_ / "absent.h5").string() + " --prompt x");
   EXPECT_EQ(missing.status, 1);
   EXPECT_THAT(missing.output, HasSubstr("absent.h5"));
-  for (const Result* r : {&unknown, &depth, &greedy, &too_long, &empty, &top_p, &missing})
+  for (const Result* r : {&unknown, &depth, &greedy, &too_long, &empty, &top_p, &vocab, &missing})
     EXPECT_THAT(r->output, Not(HasSubstr("terminate called")));
 }
 

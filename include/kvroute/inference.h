@@ -137,11 +137,6 @@ class InferenceEngine {
   DeviceBuffer<int32_t> targets_;
 };
 
-// ---- text <-> tokens: the one seam to swap when a subword tokenizer lands ----
-// Encodes text with the tokenizer named by the data config (byte-level today).
-std::vector<int32_t> encode_text(const DataConfig& dc, const std::string& text);
-std::string decode_tokens(const DataConfig& dc, const std::vector<int32_t>& ids);
-
 // ---- timing of prefill and decode, shared by `kvroute eval` and `kvroute bench generate` ----
 struct GenerationBenchSpec {
   int prompt_len = 128;   // TTFT: one prompt of this many tokens

@@ -1,14 +1,14 @@
 // kvroute generate CKPT --strategy cla:2 --prompt "..." [--max-new-tokens N --temperature T --top-k K --top-p P --seed S]
-#include <omp.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
 
 #include "commands.h"
 #include "kvroute/checkpoint.h"
+#include "kvroute/cpu_threads.h"
 #include "kvroute/inference.h"
 #include "kvroute/model.h"
+#include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
 
@@ -40,7 +40,9 @@ void add_generate_command(CLI::App& app) {
   cmd->add_option("--top-k", opt.sampling.top_k, "Sample among the k most likely tokens; 0 = off")->capture_default_str();
   cmd->add_option("--top-p", opt.sampling.top_p, "Nucleus sampling threshold; 1 = off")->capture_default_str();
   cmd->add_option("--seed", opt.sampling.seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("--stop-token", opt.stop_token, "Stop a sequence after this token id; -1 = none")->capture_default_str();
+  cmd->add_option("--stop-token", opt.stop_token,
+                  "Stop a sequence after this token id (e.g. 2, </s>, for a SentencePiece tokenizer); -1 = none")
+      ->capture_default_str();
   cmd->add_option("--threads", threads, "CPU threads (default: the checkpoint's train.threads, else all cores)");
   cmd->add_option("--set", overrides, "Override a key of the checkpoint's config");
   cmd->callback([] {
@@ -59,10 +61,14 @@ void add_generate_command(CLI::App& app) {
       throw std::invalid_argument(std::string(e.what()) + " [checkpoint " + ckpt + ", " +
                                   std::to_string(mc.n_layers) + " layers]");
     }
+    const std::unique_ptr<Tokenizer> tok = load_tokenizer(cfg.data.tokenizer);
+    if (tok->vocab_size() != mc.vocab_size)
+      throw std::invalid_argument("model.vocab_size is " + std::to_string(mc.vocab_size) + " but data.tokenizer '" +
+                                  cfg.data.tokenizer + "' has " + std::to_string(tok->vocab_size()) + " tokens");
     std::vector<std::vector<int32_t>> ids;
     int longest = 0;
     for (std::size_t i = 0; i < prompts.size(); ++i) {
-      ids.push_back(encode_text(cfg.data, prompts[i]));
+      ids.push_back(tok->encode(prompts[i]));
       const int n = static_cast<int>(ids.back().size());
       if (n == 0)
         throw std::invalid_argument("--prompt " + std::to_string(i + 1) + " is empty: generation needs at least one token");
@@ -72,8 +78,7 @@ void add_generate_command(CLI::App& app) {
                                     " tokens");
       longest = std::max(longest, n);
     }
-    if (threads > 0) omp_set_num_threads(threads);
-    else if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+    configure_cpu_threads(threads > 0 ? threads : cfg.train.threads);
     auto backend = make_backend(cfg.train.backend);
     Model model(mc, backend.get());
     load_weights(ckpt, model);
@@ -87,7 +92,7 @@ void add_generate_command(CLI::App& app) {
 
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if (ids.size() > 1) std::cout << "=== prompt " << i + 1 << " ===\n";
-      std::cout << prompts[i] << decode_tokens(cfg.data, r.tokens[i]) << "\n";
+      std::cout << prompts[i] << tok->decode(r.tokens[i]) << "\n";
     }
     const std::size_t full_per_token = kv_bytes_per_token(mc, parse_strategy("full", mc.n_layers));
     std::cout << "---\n"
