@@ -18,6 +18,10 @@
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
 #include "kvroute/run_log.h"
+#include "kvroute/run_checkpoints.h"
+#include "durable_file.h"
+#include "stop_signals.h"
+#include "train_state.h"
 
 namespace kvroute {
 
@@ -51,28 +55,11 @@ std::string human_bytes(double bytes) {
   return buf;
 }
 
-// Keeps the newest `keep` periodic checkpoints in dir (named step_*.h5).
-void rotate_checkpoints(const fs::path& dir, int keep) {
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename().string().starts_with("step_") && e.path().extension() == ".h5") files.push_back(e.path());
-  std::sort(files.begin(), files.end());
-  for (std::size_t i = 0; i + keep < files.size(); ++i) fs::remove(files[i]);
-}
-
-std::string save_step_checkpoint(const fs::path& run_dir, const Model& model, const Config& cfg, long step) {
-  const fs::path dir = run_dir / "checkpoints";
-  fs::create_directories(dir);
-  char name[32];
-  std::snprintf(name, sizeof name, "step_%08ld.h5", step);
-  const fs::path path = dir / name;
-  save_checkpoint(path.string(), model, cfg, step);
-  // "latest" names the newest complete checkpoint; it is replaced atomically.
-  const fs::path tmp = dir / "latest.tmp";
-  { std::ofstream(tmp) << name << "\n"; }
-  fs::rename(tmp, dir / "latest");
-  rotate_checkpoints(dir, cfg.train.checkpoint.keep_last);
-  return path.string();
+// Exact text of a double ("0x1.8p+1"), so logged losses can be compared bit for bit.
+std::string hex_float(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%a", v);
+  return buf;
 }
 
 }  // namespace
@@ -88,7 +75,7 @@ double unigram_entropy(const std::vector<int32_t>& tokens) {
   return h;
 }
 
-TrainResult train(const Config& cfg) {
+TrainResult train(const Config& cfg, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend);
@@ -99,23 +86,42 @@ TrainResult train(const Config& cfg) {
     throw std::runtime_error("validation split has only " + std::to_string(corpus.val.size()) +
                              " tokens; need at least seq_len + 1 = " + std::to_string(T + 1));
   // Training windows (loader.h). loader state: loader.state() / loader.restore(LoaderState) (LoaderState::fields()
-  // gives named int64s for a checkpoint); before step s it is draws = (s - 1) * grad_accum * batch_size.
+  // gives named int64s for a checkpoint); before step s it is draws = (s - 1) * grad_accum * batch_size. Checkpoints
+  // save loader.state().fields(); a resume restores it (restore_loader_position, train_state.cpp).
   WindowLoader loader(corpus.train, corpus.vocab_size, loader_options(cfg));
   if (cfg.routing.mode == "fixed") sample_routes(cfg.routing, 1, L, 0, 0, 0);  // validates the strategy early
 
   const fs::path run_dir = tc.out_dir;
   fs::create_directories(run_dir);
-  { std::ofstream(run_dir / "config.yaml") << to_yaml(cfg); }
+  write_file_atomically(run_dir / "config.yaml", to_yaml(cfg));
   RunLog log(run_dir.string());
 
   Model model(cfg.model, backend.get());
   model.set_recompute(tc.recompute);
-  model.init_weights(static_cast<uint64_t>(tc.seed));
-  if (!cfg.model.init_from.empty()) {
-    load_weights(cfg.model.init_from, model);
-    log.line("initialised weights from " + cfg.model.init_from);
-  }
   AdamW opt(tc, model);
+  const TokenizerIdentity tokenizer{corpus.tokenizer, corpus.vocab_size, corpus.tokenizer_fingerprint};
+  std::vector<std::string> notes = options.notes;
+  TrainingState state;
+  state.seed = tc.seed;
+  if (!options.resume_from.empty()) {
+    Config saved_cfg;
+    state = restore_training_state(options.resume_from, model, opt, tokenizer, tc.seed, notes, &saved_cfg);
+    restore_loader_position(loader, state, saved_cfg, cfg, options.resume_from, notes);
+    for (const std::string& f : remove_stale_temporaries(run_dir.string()))
+      notes.push_back("removed " + f + ", left by an interrupted checkpoint write");
+  } else {
+    model.init_weights(static_cast<uint64_t>(tc.seed));
+    if (!cfg.model.init_from.empty()) init_weights_from(cfg.model.init_from, model, tokenizer, notes);
+    std::string existing;
+    try {
+      existing = find_latest_checkpoint(run_dir.string());
+    } catch (const CheckpointError&) {
+    }
+    if (!existing.empty())
+      notes.push_back("warning: " + run_dir.string() + " already holds checkpoints of an earlier run (" + existing +
+                      "); this new run replaces them. To continue that run instead: kvroute train --resume " +
+                      run_dir.string());
+  }
 
   const double tokens_per_step = double(B) * T * tc.grad_accum;
   log.line("kvroute " KVROUTE_VERSION " | backend " + backend->name() + " | threads " +
@@ -141,17 +147,46 @@ TrainResult train(const Config& cfg) {
              human_bytes(2.0 * pbytes) + ", activations " + human_bytes(model.activation_bytes()) +
              " (B=" + std::to_string(B) + ", T=" + std::to_string(T) + ")");
   }
+  if (!options.resume_from.empty())
+    log.line("resumed from " + options.resume_from + " at step " + std::to_string(state.step) + " (AdamW step " +
+             std::to_string(opt.steps_taken()) + ", " + std::to_string(state.skipped_steps) + " skipped)");
+  else if (!cfg.model.init_from.empty())
+    log.line("initialised weights from " + cfg.model.init_from + " (fresh AdamW state)");
+  for (const std::string& n : notes) log.line(n);
 
   std::vector<int> full(L);
   for (int l = 0; l < L; ++l) full[l] = l;
 
   TrainResult result;
   result.run_dir = run_dir.string();
+  result.first_step = state.step + 1;
+  result.last_checkpoint = options.resume_from;
+  long saved_step = options.resume_from.empty() ? -1 : state.step;
+  auto last_good = [&]() -> std::string {
+    if (result.last_checkpoint.empty()) return "no checkpoint was written yet";
+    return "the last good checkpoint, " + result.last_checkpoint + ", is kept (resume: kvroute train --resume " +
+           run_dir.string() + ")";
+  };
+  auto checkpoint_now = [&]() {
+    // An update can overflow the weights even when the loss and gradient were finite.
+    if (!std::isfinite(backend->sum_squares(model.params(), model.num_params())))
+      throw std::runtime_error("the weights became non-finite at step " + std::to_string(state.step) +
+                               "; not checkpointing them: " + last_good());
+    TrainingState snapshot = state;
+    snapshot.adam_step = opt.steps_taken();
+    snapshot.data_loader = loader.state().fields();
+    snapshot.adam_m = opt.m_to_host();
+    snapshot.adam_v = opt.v_to_host();
+    result.last_checkpoint =
+        save_run_checkpoint(run_dir.string(), model, cfg, snapshot, tokenizer, tc.checkpoint.keep_last);
+    saved_step = state.step;
+  };
+  StopSignals stop_signals;
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   auto t_interval = t0;
   double interval_tokens = 0;
-  for (long step = 1; step <= tc.steps; ++step) {
+  for (long step = state.step + 1; step <= tc.steps; ++step) {
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
@@ -162,23 +197,26 @@ TrainResult train(const Config& cfg) {
     loss /= tc.grad_accum;
     const double lr = learning_rate(tc, step);
     const double norm = opt.grad_norm();
-    if (!std::isfinite(loss) || !std::isfinite(norm)) {
+    if (std::isfinite(loss) && std::isfinite(norm)) {
+      opt.step(lr);
+    } else {
       const std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
                                " at step " + std::to_string(step);
-      if (tc.on_nonfinite == "skip") {
-        log.line(what + ": step skipped (train.on_nonfinite=skip)");
-        result.losses.push_back(static_cast<float>(loss));
-        continue;
-      }
-      throw std::runtime_error(what + "; stopping (the last checkpoint is kept; set train.on_nonfinite=skip to skip such steps)");
+      if (tc.on_nonfinite != "skip")
+        throw std::runtime_error(what + ": stopping; " + last_good() +
+                                 ". Set train.on_nonfinite=skip to skip such steps instead.");
+      ++state.skipped_steps;
+      log.line(what + ": step skipped, weights and AdamW state unchanged (train.on_nonfinite=skip; " +
+               std::to_string(state.skipped_steps) + " skipped so far)");
     }
-    opt.step(lr);
+    state.step = step;
+    state.last_lr = lr;
     result.losses.push_back(static_cast<float>(loss));
     interval_tokens += tokens_per_step;
 
     const double elapsed = std::chrono::duration<double>(clock::now() - t0).count();
-    const double eta = elapsed / step * (tc.steps - step);
-    if (step % tc.log_interval == 0 || step == tc.steps || step == 1) {
+    const double eta = elapsed / double(step - result.first_step + 1) * (tc.steps - step);
+    if (step % tc.log_interval == 0 || step == tc.steps || step == 1 || step == result.first_step) {
       const double dt = std::chrono::duration<double>(clock::now() - t_interval).count();
       const double tok_s = interval_tokens / std::max(dt, 1e-9);
       char line[256];
@@ -188,7 +226,8 @@ TrainResult train(const Config& cfg) {
                     format_duration(eta).c_str());
       log.line(line);
       log.metrics({{"step", double(step)}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tok_s},
-                   {"elapsed_s", elapsed}});
+                   {"elapsed_s", elapsed}},
+                  {{"loss_hex", hex_float(loss)}});
       t_interval = clock::now();
       interval_tokens = 0;
     } else {
@@ -203,17 +242,28 @@ TrainResult train(const Config& cfg) {
       log.line("eval step " + std::to_string(step) + " | val loss " + fmt("%.4f", vl) + " | ppl " + fmt("%.2f", std::exp(vl)));
       log.metrics({{"step", double(step)}, {"val_loss", vl}});
     }
-    if (tc.checkpoint.interval > 0 && step % tc.checkpoint.interval == 0 && step != tc.steps)
-      save_step_checkpoint(run_dir, model, cfg, step);
+    if (tc.checkpoint.interval > 0 && step % tc.checkpoint.interval == 0 && step != tc.steps) checkpoint_now();
+    if (const int sig = stop_signals.received(); sig != 0 && step != tc.steps) {
+      if (saved_step != step) checkpoint_now();
+      log.line(std::string(StopSignals::name(sig)) + " received: stopped after step " + std::to_string(step) + "/" +
+               std::to_string(tc.steps) + ", checkpoint " + result.last_checkpoint +
+               ". Continue with: kvroute train --resume " + run_dir.string());
+      result.steps = step;
+      result.skipped_steps = state.skipped_steps;
+      result.interrupted = true;
+      return result;
+    }
   }
   result.steps = tc.steps;
+  result.skipped_steps = state.skipped_steps;
   result.val_loss = validation_loss(model, corpus.val, B, T, tc.eval_batches, full);
   log.line("final | val loss " + fmt("%.4f", result.val_loss) + " | ppl " + fmt("%.2f", std::exp(result.val_loss)) +
            " | " + format_duration(std::chrono::duration<double>(clock::now() - t0).count()));
   log.metrics({{"step", double(tc.steps)}, {"val_loss", result.val_loss}});
-  result.final_checkpoint = save_step_checkpoint(run_dir, model, cfg, tc.steps);
+  if (saved_step != state.step) checkpoint_now();
+  // model.h5: the final weights (no optimizer state), for eval and model.init_from.
   const fs::path final_path = run_dir / "model.h5";
-  save_checkpoint(final_path.string(), model, cfg, tc.steps);
+  save_checkpoint(final_path.string(), model, cfg, state, tokenizer);
   result.final_checkpoint = final_path.string();
   log.line("saved " + final_path.string());
   return result;

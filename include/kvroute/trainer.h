@@ -1,6 +1,14 @@
 // The training loop: micro-batches with sampled KV routes, gradient
 // accumulation, AdamW, logging (text + metrics.jsonl), periodic evaluation and
 // checkpoints into the run directory.
+//
+// Fault tolerance. Checkpoints (checkpoint.h, run_checkpoints.h) hold the whole
+// training state, so `train --resume RUN_DIR` continues to the same per-step losses,
+// bit for bit, as a run that never stopped (same backend and thread count). SIGINT
+// or SIGTERM finishes the current step, writes a checkpoint and returns normally
+// (TrainResult::interrupted). A non-finite loss or gradient norm stops the run with
+// an error naming the step and the last good checkpoint, or, with
+// train.on_nonfinite: skip, leaves the weights and AdamW state untouched for that step.
 #pragma once
 
 #include <cstdint>
@@ -13,13 +21,35 @@ namespace kvroute {
 
 struct TrainResult {
   long steps = 0;
-  std::vector<float> losses;     // training loss of every step
+  long first_step = 1;           // 1, or the resumed checkpoint's step + 1
+  std::vector<float> losses;     // training loss of every step run by this call (first_step, ...)
+  long skipped_steps = 0;        // non-finite steps skipped (train.on_nonfinite: skip), over the whole run
+  bool interrupted = false;      // stopped early by SIGINT/SIGTERM after checkpointing
+  std::string last_checkpoint;   // the newest checkpoint in checkpoints/
   double val_loss = 0;           // at the end, full cache
   std::string run_dir;
   std::string final_checkpoint;
 };
 
-TrainResult train(const Config& cfg);
+struct TrainOptions {
+  std::string resume_from;         // checkpoint file to continue from; empty = a new run
+  std::vector<std::string> notes;  // lines for the run log (e.g. plan_resume's)
+};
+
+TrainResult train(const Config& cfg, const TrainOptions& options = {});
+
+// What `train --resume` will do: the checkpoint's config with the overrides applied,
+// and the checkpoint file. `target` is a run directory (its latest checkpoint) or a
+// checkpoint file. Overrides of model.*, data.tokenizer and train.out_dir are refused
+// (the model and the run are fixed by the checkpoint); bookkeeping keys (train.steps,
+// log/eval/checkpoint intervals, keep_last, on_nonfinite, data.verify) are fine; any other key is
+// allowed with a note that the run will no longer match an uninterrupted one.
+struct ResumePlan {
+  Config config;
+  std::string checkpoint;
+  std::vector<std::string> notes;
+};
+ResumePlan plan_resume(const std::string& target, const std::vector<std::string>& overrides);
 
 // Entropy (nats) of the unigram distribution of tokens: the loss of a model that ignores context.
 double unigram_entropy(const std::vector<int32_t>& tokens);

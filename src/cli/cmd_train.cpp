@@ -1,4 +1,5 @@
 // kvroute train CONFIG.yaml [CONFIG2.yaml ...] [--set section.key=value ...] [--dump-config]
+// kvroute train --resume RUN_DIR [--set train.steps=N ...]
 #include <iostream>
 
 #include "commands.h"
@@ -11,10 +12,26 @@ void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model (configs layer left to right, then --set overrides)");
   static std::vector<std::string> files, overrides;
   static bool dump = false;
+  static std::string resume;
   cmd->add_option("config", files, "YAML config files; later files override earlier ones")->check(CLI::ExistingFile);
   cmd->add_option("--set", overrides, "Override one key, e.g. --set train.lr=1e-3 (repeatable)");
   cmd->add_flag("--dump-config", dump, "Print the resolved config and exit");
+  cmd->add_option("--resume", resume,
+                  "Continue a run from its latest checkpoint (a run directory, or one checkpoint file); "
+                  "the config comes from the checkpoint, --set may change e.g. train.steps");
   cmd->callback([] {
+    if (!resume.empty()) {
+      if (!files.empty())
+        throw ConfigError("--resume takes the config from the checkpoint; drop the config files (" + files[0] +
+                          (files.size() > 1 ? ", ..." : "") + ") and change keys with --set");
+      const ResumePlan plan = plan_resume(resume, overrides);
+      if (dump) {
+        std::cout << to_yaml(plan.config);
+        return;
+      }
+      train(plan.config, TrainOptions{plan.checkpoint, plan.notes});
+      return;
+    }
     const Config cfg = load_config(files, overrides);
     if (dump) {
       std::cout << to_yaml(cfg);

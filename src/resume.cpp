@@ -1,0 +1,104 @@
+// `kvroute train --resume`: which checkpoint, and which config, a resumed run uses.
+#include <filesystem>
+#include <string_view>
+
+#include "kvroute/checkpoint.h"
+#include "kvroute/run_checkpoints.h"
+#include "kvroute/trainer.h"
+
+namespace kvroute {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+enum class OverrideKind { Refused, Bookkeeping, Trajectory };
+
+// Keys that decide when things happen (logging, evaluation, checkpoints), not what is computed.
+bool is_bookkeeping(std::string_view key) {
+  for (std::string_view k : {"train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint.interval",
+                             "train.checkpoint.keep_last", "train.on_nonfinite", "data.verify"})
+    if (key == k) return true;
+  return false;
+}
+
+OverrideKind classify(std::string_view key) {
+  if (key.starts_with("model.") || key == "data.tokenizer" || key == "train.out_dir") return OverrideKind::Refused;
+  if (is_bookkeeping(key) || key == "train.steps") return OverrideKind::Bookkeeping;
+  return OverrideKind::Trajectory;
+}
+
+std::string key_of(const std::string& assignment) {
+  std::string key = assignment.substr(0, assignment.find('='));
+  const auto b = key.find_first_not_of(" \t"), e = key.find_last_not_of(" \t");
+  return b == std::string::npos ? "" : key.substr(b, e - b + 1);
+}
+
+}  // namespace
+
+ResumePlan plan_resume(const std::string& target, const std::vector<std::string>& overrides) {
+  ResumePlan plan;
+  std::string run_dir;
+  if (fs::is_directory(target)) {
+    run_dir = target;
+    std::string note;
+    plan.checkpoint = find_latest_checkpoint(run_dir, &note);
+    if (!note.empty()) plan.notes.push_back(note);
+  } else if (fs::exists(target)) {
+    plan.checkpoint = target;
+    const fs::path parent = fs::path(target).parent_path();
+    run_dir = (parent.filename() == "checkpoints" ? parent.parent_path() : parent).string();
+    if (run_dir.empty()) run_dir = ".";
+  } else {
+    throw CheckpointError("--resume: '" + target + "' is neither a run directory nor a checkpoint file");
+  }
+
+  CheckpointInfo info;
+  try {
+    info = read_checkpoint_info(plan.checkpoint);
+  } catch (const CheckpointError& e) {
+    // Point at the other checkpoints of the run, which may still be good.
+    std::string others;
+    for (const std::string& p : list_run_checkpoints(run_dir))
+      if (p != plan.checkpoint) others += "\n  " + p;
+    if (others.empty()) throw;
+    throw CheckpointError(std::string(e.what()) + "\nOther checkpoints of this run (resume from one with --resume FILE):" +
+                          others);
+  }
+  if (!info.has_optimizer)
+    throw CheckpointError("--resume: checkpoint '" + plan.checkpoint +
+                          "' holds weights only (no AdamW state), so it cannot be resumed; use it as "
+                          "model.init_from to start a new run from its weights");
+  plan.config = info.config;
+  for (const std::string& o : overrides) {
+    const std::string key = key_of(o);
+    const OverrideKind kind = classify(key);
+    if (kind == OverrideKind::Refused)
+      throw ConfigError("--set '" + o + "': " + key + " cannot change when resuming: " +
+                        (key.starts_with("model.") ? "the model's shape and settings come from the checkpoint (to "
+                                                     "train a different model from its weights, start a new run with "
+                                                     "model.init_from=" + plan.checkpoint + ")"
+                         : key == "train.out_dir" ? "the run directory is the one being resumed"
+                                                  : "token ids must keep their meaning"));
+    const Config before = plan.config;
+    apply_override(plan.config, o);
+    if (kind == OverrideKind::Trajectory && to_yaml(before) != to_yaml(plan.config))
+      plan.notes.push_back("--set " + o + " changes what the run computes: from here on it will not match an "
+                           "uninterrupted run");
+  }
+  plan.config.train.out_dir = run_dir;
+  validate(plan.config);
+  const TrainConfig& was = info.config.train;
+  const TrainConfig& now = plan.config.train;
+  if (info.step >= now.steps)
+    throw ConfigError("--resume: checkpoint '" + plan.checkpoint + "' is at step " + std::to_string(info.step) +
+                      " and train.steps is " + std::to_string(now.steps) +
+                      ": nothing left to train (raise it, e.g. --set train.steps=" + std::to_string(info.step * 2) + ")");
+  if (now.steps != was.steps)
+    plan.notes.push_back("train.steps changed from " + std::to_string(was.steps) + " to " + std::to_string(now.steps) +
+                         ": the cosine learning-rate decay is recomputed for the new length from step " +
+                         std::to_string(info.step + 1) + " on");
+  return plan;
+}
+
+}  // namespace kvroute

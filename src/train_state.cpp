@@ -1,0 +1,81 @@
+#include "train_state.h"
+
+namespace kvroute {
+
+void check_tokenizer(const CheckpointInfo& info, const TokenizerIdentity& tokenizer, std::vector<std::string>& notes) {
+  const TokenizerIdentity& saved = info.tokenizer;
+  if (saved.name.empty()) {
+    notes.push_back("checkpoint '" + info.path + "' does not record its tokenizer; assuming it is " + tokenizer.name);
+    return;
+  }
+  const bool fingerprints_differ =
+      !saved.fingerprint.empty() && !tokenizer.fingerprint.empty() && saved.fingerprint != tokenizer.fingerprint;
+  if (saved.vocab_size != tokenizer.vocab_size || fingerprints_differ)
+    throw CheckpointError("checkpoint '" + info.path + "' was trained with tokenizer '" + saved.name + "' (" +
+                          std::to_string(saved.vocab_size) + " tokens" +
+                          (saved.fingerprint.empty() ? "" : ", fingerprint " + saved.fingerprint) +
+                          "), but this run's data uses '" + tokenizer.name + "' (" +
+                          std::to_string(tokenizer.vocab_size) + " tokens" +
+                          (tokenizer.fingerprint.empty() ? "" : ", fingerprint " + tokenizer.fingerprint) +
+                          "): token ids would change meaning");
+  if (saved.name != tokenizer.name)
+    notes.push_back("tokenizer '" + saved.name + "' of the checkpoint is now named '" + tokenizer.name +
+                    "' (same vocabulary size and fingerprint)");
+}
+
+TrainingState restore_training_state(const std::string& path, Model& model, AdamW& opt,
+                                     const TokenizerIdentity& tokenizer, long seed, std::vector<std::string>& notes,
+                                     Config* saved_cfg) {
+  CheckpointContents c = read_checkpoint(path, model, /*with_optimizer=*/true);
+  check_tokenizer(c.info, tokenizer, notes);
+  if (saved_cfg) *saved_cfg = c.info.config;
+  if (c.state.seed != seed)
+    notes.push_back("train.seed changed from " + std::to_string(c.state.seed) + " to " + std::to_string(seed) +
+                    ": data windows and routes from here on differ from the original run");
+  model.params_from_host(c.params);
+  opt.moments_from_host(c.state.adam_m, c.state.adam_v);
+  opt.set_steps_taken(c.state.adam_step);
+  TrainingState state = std::move(c.state);
+  state.adam_m.clear();
+  state.adam_v.clear();
+  state.seed = seed;
+  return state;
+}
+
+void restore_loader_position(WindowLoader& loader, const TrainingState& state, const Config& saved_cfg,
+                             const Config& cfg, const std::string& path, std::vector<std::string>& notes) {
+  const uint64_t from_step =
+      static_cast<uint64_t>(state.step) * static_cast<uint64_t>(cfg.train.grad_accum) * cfg.train.batch_size;
+  LoaderState saved;
+  try {
+    saved = LoaderState::from_fields(state.data_loader);
+  } catch (const std::exception&) {
+    loader.seek(from_step);
+    notes.push_back("checkpoint '" + path + "' records no data loader state; the data position is derived from step " +
+                    std::to_string(state.step));
+    return;
+  }
+  if (saved.fingerprint == loader.state().fingerprint) {
+    loader.restore(saved);
+    return;
+  }
+  const bool data_settings_changed = to_yaml(Config{.data = saved_cfg.data}) != to_yaml(Config{.data = cfg.data}) ||
+                                     saved_cfg.train.seq_len != cfg.train.seq_len || saved_cfg.train.seed != cfg.train.seed;
+  if (!data_settings_changed)
+    throw CheckpointError("checkpoint '" + path + "': the training data changed since it was written (same config, " +
+                          "but the data loader no longer matches its saved position), so the run cannot continue " +
+                          "on the same data stream. Restore the data, or start a new run from its weights with " +
+                          "model.init_from=" + path);
+  loader.seek(from_step);
+  notes.push_back("the data settings changed since the checkpoint, so the data position is re-derived from step " +
+                  std::to_string(state.step) + " (the data stream differs from the original run)");
+}
+
+void init_weights_from(const std::string& path, Model& model, const TokenizerIdentity& tokenizer,
+                       std::vector<std::string>& notes) {
+  const CheckpointContents c = read_checkpoint(path, model, /*with_optimizer=*/false);
+  check_tokenizer(c.info, tokenizer, notes);
+  model.params_from_host(c.params);
+}
+
+}  // namespace kvroute

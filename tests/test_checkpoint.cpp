@@ -1,0 +1,779 @@
+// Checkpoints and fault tolerance: the HDF5 file holds the whole training state
+// bit for bit; writes are atomic and rotation keeps `latest`; damaged or
+// mismatched files are refused before anything is loaded; a run killed with
+// SIGKILL resumes to the same per-step losses, bit for bit, as a run that was
+// never interrupted; SIGINT/SIGTERM checkpoint and exit 0; non-finite steps stop
+// or skip; a full disk during a write keeps the previous checkpoint.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <fcntl.h>
+
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "checksum.h"
+#include "kvroute/checkpoint.h"
+#include "kvroute/config.h"
+#include "kvroute/model.h"
+#include "kvroute/run_checkpoints.h"
+#include "kvroute/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace kvroute;
+using ::testing::HasSubstr;
+
+namespace {
+
+// ---------------------------------------------------------------- helpers
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path d = fs::path(::testing::TempDir()) / ("kvroute_ckpt_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+void write_text(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
+
+ModelConfig tiny_model(int d_model = 32) {
+  ModelConfig m;
+  m.vocab_size = 256;
+  m.d_model = d_model;
+  m.n_layers = 3;
+  m.n_heads = 2;
+  m.n_kv_heads = 1;
+  m.d_ff = 48;
+  m.context = 16;
+  return m;
+}
+
+std::vector<float> random_floats(std::size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// A model with random weights and a full training state, saved to `path`.
+struct Saved {
+  Config cfg;
+  std::vector<float> params;
+  TrainingState state;
+  TokenizerIdentity tokenizer{"byte", 256, ""};
+};
+
+Saved save_random_checkpoint(const fs::path& path, Backend* be, uint64_t seed = 7) {
+  Saved s;
+  s.cfg.model = tiny_model();
+  s.cfg.train.seed = static_cast<long>(seed);
+  Model model(s.cfg.model, be);
+  model.init_weights(seed);
+  s.params = model.params_to_host();
+  s.state.step = 12;
+  s.state.adam_step = 11;
+  s.state.skipped_steps = 1;
+  s.state.last_lr = 1.25e-3;
+  s.state.seed = static_cast<long>(seed);
+  s.state.data_loader = {{"draws", 96}, {"fingerprint", -1234567890123}};
+  s.state.adam_m = random_floats(model.num_params(), 1);
+  s.state.adam_v = random_floats(model.num_params(), 2);
+  for (float& v : s.state.adam_v) v = v * v;
+  save_checkpoint(path.string(), model, s.cfg, s.state, s.tokenizer);
+  return s;
+}
+
+// The runs below share 2 cores with other tests: idle OpenMP threads should sleep, not spin.
+const bool kPassiveOpenMp = (::setenv("OMP_WAIT_POLICY", "PASSIVE", 0), true);
+
+// Runs `kvroute ARGS`, returning the exit status and stdout + stderr.
+struct Result {
+  int status = -1;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(KVROUTE_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(pipe);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+// Starts `kvroute args...` in the background with output to log_path. With
+// fsize_limit > 0 the child may write no file beyond that many bytes, and
+// SIGXFSZ is ignored so the write fails with EFBIG as on a full disk.
+pid_t spawn(const std::vector<std::string>& args, const fs::path& log_path, rlim_t fsize_limit = 0) {
+  std::vector<std::string> argv_s = {KVROUTE_BINARY};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string log = log_path.string();
+  const pid_t pid = fork();
+  if (pid == 0) {  // only async-signal-safe calls until exec
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
+    if (fsize_limit > 0) {
+      struct rlimit rl {fsize_limit, fsize_limit};
+      ::setrlimit(RLIMIT_FSIZE, &rl);
+      ::signal(SIGXFSZ, SIG_IGN);
+    }
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Exit code, or 128 + signal.
+int wait_for(pid_t pid) {
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+// The training corpus and a tiny config for end-to-end runs.
+struct RunSetup {
+  fs::path dir;
+  fs::path config;
+};
+
+RunSetup make_run_setup(const std::string& name, const std::string& train_extra = "") {
+  RunSetup s;
+  s.dir = temp_dir(name);
+  std::ofstream text(s.dir / "corpus.txt");
+  for (int i = 0; i < 300; ++i)
+    text << "And God said, Let there be light " << i % 11 << ": and there was light, verse " << i << ".\n";
+  text.close();
+  s.config = s.dir / "tiny.yaml";
+  std::ofstream cfg(s.config);
+  cfg << "model: {vocab_size: 256, d_model: 32, n_layers: 3, n_heads: 2, n_kv_heads: 1, d_ff: 64, context: 32}\n"
+      << "routing: {mode: stochastic, p: 0.5, scheme: any, granularity: sequence}\n"
+      << "train: {batch_size: 4, seq_len: 32, steps: 12, lr: 0.01, warmup_steps: 3, log_interval: 1, threads: 2,\n"
+      << "        eval_batches: 2, checkpoint: {interval: 4, keep_last: 2}" << train_extra << "}\n"
+      << "data: {train_path: " << (s.dir / "corpus.txt").string() << "}\n";
+  return s;
+}
+
+// step -> exact loss text ("loss_hex") from metrics.jsonl; a later line for a
+// step (a rerun after a resume) replaces an earlier one.
+std::map<long, std::string> losses_by_step(const fs::path& run_dir) {
+  std::map<long, std::string> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto hex = line.find("\"loss_hex\": \"");
+    const auto step = line.find("\"step\": ");
+    if (hex == std::string::npos || step == std::string::npos) continue;
+    const auto start = hex + 13;
+    out[std::stol(line.substr(step + 8))] = line.substr(start, line.find('"', start) - start);
+  }
+  return out;
+}
+
+long latest_step(const fs::path& run_dir) {
+  std::ifstream in(run_dir / "checkpoints" / "latest");
+  std::string name;
+  if (!(in >> name) || name.size() < 9) return -1;
+  return std::stol(name.substr(5));
+}
+
+std::vector<float> weights_of(const fs::path& ckpt) {
+  const CheckpointInfo info = read_checkpoint_info(ckpt.string());
+  auto be = make_backend("cpu");
+  Model model(info.config.model, be.get());
+  return read_checkpoint(ckpt.string(), model, false).params;
+}
+
+class Checkpoint : public ::testing::Test {
+ protected:
+  std::unique_ptr<Backend> be_ = make_backend("cpu");
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- 1. contents
+
+TEST_F(Checkpoint, RoundTripKeepsTheExactBitsOfWeightsMomentsAndState) {
+  const fs::path dir = temp_dir("roundtrip");
+  const fs::path path = dir / "c.h5";
+  const Saved s = save_random_checkpoint(path, be_.get());
+
+  Model fresh(s.cfg.model, be_.get());
+  const CheckpointContents c = read_checkpoint(path.string(), fresh, true);
+  EXPECT_TRUE(same_bits(c.params, s.params));
+  EXPECT_TRUE(same_bits(c.state.adam_m, s.state.adam_m));
+  EXPECT_TRUE(same_bits(c.state.adam_v, s.state.adam_v));
+  EXPECT_EQ(c.state.step, 12);
+  EXPECT_EQ(c.state.adam_step, 11);
+  EXPECT_EQ(c.state.skipped_steps, 1);
+  EXPECT_EQ(c.state.last_lr, 1.25e-3);
+  EXPECT_EQ(c.state.seed, 7);
+  const std::vector<std::pair<std::string, int64_t>> loader = {{"draws", 96}, {"fingerprint", -1234567890123}};
+  EXPECT_EQ(c.state.data_loader, loader);
+
+  const CheckpointInfo& info = c.info;
+  EXPECT_EQ(info.format, "kvroute-checkpoint-2");
+  EXPECT_EQ(info.version, KVROUTE_VERSION);
+  EXPECT_EQ(info.step, 12);
+  EXPECT_TRUE(info.has_optimizer);
+  EXPECT_EQ(info.config_yaml, to_yaml(s.cfg));
+  EXPECT_EQ(to_yaml(info.config), to_yaml(s.cfg));
+  EXPECT_EQ(info.tokenizer.name, "byte");
+  EXPECT_EQ(info.tokenizer.vocab_size, 256);
+  EXPECT_EQ(info.num_params(), static_cast<int64_t>(fresh.num_params()));
+  ASSERT_EQ(info.tensors.size(), fresh.tensors().size());
+  EXPECT_EQ(info.tensors[2].name, "layers/0/attn/wk");  // natural order: embed, final_norm, layers/0/..., layers/1/...
+  EXPECT_EQ(info.tensors.back().name, "layers/2/mlp_norm");
+}
+
+TEST_F(Checkpoint, EveryTensorIsItsOwnFloat32DatasetReadableWithPlainHdf5) {
+  const fs::path path = temp_dir("layout") / "c.h5";
+  const Saved s = save_random_checkpoint(path, be_.get());
+  Model model(s.cfg.model, be_.get());
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  for (const char* group : {"/model/", "/optimizer/m/", "/optimizer/v/"}) {
+    for (const ParamTensor& t : model.tensors()) {
+      const std::string name = group + t.name;
+      const hid_t ds = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
+      ASSERT_GE(ds, 0) << name;
+      const hid_t type = H5Dget_type(ds);
+      EXPECT_TRUE(H5Tequal(type, H5T_IEEE_F32LE) > 0) << name;
+      const hid_t space = H5Dget_space(ds);
+      std::vector<hsize_t> dims(H5Sget_simple_extent_ndims(space));
+      H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+      EXPECT_EQ(std::vector<int>(dims.begin(), dims.end()), t.shape) << name;
+      std::vector<float> data(t.numel);
+      H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data());
+      const std::vector<float>& source = std::string(group) == "/model/"       ? s.params
+                                         : std::string(group) == "/optimizer/m/" ? s.state.adam_m
+                                                                                 : s.state.adam_v;
+      EXPECT_EQ(std::memcmp(data.data(), source.data() + t.offset, t.numel * 4), 0) << name;
+      // The stored CRC is zlib's CRC-32 of the float32 bytes.
+      int64_t crc = 0;
+      const hid_t attr = H5Aopen(ds, "crc32", H5P_DEFAULT);
+      H5Aread(attr, H5T_NATIVE_INT64, &crc);
+      EXPECT_EQ(uint32_t(crc), uint32_t(crc32(0, reinterpret_cast<const Bytef*>(data.data()), t.numel * 4))) << name;
+      H5Aclose(attr);
+      H5Sclose(space);
+      H5Tclose(type);
+      H5Dclose(ds);
+    }
+  }
+  H5Fclose(file);
+}
+
+TEST(Checksum, EqualsZlibCrc32ForAnySizeAndThreadCount) {
+  const char* check = "123456789";
+  EXPECT_EQ(crc32_of(check, 9), 0xCBF43926u);  // the CRC-32 check value
+  EXPECT_EQ(crc32_of(nullptr, 0), 0u);
+  std::vector<unsigned char> bytes(9 * (1 << 20) + 3);
+  std::mt19937 gen(3);
+  for (auto& b : bytes) b = static_cast<unsigned char>(gen());
+  for (std::size_t n : {std::size_t(1), std::size_t(4 << 20), std::size_t(4 << 20) + 1, bytes.size()})
+    EXPECT_EQ(crc32_of(bytes.data(), n), uint32_t(crc32_z(0, bytes.data(), n))) << n << " bytes";
+}
+
+// ---------------------------------------------------------------- 6. refusals
+
+TEST_F(Checkpoint, TruncatedFilesAreRefusedAndNothingIsLoaded) {
+  const fs::path dir = temp_dir("truncated");
+  const fs::path good = dir / "good.h5";
+  const Saved s = save_random_checkpoint(good, be_.get());
+  const std::string bytes = read_text(good);
+  Model model(s.cfg.model, be_.get());
+  model.init_weights(99);
+  const std::vector<float> before = model.params_to_host();
+  for (std::size_t keep : {std::size_t(0), std::size_t(100), bytes.size() / 2, bytes.size() - 1}) {
+    const fs::path cut = dir / ("cut_" + std::to_string(keep) + ".h5");
+    write_text(cut, bytes.substr(0, keep));
+    try {
+      load_weights(cut.string(), model);
+      ADD_FAILURE() << "a file cut to " << keep << " of " << bytes.size() << " bytes was loaded";
+    } catch (const CheckpointError& e) {
+      EXPECT_THAT(e.what(), HasSubstr(cut.string())) << e.what();
+      if (keep > 1000) EXPECT_THAT(e.what(), HasSubstr("truncated")) << e.what();
+    }
+    EXPECT_TRUE(same_bits(model.params_to_host(), before)) << "model changed by a failed load";
+  }
+}
+
+TEST_F(Checkpoint, CorruptedTensorBytesFailTheirCrcAndNothingIsLoaded) {
+  const fs::path dir = temp_dir("corrupt");
+  const fs::path path = dir / "c.h5";
+  const Saved s = save_random_checkpoint(path, be_.get());
+  // Where /optimizer/v/layers/1/attn/wq's bytes start in the file.
+  haddr_t offset = 0;
+  {
+    const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    const hid_t ds = H5Dopen2(file, "/optimizer/v/layers/1/attn/wq", H5P_DEFAULT);
+    offset = H5Dget_offset(ds);
+    H5Dclose(ds);
+    H5Fclose(file);
+  }
+  ASSERT_NE(offset, HADDR_UNDEF);
+  std::string bytes = read_text(path);
+  bytes[offset + 5] ^= 0x10;  // one bit of one float
+  write_text(path, bytes);
+
+  Model model(s.cfg.model, be_.get());
+  const std::vector<float> before = model.params_to_host();
+  try {
+    read_checkpoint(path.string(), model, true);
+    ADD_FAILURE() << "a corrupted checkpoint was read";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("is corrupted"));
+    EXPECT_THAT(e.what(), HasSubstr("/optimizer/v/layers/1/attn/wq fails its CRC-32 check"));
+  }
+  // The weights themselves are intact, so a weights-only read still works.
+  EXPECT_TRUE(same_bits(read_checkpoint(path.string(), model, false).params, s.params));
+  EXPECT_TRUE(same_bits(model.params_to_host(), before));
+}
+
+TEST_F(Checkpoint, CorruptedMetadataIsRefused) {
+  const fs::path path = temp_dir("metadata") / "c.h5";
+  save_random_checkpoint(path, be_.get());
+  std::string bytes = read_text(path);
+  bytes[12] ^= 0x5a;  // inside the checksummed superblock
+  write_text(path, bytes);
+  try {
+    read_checkpoint_info(path.string());
+    ADD_FAILURE() << "a checkpoint with a damaged superblock was opened";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr(path.string()));
+  }
+}
+
+TEST_F(Checkpoint, MissingEmptyForeignAndNonCheckpointFilesAreRefused) {
+  const fs::path dir = temp_dir("foreign");
+  auto message = [](const fs::path& p) -> std::string {
+    try {
+      read_checkpoint_info(p.string());
+    } catch (const CheckpointError& e) {
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  EXPECT_THAT(message(dir / "absent.h5"), HasSubstr("does not exist"));
+  write_text(dir / "empty.h5", "");
+  EXPECT_THAT(message(dir / "empty.h5"), HasSubstr("is empty"));
+  write_text(dir / "text.h5", "model: {d_model: 32}\n");
+  EXPECT_THAT(message(dir / "text.h5"), HasSubstr("is not an HDF5 file"));
+  EXPECT_THAT(message(dir), HasSubstr("is not a regular file"));
+  const hid_t f = H5Fcreate((dir / "other.h5").c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  H5Fclose(f);
+  EXPECT_THAT(message(dir / "other.h5"), HasSubstr("not a kvroute checkpoint"));
+}
+
+TEST_F(Checkpoint, AConfigThatDoesNotFitIsRefusedNamingTheKeys) {
+  const fs::path path = temp_dir("fit") / "c.h5";
+  save_random_checkpoint(path, be_.get());
+  ModelConfig wider = tiny_model(64);
+  wider.tie_embeddings = false;
+  Model model(wider, be_.get());
+  model.init_weights(5);
+  const std::vector<float> before = model.params_to_host();
+  try {
+    load_weights(path.string(), model);
+    ADD_FAILURE() << "weights of another shape were loaded";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("does not fit the model being built"));
+    EXPECT_THAT(e.what(), HasSubstr("model.d_model: 32 vs 64"));
+    EXPECT_THAT(e.what(), HasSubstr("model.tie_embeddings: true vs false"));
+  }
+  EXPECT_TRUE(same_bits(model.params_to_host(), before));
+}
+
+TEST_F(Checkpoint, AWeightsOnlyFileLoadsWeightsButCannotBeResumed) {
+  const fs::path dir = temp_dir("weights_only");
+  Config cfg;
+  cfg.model = tiny_model();
+  Model model(cfg.model, be_.get());
+  model.init_weights(3);
+  save_checkpoint((dir / "w.h5").string(), model, cfg, 40);
+  Model other(cfg.model, be_.get());
+  load_weights((dir / "w.h5").string(), other);
+  EXPECT_TRUE(same_bits(other.params_to_host(), model.params_to_host()));
+  EXPECT_FALSE(read_checkpoint_info((dir / "w.h5").string()).has_optimizer);
+  EXPECT_THROW(
+      {
+        try {
+          read_checkpoint((dir / "w.h5").string(), other, true);
+        } catch (const CheckpointError& e) {
+          EXPECT_THAT(e.what(), HasSubstr("weights only"));
+          throw;
+        }
+      },
+      CheckpointError);
+}
+
+// ---------------------------------------------------------------- 2. the run directory
+
+TEST_F(Checkpoint, RotationKeepsLatestAndTheNewestBeforeIt) {
+  const fs::path run = temp_dir("rotate");
+  const fs::path dir = run / "checkpoints";
+  fs::create_directories(dir);
+  auto make = [&](std::initializer_list<long> steps, long latest) {
+    for (const auto& e : fs::directory_iterator(dir)) fs::remove(e.path());
+    for (long s : steps) write_text(dir / checkpoint_file_name(s), "x");
+    write_text(dir / "latest", checkpoint_file_name(latest) + "\n");
+  };
+  auto remaining = [&] {
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+    return names;
+  };
+  make({10, 20, 30, 40, 50}, 50);
+  rotate_checkpoints(run.string(), 2);
+  EXPECT_EQ(remaining(), (std::set<std::string>{"latest", "step_00000040.h5", "step_00000050.h5"}));
+  // Resumed from step 30 of an abandoned continuation: keep_last 1 still keeps `latest`,
+  // and the later files, which the resumed run overwrites as it reaches them.
+  make({10, 20, 30, 40, 50}, 30);
+  rotate_checkpoints(run.string(), 1);
+  EXPECT_EQ(remaining(), (std::set<std::string>{"latest", "step_00000030.h5", "step_00000040.h5", "step_00000050.h5"}));
+  // Without a readable `latest` nothing is known to be safe to delete.
+  make({10, 20, 30}, 30);
+  fs::remove(dir / "latest");
+  rotate_checkpoints(run.string(), 1);
+  EXPECT_EQ(remaining().size(), 3u);
+}
+
+TEST_F(Checkpoint, AnInterruptedSaveLeavesThePreviousCheckpointLoadable) {
+  const fs::path run = temp_dir("interrupted_save");
+  Config cfg;
+  cfg.model = tiny_model();
+  Model model(cfg.model, be_.get());
+  model.init_weights(1);
+  TrainingState state;
+  state.step = 4;
+  state.adam_m.assign(model.num_params(), 0.5f);
+  state.adam_v.assign(model.num_params(), 0.25f);
+  const std::string first = save_run_checkpoint(run.string(), model, cfg, state, {"byte", 256, ""}, 3);
+  EXPECT_EQ(first, (run / "checkpoints" / "step_00000004.h5").string());
+  EXPECT_EQ(find_latest_checkpoint(run.string()), first);
+
+  // Killed while writing step 8: a partial temporary, and a partial new pointer.
+  const std::string bytes = read_text(first);
+  write_text(run / "checkpoints" / "step_00000008.h5.tmp", bytes.substr(0, bytes.size() / 3));
+  write_text(run / "checkpoints" / "latest.tmp", "step_0000");
+  std::string note;
+  EXPECT_EQ(find_latest_checkpoint(run.string(), &note), first);
+  EXPECT_EQ(note, "");
+  EXPECT_TRUE(same_bits(weights_of(first), model.params_to_host()));
+  const auto removed = remove_stale_temporaries(run.string());
+  EXPECT_EQ(std::set<std::string>(removed.begin(), removed.end()),
+            (std::set<std::string>{"step_00000008.h5.tmp", "latest.tmp"}));
+
+  // Killed after the rename of step 8 but before `latest` moved: latest still names step 4.
+  fs::copy_file(first, run / "checkpoints" / "step_00000008.h5");
+  EXPECT_EQ(find_latest_checkpoint(run.string()), first);
+  // Without `latest` the newest complete file is used, and the note says so.
+  fs::remove(run / "checkpoints" / "latest");
+  EXPECT_EQ(find_latest_checkpoint(run.string(), &note), (run / "checkpoints" / "step_00000008.h5").string());
+  EXPECT_THAT(note, HasSubstr("missing"));
+  fs::remove_all(run / "checkpoints");
+  EXPECT_THROW(find_latest_checkpoint(run.string()), CheckpointError);
+}
+
+// ---------------------------------------------------------------- 3. exact resume after SIGKILL
+
+TEST(Resume, AKilledRunResumesToTheSameLossesBitForBit) {
+  const RunSetup s = make_run_setup("sigkill");
+  const std::string common = s.config.string() + " --set train.steps=24 --set train.checkpoint.interval=4";
+  const Result whole = run("train " + common + " --set train.out_dir=" + (s.dir / "whole").string());
+  ASSERT_EQ(whole.status, 0) << whole.output;
+
+  const fs::path killed = s.dir / "killed";
+  std::vector<std::string> args = {"train", s.config.string()};
+  for (const char* kv : {"train.steps=24", "train.checkpoint.interval=4"})
+    args.insert(args.end(), {"--set", kv});
+  args.insert(args.end(), {"--set", "train.out_dir=" + killed.string()});
+  const pid_t pid = spawn(args, s.dir / "killed.log");
+  long ckpt = -1, reached = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    ckpt = latest_step(killed);
+    const auto losses = losses_by_step(killed);
+    reached = losses.empty() ? 0 : losses.rbegin()->first;
+    if (ckpt > 0 && reached >= ckpt + 2) break;  // between checkpoints, with steps past the last one
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  ASSERT_EQ(wait_for(pid), 128 + SIGKILL) << "the run ended before it could be killed:\n"
+                                          << read_text(s.dir / "killed.log");
+  ckpt = latest_step(killed);  // the checkpoint the resume will use
+  ASSERT_GT(ckpt, 0);
+  ASSERT_LT(ckpt, 24);
+  std::cout << "killed at step ~" << reached << ", latest checkpoint step " << ckpt << "\n";
+
+  const Result resumed = run("train --resume " + killed.string());
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr("resumed from"));
+  EXPECT_THAT(resumed.output, HasSubstr("at step " + std::to_string(ckpt) + " "));
+
+  const auto expected = losses_by_step(s.dir / "whole");
+  const auto actual = losses_by_step(killed);
+  ASSERT_EQ(expected.size(), 24u);
+  ASSERT_EQ(actual.size(), 24u);
+  int compared_after_resume = 0;
+  for (const auto& [step, loss] : expected) {
+    EXPECT_EQ(actual.at(step), loss) << "step " << step;
+    compared_after_resume += step > ckpt;
+  }
+  EXPECT_GE(compared_after_resume, 1);
+  EXPECT_TRUE(same_bits(weights_of(killed / "model.h5"), weights_of(s.dir / "whole" / "model.h5")));
+}
+
+// ---------------------------------------------------------------- 3. --resume options
+
+TEST(Resume, OverridesThatChangeTheModelOrTheRunAreRefused) {
+  const RunSetup s = make_run_setup("overrides");
+  const fs::path run_dir = s.dir / "run";
+  const Result first = run("train " + s.config.string() + " --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(first.status, 0) << first.output;
+
+  auto refusal = [&](const std::vector<std::string>& overrides) -> std::string {
+    try {
+      plan_resume(run_dir.string(), overrides);
+    } catch (const std::exception& e) {
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  EXPECT_THAT(refusal({"model.d_model=64"}), HasSubstr("model.d_model cannot change when resuming"));
+  EXPECT_THAT(refusal({"model.n_layers=6"}), HasSubstr("model.init_from="));
+  EXPECT_THAT(refusal({"train.out_dir=/tmp/elsewhere"}), HasSubstr("the run directory is the one being resumed"));
+  EXPECT_THAT(refusal({"data.tokenizer=other"}), HasSubstr("cannot change when resuming"));
+  EXPECT_THAT(refusal({}), HasSubstr("nothing left to train"));  // the run finished at train.steps
+
+  const ResumePlan longer = plan_resume(run_dir.string(), {"train.steps=20", "train.log_interval=5"});
+  EXPECT_EQ(longer.config.train.steps, 20);
+  EXPECT_EQ(longer.config.train.log_interval, 5);
+  EXPECT_EQ(longer.config.model.d_model, 32);
+  EXPECT_EQ(longer.checkpoint, (run_dir / "checkpoints" / "step_00000012.h5").string());
+  ASSERT_EQ(longer.notes.size(), 1u);
+  EXPECT_THAT(longer.notes[0], HasSubstr("train.steps changed from 12 to 20"));
+  const ResumePlan other_lr = plan_resume(run_dir.string(), {"train.steps=20", "train.lr=0.001"});
+  EXPECT_THAT(other_lr.notes[0], HasSubstr("will not match an uninterrupted run"));
+
+  // A finished run continues when train.steps is raised.
+  const Result more = run("train --resume " + run_dir.string() + " --set train.steps=14");
+  ASSERT_EQ(more.status, 0) << more.output;
+  EXPECT_THAT(more.output, HasSubstr("step     14/14"));
+  EXPECT_EQ(latest_step(run_dir), 14);
+
+  const Result with_file = run("train " + s.config.string() + " --resume " + run_dir.string());
+  EXPECT_EQ(with_file.status, 1);
+  EXPECT_THAT(with_file.output, HasSubstr("--resume takes the config from the checkpoint"));
+  const Result weights_only = run("train --resume " + (run_dir / "model.h5").string() + " --set train.steps=30");
+  EXPECT_EQ(weights_only.status, 1);
+  EXPECT_THAT(weights_only.output, HasSubstr("weights only"));
+  const Result nowhere = run("train --resume " + (s.dir / "no_such_run").string());
+  EXPECT_EQ(nowhere.status, 1);
+  EXPECT_THAT(nowhere.output, HasSubstr("neither a run directory nor a checkpoint file"));
+}
+
+TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
+  const RunSetup s = make_run_setup("damaged_latest");
+  const fs::path run_dir = s.dir / "run";
+  const Result first = run("train " + s.config.string() + " --set train.steps=8 --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(first.status, 0) << first.output;
+  const fs::path newest = run_dir / "checkpoints" / "step_00000008.h5";
+  const fs::path older = run_dir / "checkpoints" / "step_00000004.h5";
+  const std::string bytes = read_text(newest);
+  write_text(newest, bytes.substr(0, bytes.size() / 2));
+
+  const Result refused = run("train --resume " + run_dir.string() + " --set train.steps=12");
+  EXPECT_EQ(refused.status, 1);
+  EXPECT_THAT(refused.output, HasSubstr("'" + newest.string() + "' is truncated"));
+  EXPECT_THAT(refused.output, HasSubstr("Other checkpoints of this run (resume from one with --resume FILE):\n  " +
+                                        older.string()));
+  const Result resumed = run("train --resume " + older.string() + " --set train.steps=12");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr("resumed from " + older.string() + " at step 4 "));
+  EXPECT_EQ(latest_step(run_dir), 12);
+  EXPECT_EQ(read_checkpoint_info(newest.string()).step, 8);  // rewritten whole by the resumed run
+}
+
+// ---------------------------------------------------------------- 4. preemption and non-finite steps
+
+TEST(Faults, SigintAndSigtermFinishTheStepCheckpointAndExitZero) {
+  const RunSetup s = make_run_setup("preempt");
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const fs::path run_dir = s.dir / (sig == SIGTERM ? "term" : "int");
+    const pid_t pid = spawn({"train", s.config.string(), "--set", "train.steps=100000", "--set",
+                             "train.checkpoint.interval=0", "--set", "train.out_dir=" + run_dir.string()},
+                            s.dir / "preempt.log");
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (losses_by_step(run_dir).size() < 3 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ASSERT_EQ(::kill(pid, sig), 0);
+    ASSERT_EQ(wait_for(pid), 0) << read_text(s.dir / "preempt.log");
+    const std::string log = read_text(s.dir / "preempt.log");
+    const long stopped = latest_step(run_dir);
+    const std::string name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+    EXPECT_THAT(log, HasSubstr(name + " received: stopped after step " + std::to_string(stopped) + "/100000"));
+    EXPECT_THAT(log, HasSubstr("kvroute train --resume " + run_dir.string()));
+    EXPECT_GE(stopped, 3);
+    EXPECT_EQ(losses_by_step(run_dir).rbegin()->first, stopped);  // no step after the checkpoint
+    const CheckpointInfo info = read_checkpoint_info((run_dir / "checkpoints" / checkpoint_file_name(stopped)).string());
+    EXPECT_TRUE(info.has_optimizer);
+    EXPECT_FALSE(fs::exists(run_dir / "model.h5"));
+  }
+  // The preempted run continues where it stopped.
+  const fs::path run_dir = s.dir / "term";
+  const long stopped = latest_step(run_dir);
+  const Result resumed =
+      run("train --resume " + run_dir.string() + " --set train.steps=" + std::to_string(stopped + 2));
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr("at step " + std::to_string(stopped)));
+  EXPECT_EQ(losses_by_step(run_dir).rbegin()->first, stopped + 2);
+}
+
+TEST(Faults, ANonFiniteStepStopsNamingTheStepAndKeepsTheLastGoodCheckpoint) {
+  // lr 1e30: the first update throws the weights to ~1e30; the next backward overflows.
+  const RunSetup s = make_run_setup("nonfinite");
+  const fs::path run_dir = s.dir / "run";
+  const Result r = run("train " + s.config.string() + " --set train.lr=1e30 --set train.warmup_steps=0" +
+                       " --set train.checkpoint.interval=1 --set train.out_dir=" + run_dir.string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("non-finite gradient norm at step 2: stopping"));
+  EXPECT_THAT(r.output, HasSubstr("the last good checkpoint, " + (run_dir / "checkpoints" / "step_00000001.h5").string()));
+  EXPECT_THAT(r.output, HasSubstr("train.on_nonfinite=skip"));
+  EXPECT_EQ(latest_step(run_dir), 1);
+  for (float w : weights_of(run_dir / "checkpoints" / "step_00000001.h5")) ASSERT_TRUE(std::isfinite(w));
+}
+
+TEST(Faults, NonFiniteStepsAreSkippedWithOnNonfiniteSkip) {
+  const RunSetup s = make_run_setup("skip");
+  const fs::path run_dir = s.dir / "run";
+  const Result r = run("train " + s.config.string() + " --set train.lr=1e30 --set train.warmup_steps=0" +
+                       " --set train.steps=5 --set train.checkpoint.interval=1 --set train.checkpoint.keep_last=10" +
+                       " --set train.on_nonfinite=skip" +
+                       " --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("non-finite gradient norm at step 2: step skipped, weights and AdamW state unchanged"));
+  EXPECT_THAT(r.output, HasSubstr("4 skipped so far"));
+  // Steps 2..5 changed nothing: the final weights are step 1's, bit for bit.
+  EXPECT_TRUE(same_bits(weights_of(run_dir / "model.h5"), weights_of(run_dir / "checkpoints" / "step_00000001.h5")));
+  const CheckpointInfo info = read_checkpoint_info((run_dir / "checkpoints" / "step_00000005.h5").string());
+  EXPECT_EQ(info.state.skipped_steps, 4);
+  EXPECT_EQ(info.state.adam_step, 1);
+}
+
+// ---------------------------------------------------------------- 6. full disk
+
+TEST(Faults, AFullDiskDuringACheckpointKeepsThePreviousOneAndSaysSo) {
+  const RunSetup s = make_run_setup("full_disk");
+  const fs::path run_dir = s.dir / "run";
+  const Result first = run("train " + s.config.string() + " --set train.steps=8 --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(first.status, 0) << first.output;
+  const fs::path previous = run_dir / "checkpoints" / "step_00000008.h5";
+  const std::string previous_bytes = read_text(previous);
+  ASSERT_GT(previous_bytes.size(), 200000u);  // larger than the limit below
+
+  // Files may not grow beyond 128 KiB (logs stay below it, a checkpoint does not): a write
+  // fails with EFBIG exactly as on a full disk.
+  const pid_t pid = spawn({"train", "--resume", run_dir.string(), "--set", "train.steps=16"}, s.dir / "full.log",
+                          128 * 1024);
+  EXPECT_EQ(wait_for(pid), 1);
+  const std::string log = read_text(s.dir / "full.log");
+  EXPECT_THAT(log, HasSubstr("writing checkpoint '" + (run_dir / "checkpoints" / "step_00000012.h5").string() +
+                             "' failed"));
+  EXPECT_THAT(log, HasSubstr("File too large"));
+  EXPECT_THAT(log, HasSubstr("disk full?"));
+  EXPECT_THAT(log, HasSubstr("The previous checkpoint '" + previous.string() +
+                             "' is intact and 'latest' still points to it"));
+  EXPECT_EQ(latest_step(run_dir), 8);
+  EXPECT_EQ(read_text(previous), previous_bytes);
+  EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000012.h5"));
+  EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000012.h5.tmp"));
+  // ...and the run resumes from it once there is space again.
+  const Result resumed = run("train --resume " + run_dir.string() + " --set train.steps=16");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr("at step 8"));
+}
+
+// ---------------------------------------------------------------- 5. ckpt info, init_from
+
+TEST(Cli, CkptInfoPrintsStepConfigShapesAndRouting) {
+  const RunSetup s = make_run_setup("info");
+  const fs::path run_dir = s.dir / "run";
+  ASSERT_EQ(run("train " + s.config.string() + " --set train.out_dir=" + run_dir.string()).status, 0);
+  const fs::path ckpt = run_dir / "checkpoints" / "step_00000008.h5";
+  const Result r = run("ckpt info " + ckpt.string() + " --verify");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const CheckpointInfo info = read_checkpoint_info(ckpt.string());
+  auto be = make_backend("cpu");
+  const Model model(info.config.model, be.get());
+  std::string count = std::to_string(model.num_params());
+  count.insert(count.size() - 3, ",");
+  EXPECT_THAT(r.output, HasSubstr("step        8 of 12 (train.steps)"));
+  EXPECT_THAT(r.output, HasSubstr("resumable   yes: AdamW moments, AdamW step 8"));
+  EXPECT_THAT(r.output, HasSubstr("kv routing  mode stochastic, p 0.5, scheme any, one draw per sequence"));
+  EXPECT_THAT(r.output, HasSubstr("tokenizer   byte, 256 tokens"));
+  EXPECT_THAT(r.output, HasSubstr("parameters  " + count + " in " + std::to_string(model.tensors().size()) + " tensors"));
+  EXPECT_THAT(r.output, HasSubstr("layers/2/attn/wk     [16, 32]"));
+  EXPECT_THAT(r.output, HasSubstr("verified    every tensor and AdamW moment matches its CRC-32"));
+  EXPECT_THAT(r.output, HasSubstr("    d_model: 32"));
+
+  write_text(s.dir / "broken.h5", read_text(ckpt).substr(0, 4000));
+  const Result broken = run("ckpt info " + (s.dir / "broken.h5").string());
+  EXPECT_EQ(broken.status, 1);
+  EXPECT_THAT(broken.output, HasSubstr("truncated"));
+}
+
+TEST(Cli, InitFromStartsANewRunFromCheckpointWeightsWithFreshOptimizerState) {
+  const RunSetup s = make_run_setup("init_from");
+  const fs::path base = s.dir / "base";
+  ASSERT_EQ(run("train " + s.config.string() + " --set train.out_dir=" + base.string()).status, 0);
+  // lr 0: AdamW moves nothing, so the fine-tuned weights must equal the source's exactly.
+  const fs::path tuned = s.dir / "tuned";
+  const Result r = run("train " + s.config.string() + " --set model.init_from=" + (base / "model.h5").string() +
+                       " --set train.lr=0 --set train.steps=2 --set train.warmup_steps=0 --set train.out_dir=" +
+                       tuned.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("initialised weights from " + (base / "model.h5").string() + " (fresh AdamW state)"));
+  EXPECT_TRUE(same_bits(weights_of(tuned / "model.h5"), weights_of(base / "model.h5")));
+  const CheckpointInfo info = read_checkpoint_info((tuned / "checkpoints" / "step_00000002.h5").string());
+  EXPECT_EQ(info.step, 2);
+  EXPECT_EQ(info.state.adam_step, 2);  // counted from 0, not from the base run's 12
+
+  const Result wrong = run("train " + s.config.string() + " --set model.init_from=" + (base / "model.h5").string() +
+                           " --set model.d_model=64 --set train.out_dir=" + (s.dir / "wrong").string());
+  EXPECT_EQ(wrong.status, 1);
+  EXPECT_THAT(wrong.output, HasSubstr("does not fit the model being built"));
+  EXPECT_THAT(wrong.output, HasSubstr("model.d_model: 32 vs 64"));
+}
