@@ -122,8 +122,8 @@ void Model::ensure_activations(int B, int T) {
   // Tensors kept per layer, or one buffer that every layer reuses when backward recomputes them.
   const std::size_t La = keeps_attention() ? L : 1, Lm = keeps_mlp() ? L : 1;
   a.resid_mid = DeviceBuffer<float>(be_, Lm * N * C);
-  a.ln1 = DeviceBuffer<float>(be_, N * C);
-  a.ln2 = DeviceBuffer<float>(be_, N * C);
+  a.ln1 = DeviceBuffer<float>(be_, La * N * C);
+  a.ln2 = DeviceBuffer<float>(be_, Lm * N * C);
   a.rstd1 = DeviceBuffer<float>(be_, L * N);
   a.rstd2 = DeviceBuffer<float>(be_, L * N);
   a.q = DeviceBuffer<float>(be_, La * N * HD);
@@ -133,7 +133,7 @@ void Model::ensure_activations(int B, int T) {
   a.lse = DeviceBuffer<float>(be_, La * N * cfg_.n_heads);
   a.gate = DeviceBuffer<float>(be_, Lm * N * F);
   a.up = DeviceBuffer<float>(be_, Lm * N * F);
-  a.act = DeviceBuffer<float>(be_, N * F);
+  a.act = DeviceBuffer<float>(be_, Lm * N * F);
   a.lnf = DeviceBuffer<float>(be_, N * C);
   a.rstdf = DeviceBuffer<float>(be_, N);
   a.logits = DeviceBuffer<float>(be_, N * V);
@@ -183,9 +183,9 @@ LayerBuffers Model::training_buffers(int l) {
   LayerBuffers b;
   b.x = a.resid.get() + l * N * C;
   b.out = a.resid.get() + (l + 1) * N * C;
-  b.ln1 = a.ln1.get();
-  b.ln2 = a.ln2.get();
-  b.act = a.act.get();
+  b.ln1 = a.ln1.get() + la * N * C;
+  b.ln2 = a.ln2.get() + lm * N * C;
+  b.act = a.act.get() + lm * N * F;
   b.rstd1 = a.rstd1.get() + l * N;
   b.rstd2 = a.rstd2.get() + l * N;
   b.q = a.q.get() + la * N * HD;
@@ -329,8 +329,8 @@ void Model::mlp_half(int l, const ForwardStep& s, const LayerBuffers& a, bool to
   be_->rmsnorm_forward(a.ln2, a.rstd2, a.mid, W(w.mlp_norm), N, C, eps);
   be_->matmul(a.ln2, W(w.w_gate), a.gate, N, F, C, false, true, 1.f, 0.f);
   be_->matmul(a.ln2, W(w.w_up), a.up, N, F, C, false, true, 1.f, 0.f);
-  if (!to_output) return;
   be_->swiglu_forward(a.act, a.gate, a.up, NF);
+  if (!to_output) return;
   be_->copy(a.out, a.mid, NC * sizeof(float));
   be_->matmul(a.act, W(w.w_down), a.out, N, C, F, false, true, 1.f, 1.f);
 }
@@ -377,7 +377,6 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
   Activations& a = act_;
   const int N = B * T, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim(), L = cfg_.n_layers;
   const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D, V = cfg_.vocab_size;
-  const float eps = static_cast<float>(cfg_.norm_eps);
   const float theta = static_cast<float>(cfg_.rope_theta);
   const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
   const float* dlogits = a.logits.get();
@@ -408,11 +407,8 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
     const LayerBuffers buf = training_buffers(l);
     const std::vector<int32_t> src = routes.layer(l);
     // Rebuild what the forward did not keep. K/V are always kept: layers above read them.
-    if (keeps_attention()) be_->rmsnorm_forward(buf.ln1, buf.rstd1, buf.x, W(w.attn_norm), N, C, eps);
-    else attention_half(l, step, kv, src.data(), false, buf);
-    if (keeps_mlp()) be_->rmsnorm_forward(buf.ln2, buf.rstd2, buf.mid, W(w.mlp_norm), N, C, eps);
-    else mlp_half(l, step, buf, false);
-    be_->swiglu_forward(buf.act, buf.gate, buf.up, NF);
+    if (!keeps_attention()) attention_half(l, step, kv, src.data(), false, buf);
+    if (!keeps_mlp()) mlp_half(l, step, buf, false);
 
     // MLP: x' = mid + act Wd^T. dresid holds dL/dx', which is also the residual part of dL/dmid.
     const float *mid = buf.mid, *ln2 = buf.ln2, *gate = buf.gate, *up = buf.up, *act = buf.act;

@@ -307,11 +307,11 @@ TEST(ModelRecompute, KeepsLessActivationMemory) {
   loss_and_grads(mc, identity_routes(3, 4), "none", 1, &none);
   loss_and_grads(mc, identity_routes(3, 4), "attention", 1, &attention);
   loss_and_grads(mc, identity_routes(3, 4), "layer", 1, &layer);
-  // Per layer per token: attention drops q, att (H*D each) and lse (H); layer also drops mid (C)
-  // and gate, up (F each); one shared buffer of each remains.
-  const std::size_t N = 3 * 6, L = mc.n_layers, HD = mc.d_model;
-  EXPECT_EQ(none - attention, (L - 1) * N * (2 * HD + mc.n_heads) * sizeof(float));
-  EXPECT_EQ(attention - layer, (L - 1) * N * (mc.d_model + 2 * mc.d_ff) * sizeof(float));
+  // Per layer per token: attention drops ln1 (C), q, att (H*D each) and lse (H); layer also drops
+  // mid, ln2 (C each) and gate, up, act (F each); one shared buffer of each remains.
+  const std::size_t N = 3 * 6, L = mc.n_layers, C = mc.d_model, HD = mc.d_model;
+  EXPECT_EQ(none - attention, (L - 1) * N * (C + 2 * HD + mc.n_heads) * sizeof(float));
+  EXPECT_EQ(attention - layer, (L - 1) * N * (2 * C + 3 * mc.d_ff) * sizeof(float));
 }
 
 TEST(ModelRecompute, RejectsUnknownMode) {

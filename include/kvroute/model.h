@@ -110,10 +110,10 @@ class Model {
   long kv_projections() const { return kv_projections_; }
   // Bytes of activation memory held for the current (B, T).
   std::size_t activation_bytes() const;
-  // Activation recomputation in backward (train.recompute). "none": keep what backward needs except
-  // what one cheap elementwise pass rebuilds (norm outputs, the SwiGLU product); "attention": also
-  // recompute each layer's queries, attention output and log-sum-exp; "layer": keep only each
-  // layer's input and K/V, and re-run the layer (minus its output projection) in backward.
+  // Activation recomputation in backward (train.recompute). "none": keep every activation backward
+  // reads; "attention": re-run each layer's attention half (norm, queries, attention output and
+  // log-sum-exp) in backward instead of keeping it; "layer": keep only each layer's input and K/V
+  // and re-run the layer (minus its output projection) in backward. K/V are always kept.
   // Throws std::invalid_argument for any other value.
   void set_recompute(const std::string& mode);
   const std::string& recompute() const { return recompute_; }
@@ -131,14 +131,14 @@ class Model {
   // attention_half: ln1, q, K/V (if compute_kv), attention -> att, lse.
   void attention_half(int l, const ForwardStep& step, const KvStore& kv, const int32_t* src, bool compute_kv,
                       const LayerBuffers& buf);
-  // mlp_half: mid = x + att Wo^T, ln2, gate, up; with to_output also act and out.
+  // mlp_half: mid = x + att Wo^T, ln2, gate, up, act; with to_output also out = mid + act Wd^T.
   void mlp_half(int l, const ForwardStep& step, const LayerBuffers& buf, bool to_output);
   // Training: the per-layer activation buffers (kept per layer, or shared scratch that backward
   // refills, per recompute mode) and the K/V store over the activation buffers.
   LayerBuffers training_buffers(int l);
   KvStore training_kv();
-  bool keeps_attention() const { return recompute_ == "none"; }  // q, att, lse per layer
-  bool keeps_mlp() const { return recompute_ != "layer"; }       // mid, gate, up per layer
+  bool keeps_attention() const { return recompute_ == "none"; }  // ln1, q, att, lse per layer
+  bool keeps_mlp() const { return recompute_ != "layer"; }       // mid, ln2, gate, up, act per layer
   const float* W(std::size_t off) const { return params_.get() + off; }
   float* dW(std::size_t off) { return grads_.get() + off; }
   std::size_t add_tensor(const std::string& name, std::vector<int> shape, bool decay);
@@ -157,13 +157,12 @@ class Model {
     DeviceBuffer<float> resid;      // [L+1][N,C] residual stream entering each layer (+ final)
     // [L] = one per layer; [L or 1] = one per layer unless the recompute mode rebuilds it.
     DeviceBuffer<float> resid_mid;  // [L or 1][N,C] after attention
-    DeviceBuffer<float> ln1, ln2;   // [N,C], rebuilt in backward by one rmsnorm pass
+    DeviceBuffer<float> ln1, ln2;   // [L or 1][N,C]
     DeviceBuffer<float> rstd1, rstd2;  // [L][N]
     DeviceBuffer<float> q, att;     // [L or 1][N,H*D]
     DeviceBuffer<float> k, v;       // [L][N,Hkv*D], always kept: other layers read them
     DeviceBuffer<float> lse;        // [L or 1][B,H,T]
-    DeviceBuffer<float> gate, up;   // [L or 1][N,F]
-    DeviceBuffer<float> act;        // [N,F], rebuilt in backward by one swiglu pass
+    DeviceBuffer<float> gate, up, act;  // [L or 1][N,F]
     DeviceBuffer<float> lnf, rstdf; // [N,C], [N]
     DeviceBuffer<float> logits;     // [N,V], becomes dlogits in training
     DeviceBuffer<float> losses;     // [N]
