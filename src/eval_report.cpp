@@ -68,25 +68,33 @@ std::string svg_escape(const std::string& s) {
   return o;
 }
 
-// One line per checkpoint: points sorted by KV fraction.
-std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> plot_lines(
-    const std::vector<StrategyResult>& results) {
-  std::vector<std::pair<std::string, std::vector<std::pair<double, double>>>> lines;
+// Per checkpoint: every (KV %, loss) point, and the line through the lowest loss at each
+// KV fraction (the best strategy found for that cache size).
+struct PlotSeries {
+  std::string name;
+  std::vector<std::pair<double, double>> points, best;
+};
+
+std::vector<PlotSeries> plot_series(const std::vector<StrategyResult>& results) {
+  std::vector<PlotSeries> out;
   for (const auto& [ckpt, rows] : by_checkpoint(results)) {
-    std::vector<std::pair<double, double>> pts;
+    PlotSeries s;
+    s.name = ckpt;
     for (const StrategyResult* r : rows)
-      if (std::isfinite(r->val_loss)) pts.push_back({100.0 * r->kv_fraction, r->val_loss});
-    std::sort(pts.begin(), pts.end());
-    lines.push_back({ckpt, pts});
+      if (std::isfinite(r->val_loss)) s.points.push_back({100.0 * r->kv_fraction, r->val_loss});
+    std::sort(s.points.begin(), s.points.end());
+    for (const auto& p : s.points)
+      if (s.best.empty() || s.best.back().first != p.first) s.best.push_back(p);  // sorted: lowest loss first
+    out.push_back(s);
   }
-  return lines;
+  return out;
 }
 
 std::string write_svg_plot(const std::vector<StrategyResult>& results, const fs::path& path) {
-  const auto lines = plot_lines(results);
+  const auto lines = plot_series(results);
   double ymin = std::numeric_limits<double>::infinity(), ymax = -ymin;
   for (const auto& l : lines)
-    for (const auto& p : l.second) ymin = std::min(ymin, p.second), ymax = std::max(ymax, p.second);
+    for (const auto& p : l.points) ymin = std::min(ymin, p.second), ymax = std::max(ymax, p.second);
   if (!std::isfinite(ymin)) ymin = 0, ymax = 1;
   if (ymax - ymin < 1e-9) ymin -= 0.5, ymax += 0.5;
   const double pad = 0.05 * (ymax - ymin);
@@ -113,14 +121,14 @@ std::string write_svg_plot(const std::vector<StrategyResult>& results, const fs:
   for (std::size_t i = 0; i < lines.size(); ++i) {
     const char* c = colors[i % 8];
     std::string pts;
-    for (const auto& p : lines[i].second) pts += fmt("%.1f", X(p.first)) + "," + fmt("%.1f", Y(p.second)) + " ";
+    for (const auto& p : lines[i].best) pts += fmt("%.1f", X(p.first)) + "," + fmt("%.1f", Y(p.second)) + " ";
     s << "<polyline fill=\"none\" stroke=\"" << c << "\" stroke-width=\"2\" points=\"" << pts << "\"/>\n";
-    for (const auto& p : lines[i].second)
+    for (const auto& p : lines[i].points)
       s << "<circle cx=\"" << X(p.first) << "\" cy=\"" << Y(p.second) << "\" r=\"4\" fill=\"" << c << "\"/>\n";
     const int ly = top + static_cast<int>(ph) + 52 + 20 * static_cast<int>(i);
     s << "<line x1=\"" << left << "\" y1=\"" << ly - 4 << "\" x2=\"" << left + 30 << "\" y2=\"" << ly - 4
       << "\" stroke=\"" << c << "\" stroke-width=\"2\"/><text x=\"" << left + 38 << "\" y=\"" << ly << "\">"
-      << svg_escape(lines[i].first) << "</text>\n";
+      << svg_escape(lines[i].name) << "</text>\n";
   }
   s << "</svg>\n";
   std::ofstream(path) << s.str();
@@ -141,22 +149,27 @@ std::string gnuplot_string(const std::string& s) {  // single-quoted: only ' nee
 
 // PNG through gnuplot; returns "" if gnuplot is missing or fails.
 std::string write_gnuplot_png(const std::vector<StrategyResult>& results, const fs::path& dir) {
-  const auto lines = plot_lines(results);
+  const auto lines = plot_series(results);
   {
+    // Blocks 2i (every strategy, as points) and 2i+1 (the best loss per KV fraction, as a line).
     std::ofstream dat(dir / "loss_vs_kv.dat");
     for (const auto& l : lines) {
-      dat << "# " << l.first << "\n";
-      for (const auto& p : l.second) dat << p.first << " " << fmt("%.6f", p.second) << "\n";
-      dat << "\n\n";
+      for (const auto* pts : {&l.points, &l.best}) {
+        dat << "# " << l.name << (pts == &l.points ? ": every strategy" : ": best per KV fraction") << "\n";
+        for (const auto& p : *pts) dat << p.first << " " << fmt("%.6f", p.second) << "\n";
+        dat << "\n\n";
+      }
     }
     std::ofstream gp(dir / "loss_vs_kv.gp");
     gp << "set terminal pngcairo size 900,600 noenhanced\nset output 'loss_vs_kv.png'\n"
-       << "set title 'validation loss against KV cache kept'\nset xlabel 'KV cache kept (% of full)'\n"
-       << "set ylabel 'validation loss'\nset xrange [0:105]\nset grid\nset key outside below\n";
+       << "set title 'validation loss against KV cache kept (line: best strategy per cache size)'\n"
+       << "set xlabel 'KV cache kept (% of full)'\nset ylabel 'validation loss'\nset xrange [0:105]\nset grid\n"
+       << "set key outside below\n";
     gp << "plot ";
     for (std::size_t i = 0; i < lines.size(); ++i)
-      gp << (i ? ", \\\n     " : "") << "'loss_vs_kv.dat' index " << i << " using 1:2 with linespoints lw 2 pt 7 title "
-         << gnuplot_string(lines[i].first);
+      gp << (i ? ", \\\n     " : "") << "'loss_vs_kv.dat' index " << 2 * i << " using 1:2 with points pt 7 lc " << i + 1
+         << " notitle, 'loss_vs_kv.dat' index " << 2 * i + 1 << " using 1:2 with lines lw 2 lc " << i + 1
+         << " title " << gnuplot_string(lines[i].name);
     gp << "\n";
   }
   fs::remove(dir / "loss_vs_kv.png");
@@ -174,7 +187,7 @@ std::string results_markdown(const std::vector<StrategyResult>& results, const E
   os << "validation: " << static_cast<long>(sp.batch_size) * sp.seq_len * sp.n_batches << " tokens per strategy ("
      << sp.n_batches << " batches of " << sp.batch_size << " x " << sp.seq_len << "), through the KV cache\n";
   if (sp.measure_speed)
-    os << "speed (median of " << sp.bench.repeats << " runs, " << info.threads << " threads): TTFT = prefill of "
+    os << "speed (median of " << sp.bench.repeats << " runs, CPU threads " << info.threads << "): TTFT = prefill of "
        << sp.bench.prompt_len << " tokens + first token, batch 1; decode = " << sp.bench.decode_batch << " x "
        << sp.bench.decode_len << " tokens\n";
   os << "peak RSS: "

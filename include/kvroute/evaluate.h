@@ -104,7 +104,8 @@ struct EvalReportInfo {
 std::string results_markdown(const std::vector<StrategyResult>& results, const EvalReportInfo& info);
 std::string results_csv(const std::vector<StrategyResult>& results);
 std::string results_json(const std::vector<StrategyResult>& results, const EvalReportInfo& info);
-// Validation loss against KV fraction, one line per checkpoint: PNG through gnuplot
+// Validation loss against KV fraction: every strategy a point, one line per checkpoint
+// through the lowest loss at each KV fraction. PNG through gnuplot
 // (format "png"), or an SVG written directly (format "svg", or "png" when gnuplot
 // fails). Returns the file written.
 std::string write_loss_plot(const std::vector<StrategyResult>& results, const std::string& dir,
