@@ -3,7 +3,7 @@
 # stochastic KV routing, then compare KV-sharing strategies on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+KVROUTE_TARGETS=kvroute scripts/setup.sh
 scripts/data.sh
 build/kvroute train configs/tiny.yaml "$@"
 build/kvroute eval runs/tiny/model.h5 --strategies full,cla:2,cla:3,half,keep:2,first

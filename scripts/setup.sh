@@ -22,4 +22,5 @@ fi
 
 PRESET="${1:-${KVROUTE_PRESET:-default}}"
 cmake --preset "$PRESET" >/dev/null
-cmake --build --preset "$PRESET" -j "$(nproc)"
+# KVROUTE_TARGETS limits the build (the quickstart needs only the kvroute binary).
+cmake --build --preset "$PRESET" -j "$(nproc)" ${KVROUTE_TARGETS:+--target $KVROUTE_TARGETS}
