@@ -28,12 +28,22 @@
 //                  query heads of its GQA group and the query tiles that can see
 //                  the key tile: dv_j += sum_i P_ij dout_i,
 //                  dk_j += scale * sum_i dS_ij q_i.
-// Determinism without atomics: every dq element is owned by one thread of one
-// dQ block, and every dK/dV element of (b, kv head, key tile) by one thread of
-// one dK/dV block; sequences b != b' write disjoint slices (offset b * stride)
-// even when they share a source layer, and separate attention_backward calls
-// (layers routing into the same source) are ordered by the stream. All sums run
-// in a fixed order, so results are bitwise reproducible.
+// Determinism without atomics (the default, BackendOptions::deterministic): every
+// dq element is owned by one thread of one dQ block, and every dK/dV element of
+// (b, kv head, key tile) by one thread of one dK/dV block; sequences b != b'
+// write disjoint slices (offset b * stride) even when they share a source layer,
+// and separate attention_backward calls (layers routing into the same source)
+// are ordered by the stream. All sums run in a fixed order, so results are
+// bitwise reproducible. dK/dV never need atomics or a cross-block reduction:
+// the routing only changes which buffer a (b, key tile) block adds into.
+//
+// deterministic = false drops the dQ kernel: the dK/dV kernel, which already
+// holds dS for each (key tile, query tile) pair, adds scale * dS^T K into dq
+// with float atomicAdd (FlashAttention-2's scheme). That saves recomputing S
+// and dP (half of the backward's dot products) but the order of the atomic
+// additions, and so the last bits of dq, vary run to run. The default stays
+// deterministic because a resumed run must continue bit-exactly (train
+// --resume) and because the atomic path is not yet measured on hardware.
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -307,11 +317,12 @@ __global__ void __launch_bounds__(kThreads)
 // dK/dV of one key tile. table: [K..., V..., dK..., dV...]. grid: (ceil(Tk / kBK), Hkv, B).
 // Thread layout as in the other kernels with the roles swapped: thread t owns
 // key row t/4 of the tile and query columns (t%4) + 4c.
-template <int DM>
+// With kFuseDq it also adds each tile's dq contribution with atomics (dq otherwise unused).
+template <int DM, bool kFuseDq>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkdv_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
                                    const float* __restrict__ dout, const float* __restrict__ lse,
-                                   const float* __restrict__ delta) {
+                                   const float* __restrict__ delta, float* __restrict__ dq) {
   constexpr int DP = DM + 1;
   constexpr int kAcc = DM / kLanes;
   extern __shared__ float smem[];
@@ -399,6 +410,30 @@ __global__ void __launch_bounds__(kThreads)
           acc_k[i] += ds * sQ[r * DP + d];
         }
       }
+      if constexpr (kFuseDq) {
+        // dq_r += scale * sum_j dS[j][r] k_j, with this thread on query row krow of the tile
+        // (the same index as a key row above) and columns lane + 4i. sdS and sK are only
+        // read here; the next iteration's first __syncthreads orders these reads before
+        // sdS is rewritten. Rows of keys past the tile end hold dS = 0 and K = 0.
+        const int r = krow;
+        if (r < nq) {
+          float acc_q[kAcc];
+#pragma unroll
+          for (int i = 0; i < kAcc; ++i) acc_q[i] = 0.f;
+#pragma unroll 4
+          for (int j = 0; j < kBK; ++j) {
+            const float ds = sdS[j * (kBQ + 1) + r];
+#pragma unroll
+            for (int i = 0; i < kAcc; ++i) acc_q[i] += ds * sK[j * DP + lane + kLanes * i];
+          }
+          float* g = dq + q_offset(a, b, q0 + r, h);
+#pragma unroll
+          for (int i = 0; i < kAcc; ++i) {
+            const int d = lane + kLanes * i;
+            if (d < a.D) atomicAdd(g + d, a.scale * acc_q[i]);
+          }
+        }
+      }
     }
   }
 
@@ -481,18 +516,27 @@ void launch_forward(const Dims& a, const float* q, float* const* table, float* o
 
 template <int DM>
 void launch_backward(const Dims& a, const float* q, float* const* table, const float* dout, const float* lse,
-                     const float* delta, float* dq, cudaStream_t stream) {
-  constexpr std::size_t smem_dq = dq_smem_bytes<DM>();
+                     const float* delta, float* dq, bool deterministic, cudaStream_t stream) {
   constexpr std::size_t smem_dkdv = dkdv_smem_bytes<DM>();
+  const dim3 grid_k((a.Tk + kBK - 1) / kBK, a.Hkv, a.B);
+  if (!deterministic) {
+    KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<DM, true>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_dkdv)));
+    attention_backward_dkdv_kernel<DM, true>
+        <<<grid_k, kThreads, smem_dkdv, stream>>>(a, q, table, dout, lse, delta, dq);
+    KVR_KERNEL_CHECK();
+    return;
+  }
+  constexpr std::size_t smem_dq = dq_smem_bytes<DM>();
   KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_kernel<DM>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_dq)));
-  KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<DM>,
+  KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<DM, false>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_dkdv)));
   const dim3 grid_q((a.Tq + kBQ - 1) / kBQ, a.H, a.B);
   attention_backward_dq_kernel<DM><<<grid_q, kThreads, smem_dq, stream>>>(a, q, table, dout, lse, delta, dq);
   KVR_KERNEL_CHECK();
-  const dim3 grid_k((a.Tk + kBK - 1) / kBK, a.Hkv, a.B);
-  attention_backward_dkdv_kernel<DM><<<grid_k, kThreads, smem_dkdv, stream>>>(a, q, table, dout, lse, delta);
+  attention_backward_dkdv_kernel<DM, false>
+      <<<grid_k, kThreads, smem_dkdv, stream>>>(a, q, table, dout, lse, delta, nullptr);
   KVR_KERNEL_CHECK();
 }
 
@@ -542,12 +586,13 @@ void CudaBackend::attention_backward(const AttentionBackward& p) {
   attention_delta_kernel<<<delta_blocks, 32 * kDeltaWarps, 0, stream_>>>(a, p.out, p.dout, delta);
   KVR_KERNEL_CHECK();
 
+  const bool det = options_.deterministic;
   if (a.D <= 32) {
-    launch_backward<32>(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+    launch_backward<32>(a, p.q, table, p.dout, p.lse, delta, p.dq, det, stream_);
   } else if (a.D <= 64) {
-    launch_backward<64>(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+    launch_backward<64>(a, p.q, table, p.dout, p.lse, delta, p.dq, det, stream_);
   } else {
-    launch_backward<128>(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+    launch_backward<128>(a, p.q, table, p.dout, p.lse, delta, p.dq, det, stream_);
   }
 }
 

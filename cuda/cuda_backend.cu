@@ -1,5 +1,6 @@
-// CUDA backend core: device discovery, the stream and cuBLAS handle, memory,
-// scratch buffers and the pointer-table ring used by routed attention.
+// CUDA backend core: device discovery, the stream and cuBLAS(Lt) handles, memory
+// (with the accounting memory() reports), scratch buffers and the pointer-table
+// ring used by routed attention.
 #include "cuda_backend.h"
 
 #include <cstring>
@@ -26,9 +27,13 @@ bool cuda_device_present() {
   return count > 0;
 }
 
-std::unique_ptr<Backend> make_cuda_backend() { return std::make_unique<CudaBackend>(); }
+std::unique_ptr<Backend> make_cuda_backend(const BackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
 
-CudaBackend::CudaBackend() {
+CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
+  if (options_.precision != "fp32" && options_.precision != "bf16")
+    throw std::invalid_argument("CUDA backend: unknown precision '" + options_.precision + "' (fp32 or bf16)");
   try {
     KVR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     KVR_CUBLAS_CHECK(cublasCreate(&cublas_));
@@ -36,6 +41,11 @@ CudaBackend::CudaBackend() {
     // Plain fp32 GEMMs (no TF32), so results match the CPU backend closely.
     KVR_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
     for (auto& ev : ptr_events_) KVR_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    if (options_.precision == "bf16") {
+      KVR_CUBLAS_CHECK(cublasLtCreate(&lt_));
+      KVR_CUDA_CHECK(cudaMalloc(&lt_workspace_, kLtWorkspaceBytes));
+      track_alloc(lt_workspace_, kLtWorkspaceBytes);
+    }
   } catch (...) {
     release();
     throw;
@@ -47,6 +57,17 @@ CudaBackend::~CudaBackend() { release(); }
 // Frees everything that was created; never throws (errors on teardown are ignored).
 void CudaBackend::release() noexcept {
   if (stream_) (void)cudaStreamSynchronize(stream_);
+  for (auto& [key, plan] : lt_plans_) {
+    if (plan.a) (void)cublasLtMatrixLayoutDestroy(plan.a);
+    if (plan.b) (void)cublasLtMatrixLayoutDestroy(plan.b);
+    if (plan.c) (void)cublasLtMatrixLayoutDestroy(plan.c);
+    if (plan.op) (void)cublasLtMatmulDescDestroy(plan.op);
+  }
+  lt_plans_.clear();
+  if (lt_workspace_) (void)cudaFree(lt_workspace_);
+  lt_workspace_ = nullptr;
+  if (lt_) (void)cublasLtDestroy(lt_);
+  lt_ = nullptr;
   for (void*& p : scratch_) {
     if (p) (void)cudaFree(p);
     p = nullptr;
@@ -68,9 +89,48 @@ void CudaBackend::release() noexcept {
 void* CudaBackend::alloc_bytes(std::size_t bytes) {
   if (bytes == 0) return nullptr;
   void* p = nullptr;
-  KVR_CUDA_CHECK(cudaMalloc(&p, bytes));
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    std::size_t free_b = 0, total_b = 0;
+    (void)cudaMemGetInfo(&free_b, &total_b);
+    throw std::runtime_error("CUDA backend: cannot allocate " + std::to_string(bytes >> 20) + " MiB (" +
+                             cudaGetErrorString(err) + "); this backend holds " + std::to_string(in_use_bytes_ >> 20) +
+                             " MiB, the device has " + std::to_string(free_b >> 20) + " of " +
+                             std::to_string(total_b >> 20) + " MiB free. Reduce train.batch_size or train.seq_len, "
+                             "or set train.recompute");
+  }
+  track_alloc(p, bytes);
   KVR_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
   return p;
+}
+
+void CudaBackend::track_alloc(void* p, std::size_t bytes) {
+  allocations_[p] = bytes;
+  in_use_bytes_ += bytes;
+  if (in_use_bytes_ > peak_bytes_) peak_bytes_ = in_use_bytes_;
+  ++n_allocations_;
+}
+
+void CudaBackend::track_free(void* p) {
+  const auto it = allocations_.find(p);
+  if (it == allocations_.end()) return;
+  in_use_bytes_ -= it->second;
+  allocations_.erase(it);
+}
+
+BackendMemory CudaBackend::memory() const {
+  BackendMemory m;
+  m.in_use_bytes = in_use_bytes_;
+  m.peak_bytes = peak_bytes_;
+  m.allocations = n_allocations_;
+  std::size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+    m.device_total_bytes = total_b;
+  } else {
+    (void)cudaGetLastError();
+  }
+  return m;
 }
 
 void CudaBackend::free_bytes(void* p) {
@@ -78,6 +138,7 @@ void CudaBackend::free_bytes(void* p) {
   // Work already enqueued may still use p.
   KVR_CUDA_CHECK(cudaStreamSynchronize(stream_));
   KVR_CUDA_CHECK(cudaFree(p));
+  track_free(p);
 }
 
 void CudaBackend::copy_to_device(void* dst, const void* host_src, std::size_t bytes) {
@@ -110,11 +171,13 @@ void* CudaBackend::scratch(ScratchSlot slot, std::size_t bytes) {
     if (scratch_[slot]) {
       KVR_CUDA_CHECK(cudaStreamSynchronize(stream_));
       KVR_CUDA_CHECK(cudaFree(scratch_[slot]));
+      track_free(scratch_[slot]);
       scratch_[slot] = nullptr;
       scratch_bytes_[slot] = 0;
     }
     const std::size_t grown = bytes + bytes / 2;
     KVR_CUDA_CHECK(cudaMalloc(&scratch_[slot], grown));
+    track_alloc(scratch_[slot], grown);
     scratch_bytes_[slot] = grown;
   }
   return scratch_[slot];
@@ -126,6 +189,7 @@ void* const* CudaBackend::upload_pointers(const std::vector<void*>& ptrs) {
     // Everything in flight finishes first, so no copy or kernel uses the old ring.
     KVR_CUDA_CHECK(cudaStreamSynchronize(stream_));
     if (ptr_dev_) KVR_CUDA_CHECK(cudaFree(ptr_dev_));
+    track_free(ptr_dev_);
     if (ptr_host_) KVR_CUDA_CHECK(cudaFreeHost(ptr_host_));
     ptr_dev_ = nullptr;
     ptr_host_ = nullptr;
@@ -133,6 +197,7 @@ void* const* CudaBackend::upload_pointers(const std::vector<void*>& ptrs) {
     const std::size_t cap = n < 64 ? 64 : n;
     KVR_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ptr_host_), kPtrSlots * cap * sizeof(void*)));
     KVR_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_dev_), kPtrSlots * cap * sizeof(void*)));
+    track_alloc(ptr_dev_, kPtrSlots * cap * sizeof(void*));
     ptr_cap_ = cap;
     for (bool& pending : ptr_pending_) pending = false;  // the stream is idle
   }

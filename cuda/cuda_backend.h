@@ -1,8 +1,16 @@
-// The CUDA backend (fp32): cuBLAS for matmul, hand-written kernels for the rest.
+// The CUDA backend: cuBLAS(Lt) for matmul, hand-written kernels for the rest.
 // Every op is enqueued on one stream owned by the backend; copy_to_host and
 // sum_squares (which returns a host value) synchronise with it, the rest are
-// asynchronous. Every op is deterministic: no atomics, and every reduction runs
-// in a fixed order for a given problem size.
+// asynchronous. With options.deterministic (the default) every op is
+// deterministic: no atomics, and every reduction runs in a fixed order for a
+// given problem size. deterministic = false only changes attention backward
+// (dQ accumulated with float atomics, see attention_cuda.cu).
+//
+// Precision (BackendOptions::precision): "fp32" multiplies with cublasSgemm (no
+// TF32). "bf16" rounds both matmul operands to bf16 (round to nearest even) into
+// scratch and runs cublasLtMatmul with fp32 accumulation and an fp32 output,
+// alpha/beta as in fp32; weights, gradients, AdamW state, activations and all
+// other ops stay fp32 (matmul_cuda.cu).
 //
 // Each op's kernels live in their own file (matmul_cuda.cu, elementwise_cuda.cu,
 // embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, cross_entropy_cuda.cu,
@@ -10,11 +18,16 @@
 // cuda_backend.cu. This header is for .cu files only (it includes CUDA headers).
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <map>
 #include <string>
+#include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "kvroute/backend.h"
@@ -47,9 +60,14 @@ inline unsigned grid_for(std::size_t n, int block, std::size_t max_blocks = 6553
   return static_cast<unsigned>(blocks < max_blocks ? blocks : max_blocks);
 }
 
+// bf16_cuda.cu: y[i] = bf16_from_float(x[i]) (kvroute/bf16.h), on `stream`.
+void launch_float_to_bf16(const float* x, uint16_t* y, std::size_t n, cudaStream_t stream);
+// y[i] = a bf16 value in [-0.5, 0.5) hashed from i (operands for peak_gemm_flops: zeros would be unrealistic).
+void launch_bf16_pattern(uint16_t* y, std::size_t n, cudaStream_t stream);
+
 class CudaBackend final : public Backend {
  public:
-  CudaBackend();
+  explicit CudaBackend(const BackendOptions& options);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
@@ -65,6 +83,12 @@ class CudaBackend final : public Backend {
   void copy(void* dst, const void* src, std::size_t bytes) override;
   void fill_zero(void* p, std::size_t bytes) override;
   void synchronize() override;
+  BackendMemory memory() const override;
+
+  // matmul_cuda.cu: one n^3 GEMM in the matmul precision on kept operands (bf16 in, fp32 out; or sgemm).
+  double peak_gemm_flops(int n) override;
+  std::string peak_gemm_label() const override;
+  const BackendOptions& options() const { return options_; }
 
   // matmul_cuda.cu
   void matmul(const float* A, const float* B, float* C, int M, int N, int K, bool trans_a, bool trans_b,
@@ -113,8 +137,42 @@ class CudaBackend final : public Backend {
   // Grow-only device scratch buffers, one per purpose, so ops never allocate
   // in the steady state. Growing frees the old buffer; cudaFree synchronises
   // the device, so no kernel still in flight can be using it.
-  enum ScratchSlot { kScratchReduce, kScratchNormDw, kScratchAttnDelta, kScratchCount };
+  enum ScratchSlot {
+    kScratchReduce,
+    kScratchNormDw,
+    kScratchAttnDelta,
+    kScratchBf16A,   // bf16 copy of matmul's A
+    kScratchBf16B,   // bf16 copy of matmul's B
+    kScratchPeak,    // peak_gemm_flops operands
+    kScratchCount
+  };
   void* scratch(ScratchSlot slot, std::size_t bytes);
+
+  // bf16 GEMM through cuBLASLt on bf16 operands laid out as matmul's A and B; fp32 C.
+  void lt_matmul_bf16(const uint16_t* A, const uint16_t* B, float* C, int M, int N, int K, bool trans_a,
+                      bool trans_b, float alpha, float beta);
+  // One cuBLASLt plan per problem: descriptors and the heuristic's algorithm.
+  struct LtPlan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  // (M, N, K, trans_a, trans_b, alignment in bytes of A, B and C)
+  using LtKey = std::tuple<int, int, int, bool, bool, int, int, int>;
+  const LtPlan& lt_plan(const LtKey& key);
+  void track_alloc(void* p, std::size_t bytes);
+  void track_free(void* p);
+
+  BackendOptions options_;
+  cublasLtHandle_t lt_ = nullptr;
+  void* lt_workspace_ = nullptr;
+  static constexpr std::size_t kLtWorkspaceBytes = 32u << 20;  // NVIDIA's recommendation for Hopper
+  std::map<LtKey, LtPlan> lt_plans_;
+  int peak_n_ = 0;  // size of the operands in kScratchPeak
+
+  std::unordered_map<void*, std::size_t> allocations_;  // every device allocation and its size
+  std::size_t in_use_bytes_ = 0, peak_bytes_ = 0;
+  long n_allocations_ = 0;
 
   // Copies a small host table of device pointers to device memory, in stream
   // order, and returns the device copy. The tables go through a ring of pinned

@@ -19,16 +19,24 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// One n x n x n matmul on preallocated operands, timed.
+// One n x n x n GEMM, timed: the backend's own probe (Backend::peak_gemm_flops: the CUDA
+// backend's bf16 GEMM) or else matmul() on fp32 operands allocated on first use.
 class MatmulProbe {
  public:
-  MatmulProbe(Backend* be, int n) : be_(be), n_(n), a_(be, std::size_t(n) * n), b_(be, a_.size()), c_(be, a_.size()) {
-    std::vector<float> host(a_.size());
-    for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(uniform01(7, 0, i) - 0.5);
-    a_.upload(host);
-    b_.upload(host);
-  }
+  MatmulProbe(Backend* be, int n) : be_(be), n_(n) {}
   double flops_per_second() {
+    be_->synchronize();
+    if (const double own = be_->peak_gemm_flops(n_); own > 0) return own;
+    if (!a_.get()) {
+      a_ = DeviceBuffer<float>(be_, std::size_t(n_) * n_);
+      b_ = DeviceBuffer<float>(be_, a_.size());
+      c_ = DeviceBuffer<float>(be_, a_.size());
+      std::vector<float> host(a_.size());
+      for (std::size_t i = 0; i < host.size(); ++i) host[i] = static_cast<float>(uniform01(7, 0, i) - 0.5);
+      a_.upload(host);
+      b_.upload(host);
+      be_->matmul(a_.get(), b_.get(), c_.get(), n_, n_, n_, false, false, 1.f, 0.f);  // untimed first call
+    }
     be_->synchronize();
     const auto t0 = Clock::now();
     be_->matmul(a_.get(), b_.get(), c_.get(), n_, n_, n_, false, false, 1.f, 0.f);
@@ -130,6 +138,7 @@ TrainBenchResult benchmark_training(const Config& cfg, Backend* backend, const T
   r.activation_bytes = model.activation_bytes();
   r.activation_bytes_per_token = double(r.activation_bytes) / (double(B) * T);
   r.peak_rss_kib = peak_rss_kib();
+  r.device_memory = backend->memory();
   if (profiler) r.profile = profiler->timings();
   return r;
 }

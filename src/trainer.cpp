@@ -55,6 +55,17 @@ std::string human_bytes(double bytes) {
   return buf;
 }
 
+// A device backend's own allocations (parameters, gradients, AdamW state, activations, op
+// scratch), or "" on the CPU (its memory is the process RSS). Logged after the first step and
+// at the end: equal allocation counts show that nothing was allocated in the steady state.
+std::string device_memory_line(const Backend& backend, const std::string& when) {
+  const BackendMemory m = backend.memory();
+  if (m.device_total_bytes == 0) return "";
+  return "device memory " + when + ": " + human_bytes(double(m.in_use_bytes)) + " in use, peak " +
+         human_bytes(double(m.peak_bytes)) + ", " + std::to_string(m.allocations) + " allocations so far, device " +
+         human_bytes(double(m.device_total_bytes));
+}
+
 // Exact text of a double ("0x1.8p+1"), so logged losses can be compared bit for bit.
 std::string hex_float(double v) {
   char buf[40];
@@ -78,7 +89,7 @@ double unigram_entropy(const std::vector<int32_t>& tokens) {
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
-  auto backend = make_backend(tc.backend);
+  auto backend = make_backend(tc.backend, BackendOptions{tc.precision, tc.deterministic});
   const Corpus corpus = load_corpus(cfg.data);
   check_model_vocab(corpus, cfg.model.vocab_size);
   const int B = tc.batch_size, T = tc.seq_len, L = cfg.model.n_layers;
@@ -225,6 +236,8 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                     step, static_cast<long>(tc.steps), loss, lr, norm, tok_s, format_duration(elapsed).c_str(),
                     format_duration(eta).c_str());
       log.line(line);
+      if (step == result.first_step)
+        if (const std::string mem = device_memory_line(*backend, "after the first step"); !mem.empty()) log.line(mem);
       log.metrics({{"step", double(step)}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tok_s},
                    {"elapsed_s", elapsed}},
                   {{"loss_hex", hex_float(loss)}});
@@ -257,6 +270,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   result.steps = tc.steps;
   result.skipped_steps = state.skipped_steps;
   result.val_loss = validation_loss(model, corpus.val, B, T, tc.eval_batches, full);
+  if (const std::string mem = device_memory_line(*backend, "at the end"); !mem.empty()) log.line(mem);
   log.line("final | val loss " + fmt("%.4f", result.val_loss) + " | ppl " + fmt("%.2f", std::exp(result.val_loss)) +
            " | " + format_duration(std::chrono::duration<double>(clock::now() - t0).count()));
   log.metrics({{"step", double(tc.steps)}, {"val_loss", result.val_loss}});

@@ -59,6 +59,8 @@ train:
   out_dir: runs/exp 1
   on_nonfinite: skip
   recompute: layer
+  precision: bf16
+  deterministic: false
   checkpoint:
     interval: 500
     keep_last: 7
@@ -214,6 +216,8 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(t.out_dir, "runs/exp 1");
   EXPECT_EQ(t.on_nonfinite, "skip");
   EXPECT_EQ(t.recompute, "layer");
+  EXPECT_EQ(t.precision, "bf16");
+  EXPECT_FALSE(t.deterministic);
   EXPECT_EQ(t.checkpoint.interval, 500);
   EXPECT_EQ(t.checkpoint.keep_last, 7);
   const DataConfig& d = c.data;

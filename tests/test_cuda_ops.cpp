@@ -14,12 +14,26 @@
 //   cross_entropy losses                 1e-5    1e-5   online vs two-pass softmax sums
 //   cross_entropy dlogits                1e-8    1e-4   tiny values (grad_scale * p)
 //   attention out / lse / dq / dk / dv   1e-4    1e-4   online softmax, tiled sums in another order
+//   (the same with deterministic=false: dq summed by atomics in another order)
 // Determinism tests require bitwise equality of two GPU runs.
+//
+// bf16 precision (train.precision: bf16; only matmul changes):
+//   matmul vs CPU on bf16-rounded operands  1e-4  1e-4   only the fp32 accumulation order differs
+//   matmul with B = identity                exact        C is exactly the bf16 rounding of A
+//   whole model step, loss                  0     2e-2   bf16 operands in every projection
+//   whole model step, gradients             5e-2 * max|grad| + 5e-2 rel  (errors compound through
+//                                           12 GEMMs per layer; checked per tensor, see below)
 #include <gtest/gtest.h>
 
 #include "kvroute/backend.h"
 
 #ifdef KVROUTE_WITH_CUDA
+
+#include "kvroute/bf16.h"
+#include "kvroute/config.h"
+#include "kvroute/model.h"
+#include "kvroute/optimizer.h"
+#include "kvroute/routing.h"
 
 #include <algorithm>
 #include <cmath>
@@ -52,10 +66,12 @@ constexpr Tol kAttentionTol{1e-4, 1e-4};
     if (!cuda_available()) GTEST_SKIP() << "no CUDA device: GPU test skipped";   \
   } while (0)
 
-// Both backends of one test.
+// Both backends of one test; the GPU one with the given options.
 struct Backends {
-  std::unique_ptr<Backend> gpu = make_backend("cuda");
-  std::unique_ptr<Backend> cpu = make_backend("cpu");
+  explicit Backends(const BackendOptions& gpu_options = {})
+      : gpu(make_backend("cuda", gpu_options)), cpu(make_backend("cpu")) {}
+  std::unique_ptr<Backend> gpu;
+  std::unique_ptr<Backend> cpu;
 };
 
 // One host array mirrored on both backends.
@@ -381,9 +397,9 @@ struct LayerPointers {
 // compares out, lse, dq and every layer's dK/dV (including layers nobody routes
 // to, which must stay untouched). K/V time steps >= Tk of a cache layout hold
 // NaN: reading them anywhere would show.
-void check_attention(const AttnCase& c, uint32_t seed) {
-  SCOPED_TRACE(c.name());
-  Backends be;
+void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu_options = {}) {
+  SCOPED_TRACE(c.name() + (gpu_options.deterministic ? "" : " deterministic=false"));
+  Backends be(gpu_options);
   std::mt19937 rng(seed);
   const std::size_t kv_row = static_cast<std::size_t>(c.Hkv) * c.D;
   const std::size_t seq_stride = static_cast<std::size_t>(c.t_cap) * kv_row;
@@ -728,6 +744,238 @@ TEST(CudaOps, ReductionsAreBitwiseDeterministic) {
       EXPECT_TRUE(bitwise_equal(dtable1, dtable.download())) << "embedding dtable differs between runs";
       EXPECT_EQ(std::memcmp(&ss1, &ss, sizeof(double)), 0) << "sum_squares differs between runs";
     }
+  }
+}
+
+// ---------------------------------------------------------------- atomic dQ (deterministic = false)
+
+TEST(CudaOps, AttentionAtomicDqMatchesCpu) {
+  KVR_REQUIRE_CUDA();
+  const BackendOptions atomic{"fp32", false};
+  check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 31, atomic);
+  check_attention({3, 45, 45, 6, 2, 128, 0, 45, 3, 2}, 32, atomic);
+  check_attention({2, 40, 40, 2, 1, 48, 0, 40, 3, 2}, 33, atomic);
+  check_attention({2, 20, 70, 4, 1, 64, 50, 96, 3, 2}, 34, atomic);  // chunked prefill (q_pos0 > 0)
+  check_attention({3, 1, 37, 4, 2, 64, 36, 64, 3, 2}, 35, atomic);   // decode
+}
+
+// ---------------------------------------------------------------- bf16 matmul
+
+std::vector<float> rounded_to_bf16(std::vector<float> v) {
+  for (float& x : v) x = float_from_bf16(bf16_from_float(x));
+  return v;
+}
+
+// GPU bf16 matmul on fp32 inputs == CPU fp32 matmul on the same inputs rounded to bf16 (the
+// products of two bf16 values are exact in fp32; only the accumulation order differs).
+TEST(CudaOps, MatmulBf16MatchesCpuOnRoundedOperands) {
+  KVR_REQUIRE_CUDA();
+  Backends be(BackendOptions{"bf16", true});
+  std::mt19937 rng(40);
+  const int sizes[][3] = {{37, 53, 29}, {64, 128, 256}, {1, 300, 17}, {5, 1, 8}, {256, 768, 768}};
+  for (const auto& s : sizes) {
+    const int M = s[0], N = s[1], K = s[2];
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb)
+        for (float beta : {0.f, 0.3f}) {
+          const auto a = random_floats(static_cast<std::size_t>(M) * K, rng);
+          const auto b = random_floats(static_cast<std::size_t>(K) * N, rng);
+          const auto c0 = random_floats(static_cast<std::size_t>(M) * N, rng);
+          DeviceBuffer<float> A(be.gpu.get(), a.size()), B(be.gpu.get(), b.size());
+          // C one float past an aligned address: cuBLASLt must be told C is only 4-byte aligned.
+          DeviceBuffer<float> C(be.gpu.get(), c0.size() + 1);
+          A.upload(a);
+          B.upload(b);
+          be.gpu->copy_to_device(C.get() + 1, c0.data(), c0.size() * sizeof(float));
+          Mirror<float> Ar(be, rounded_to_bf16(a)), Br(be, rounded_to_bf16(b)), Cr(be, c0);
+          be.gpu->matmul(A.get(), B.get(), C.get() + 1, M, N, K, ta, tb, 0.7f, beta);
+          be.cpu->matmul(Ar.cpu.get(), Br.cpu.get(), Cr.cpu.get(), M, N, K, ta, tb, 0.7f, beta);
+          std::vector<float> got(c0.size());
+          be.gpu->copy_to_host(got.data(), C.get() + 1, got.size() * sizeof(float));
+          std::ostringstream what;
+          what << "bf16 matmul M=" << M << " N=" << N << " K=" << K << " trans_a=" << ta << " trans_b=" << tb
+               << " beta=" << beta;
+          expect_close(got, Cr.cpu.download(), kMatmulTol, what.str());
+        }
+  }
+}
+
+// With B = identity every output is one product a * 1 plus zeros: C must equal the bf16
+// rounding of A element for element (checks the cast kernel's vector and scalar paths).
+TEST(CudaOps, MatmulBf16RoundsOperandsToNearestEven) {
+  KVR_REQUIRE_CUDA();
+  Backends be(BackendOptions{"bf16", true});
+  std::mt19937 rng(41);
+  for (int M : {64, 33}) {  // M * K divisible by 4 (vector casts) and not
+    const int K = M == 64 ? 48 : 19;
+    auto a = random_floats(static_cast<std::size_t>(M) * K, rng, -1e3f, 1e3f);
+    a[1] = 1.00390625f;  // 1 + 2^-8: a tie, rounds to 1
+    a[2] = 1.01171875f;  // 1 + 3 * 2^-8: a tie, rounds up to 1 + 2^-6
+    a[3] = 3.0e38f;      // near the top of the range, still finite in bf16
+    a[4] = -7.0e-30f;    // tiny but normal
+    std::vector<float> eye(static_cast<std::size_t>(K) * K, 0.f);
+    for (int i = 0; i < K; ++i) eye[static_cast<std::size_t>(i) * K + i] = 1.f;
+    DeviceBuffer<float> A(be.gpu.get(), a.size()), I(be.gpu.get(), eye.size()), C(be.gpu.get(), a.size());
+    A.upload(a);
+    I.upload(eye);
+    be.gpu->matmul(A.get(), I.get(), C.get(), M, K, K, false, false, 1.f, 0.f);
+    const auto got = C.download();
+    const auto want = rounded_to_bf16(a);
+    for (std::size_t i = 0; i < a.size(); ++i)
+      ASSERT_EQ(got[i], want[i]) << "M=" << M << " element " << i << ": a " << a[i];
+  }
+}
+
+TEST(CudaOps, MatmulBf16IsBitwiseDeterministic) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda", BackendOptions{"bf16", true});
+  std::mt19937 rng(42);
+  const int M = 512, N = 768, K = 2048;
+  DeviceBuffer<float> A(gpu.get(), static_cast<std::size_t>(M) * K), B(gpu.get(), static_cast<std::size_t>(K) * N);
+  DeviceBuffer<float> C(gpu.get(), static_cast<std::size_t>(M) * N);
+  A.upload(random_floats(A.size(), rng));
+  B.upload(random_floats(B.size(), rng));
+  gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);  // a dW-shaped GEMM (long K)
+  const auto first = C.download();
+  gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);
+  EXPECT_TRUE(bitwise_equal(first, C.download()));
+}
+
+TEST(CudaOps, PeakGemmProbe) {
+  KVR_REQUIRE_CUDA();
+  auto bf16 = make_backend("cuda", BackendOptions{"bf16", true});
+  const double f = bf16->peak_gemm_flops(1024);
+  EXPECT_GT(f, 1e12) << "a 1024^3 bf16 GEMM should run above 1 TFLOP/s on any sm_80+ GPU";
+  EXPECT_EQ(bf16->peak_gemm_label(), "bf16 GEMM (cuBLASLt, fp32 accumulate)");
+  auto fp32 = make_backend("cuda");
+  EXPECT_EQ(fp32->peak_gemm_flops(1024), 0.0) << "fp32: bench train times its own sgemm";
+}
+
+// ---------------------------------------------------------------- memory accounting
+
+TEST(CudaOps, MemoryAccounting) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda");
+  const BackendMemory before = gpu->memory();
+  EXPECT_GT(before.device_total_bytes, 0u);
+  {
+    DeviceBuffer<float> a(gpu.get(), 1 << 20);
+    const BackendMemory during = gpu->memory();
+    EXPECT_EQ(during.in_use_bytes, before.in_use_bytes + (4u << 20));
+    EXPECT_GE(during.peak_bytes, during.in_use_bytes);
+    EXPECT_EQ(during.allocations, before.allocations + 1);
+  }
+  const BackendMemory after = gpu->memory();
+  EXPECT_EQ(after.in_use_bytes, before.in_use_bytes);
+  EXPECT_GE(after.peak_bytes, before.in_use_bytes + (4u << 20));
+}
+
+// ---------------------------------------------------------------- whole model step
+
+ModelConfig small_model() {
+  ModelConfig m;
+  m.vocab_size = 96;
+  m.d_model = 128;
+  m.n_layers = 4;
+  m.n_heads = 4;
+  m.n_kv_heads = 2;
+  m.d_ff = 256;
+  m.context = 64;
+  return m;
+}
+
+struct StepResult {
+  float loss = 0;
+  std::vector<float> grads, params_after;
+};
+
+// One forward_backward with random stochastic routes, then one AdamW step.
+StepResult model_step(Backend* be, const ModelConfig& mc, int B, int T, uint64_t seed) {
+  Model model(mc, be);
+  model.init_weights(seed);
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  const auto tokens = random_ints(static_cast<std::size_t>(B) * T, rng, 0, mc.vocab_size - 1);
+  const auto targets = random_ints(tokens.size(), rng, 0, mc.vocab_size - 1);
+  RoutingConfig rc;
+  rc.mode = "stochastic";
+  rc.p = 0.7;
+  rc.scheme = "any";
+  rc.granularity = "sequence";
+  const RouteTable routes = sample_routes(rc, B, mc.n_layers, seed, 1, 0);
+  model.zero_grads();
+  StepResult r;
+  r.loss = model.forward_backward(tokens.data(), targets.data(), B, T, routes, 1.f);
+  r.grads = model.grads_to_host();
+  TrainConfig tc;
+  AdamW opt(tc, model);
+  opt.step(1e-3);
+  r.params_after = model.params_to_host();
+  return r;
+}
+
+// Per tensor: |gpu - cpu| <= rel * (max |cpu| over the tensor) + rel * |cpu|.
+void expect_tensors_close(const Model& layout, const std::vector<float>& gpu, const std::vector<float>& cpu,
+                          double rel, const std::string& what) {
+  for (const ParamTensor& t : layout.tensors()) {
+    double scale = 0;
+    for (std::size_t i = 0; i < t.numel; ++i) scale = std::max(scale, std::fabs(double(cpu[t.offset + i])));
+    std::vector<float> g(gpu.begin() + t.offset, gpu.begin() + t.offset + t.numel);
+    std::vector<float> c(cpu.begin() + t.offset, cpu.begin() + t.offset + t.numel);
+    expect_close(g, c, Tol{rel * scale, rel}, what + " " + t.name);
+  }
+}
+
+// AdamW's first step moves each weight by lr * g / (|g| + eps): about lr * sign(g), whatever
+// |g|. Where the two backends' gradients could differ in sign (|g| within the gradient
+// tolerance of 0) the steps may legitimately go opposite ways, so only weights whose CPU
+// gradient exceeds `min_grad` times the tensor's largest are compared, and those tightly.
+void expect_adamw_close(const Model& layout, const StepResult& gpu, const StepResult& cpu, double min_grad) {
+  long compared = 0;
+  for (const ParamTensor& t : layout.tensors()) {
+    double scale = 0;
+    for (std::size_t i = 0; i < t.numel; ++i) scale = std::max(scale, std::fabs(double(cpu.grads[t.offset + i])));
+    std::vector<float> g, c;
+    for (std::size_t i = t.offset; i < t.offset + t.numel; ++i) {
+      if (std::fabs(double(cpu.grads[i])) <= min_grad * scale) continue;
+      g.push_back(gpu.params_after[i]);
+      c.push_back(cpu.params_after[i]);
+    }
+    compared += static_cast<long>(c.size());
+    expect_close(g, c, Tol{1e-5, 1e-5}, "param after AdamW " + t.name);
+  }
+  EXPECT_GT(compared, 1000) << "too few weights with a clear gradient to compare";
+}
+
+TEST(CudaOps, ModelStepMatchesCpu) {
+  KVR_REQUIRE_CUDA();
+  const ModelConfig mc = small_model();
+  const int B = 3, T = 40;
+  auto cpu = make_backend("cpu");
+  const StepResult want = model_step(cpu.get(), mc, B, T, 5);
+  Model layout(mc, cpu.get());
+  for (const char* precision : {"fp32", "bf16"}) {
+    for (bool det : {true, false}) {
+      SCOPED_TRACE(std::string("precision ") + precision + (det ? "" : ", deterministic=false"));
+      auto gpu = make_backend("cuda", BackendOptions{precision, det});
+      const StepResult got = model_step(gpu.get(), mc, B, T, 5);
+      const bool bf16 = std::string(precision) == "bf16";
+      EXPECT_NEAR(got.loss, want.loss, (bf16 ? 2e-2 : 1e-5) * std::fabs(want.loss));
+      expect_tensors_close(layout, got.grads, want.grads, bf16 ? 5e-2 : 1e-3, "grad");
+      expect_adamw_close(layout, got, want, bf16 ? 0.1 : 0.01);
+    }
+  }
+}
+
+TEST(CudaOps, ModelStepIsBitwiseDeterministic) {
+  KVR_REQUIRE_CUDA();
+  const ModelConfig mc = small_model();
+  for (const char* precision : {"fp32", "bf16"}) {
+    auto gpu = make_backend("cuda", BackendOptions{precision, true});
+    const StepResult a = model_step(gpu.get(), mc, 3, 40, 9);
+    const StepResult b = model_step(gpu.get(), mc, 3, 40, 9);
+    EXPECT_EQ(std::memcmp(&a.loss, &b.loss, sizeof(float)), 0) << precision;
+    EXPECT_TRUE(bitwise_equal(a.grads, b.grads)) << precision << ": gradients differ between runs";
+    EXPECT_TRUE(bitwise_equal(a.params_after, b.params_after)) << precision << ": weights differ between runs";
   }
 }
 

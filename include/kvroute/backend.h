@@ -20,6 +20,25 @@ namespace kvroute {
 
 enum class Device { CPU, CUDA };
 
+// Numerics and reproducibility of a backend (train.precision, train.deterministic).
+struct BackendOptions {
+  // "fp32": every op in fp32. "bf16" (CUDA only): matmul rounds its operands to bf16 and
+  // multiplies on tensor cores with fp32 accumulation and fp32 output; every other op, the
+  // weights, gradients and optimizer state stay fp32. The CPU backend refuses "bf16".
+  std::string precision = "fp32";
+  // true: results are bitwise identical run to run. false lets the CUDA attention backward
+  // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run).
+  bool deterministic = true;
+};
+
+// Device memory held by a backend's own allocations (alloc_bytes and internal scratch).
+struct BackendMemory {
+  std::size_t in_use_bytes = 0;
+  std::size_t peak_bytes = 0;
+  long allocations = 0;           // device allocations made so far
+  std::size_t device_total_bytes = 0;  // the device's capacity; 0 when not a device backend
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -34,6 +53,13 @@ class Backend {
   virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
   virtual void fill_zero(void* p, std::size_t bytes) = 0;
   virtual void synchronize() = 0;
+  // Device memory accounting; the CPU backend reports zeros (its memory is process RSS).
+  virtual BackendMemory memory() const { return {}; }
+  // bench train's MFU denominator: FLOP/s of one n x n x n GEMM in the precision matmul
+  // computes in, on operands the backend keeps between calls. 0 = no probe of its own
+  // (bench train then times matmul() on fp32 buffers: an sgemm).
+  virtual double peak_gemm_flops(int n) { (void)n; return 0; }
+  virtual std::string peak_gemm_label() const { return "sgemm"; }
 
   // ---- dense algebra ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, where op(A) is [M,K] and op(B) is [K,N].
@@ -87,6 +113,7 @@ class Backend {
 
 // "cpu" or "cuda". A build without CUDA refuses "cuda" with a clear message.
 std::unique_ptr<Backend> make_backend(const std::string& name);
+std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options);
 bool cuda_available();
 
 // Typed owning buffer on a backend.

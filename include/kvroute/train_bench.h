@@ -46,6 +46,7 @@ struct TrainBenchResult {
   std::size_t activation_bytes = 0;    // Model::activation_bytes() at (batch_size, seq_len)
   double activation_bytes_per_token = 0;
   long peak_rss_kib = 0;               // VmHWM after the run
+  BackendMemory device_memory;         // the backend's device allocations after the run (zeros on the CPU)
   std::vector<OpTiming> profile;       // with --profile: totals over the timed steps
 };
 

@@ -76,7 +76,7 @@ void add_bench_train(CLI::App& bench) {
     const ModelConfig& mc = cfg.model;
     const TrainConfig& tc = cfg.train;
     const ThreadChoice tchoice = configure_cpu_threads(threads > 0 ? threads : tc.threads);
-    auto backend = make_backend(tc.backend);
+    auto backend = make_backend(tc.backend, BackendOptions{tc.precision, tc.deterministic});
     const double load_start = load_average();
     const TrainBenchResult r = benchmark_training(cfg, backend.get(), spec);
     const double load_end = load_average();
@@ -102,7 +102,9 @@ void add_bench_train(CLI::App& bench) {
          << ", \"onednn_runtime\": " << json_string(onednn_threading_runtime()) << ", \"batch_size\": " << tc.batch_size
          << ", \"seq_len\": " << tc.seq_len << ", \"grad_accum\": " << tc.grad_accum
          << ", \"tokens_per_step\": " << r.tokens_per_step << ", \"routing\": " << json_string(routing)
-         << ", \"recompute\": " << json_string(tc.recompute) << ", \"warmup_steps\": " << spec.warmup_steps
+         << ", \"recompute\": " << json_string(tc.recompute) << ", \"precision\": " << json_string(tc.precision)
+         << ", \"deterministic\": " << (tc.deterministic ? "true" : "false")
+         << ", \"peak_gemm\": " << json_string(backend->peak_gemm_label()) << ", \"warmup_steps\": " << spec.warmup_steps
          << ", \"steps\": " << spec.steps << ", \"peak_size\": " << spec.peak_size
          << ", \"load_average_start\": " << json_number(load_start) << ", \"load_average_end\": "
          << json_number(load_end) << "},\n \"results\": {\"step_seconds_median\": " << json_number(r.median_step_seconds)
@@ -112,7 +114,9 @@ void add_bench_train(CLI::App& bench) {
          << ", \"peak_flops_median\": " << json_number(r.peak_flops_median) << ", \"mfu\": " << json_number(r.mfu)
          << ", \"activation_bytes\": " << r.activation_bytes
          << ", \"activation_bytes_per_token\": " << json_number(r.activation_bytes_per_token)
-         << ", \"peak_rss_kib\": " << r.peak_rss_kib << ",\n  \"step_seconds\": " << list(r.step_seconds)
+         << ", \"peak_rss_kib\": " << r.peak_rss_kib << ", \"device_memory_peak_bytes\": " << r.device_memory.peak_bytes
+         << ", \"device_memory_in_use_bytes\": " << r.device_memory.in_use_bytes
+         << ", \"device_allocations\": " << r.device_memory.allocations << ",\n  \"step_seconds\": " << list(r.step_seconds)
          << ", \"peak_flops\": " << list(r.peak_flops) << ", \"losses\": " << list(r.losses) << "}";
       if (spec.profile) {
         os << ",\n \"profile\": [";
@@ -134,6 +138,7 @@ void add_bench_train(CLI::App& bench) {
     os << "model: " << mc.n_layers << " layers, d_model " << mc.d_model << ", heads " << mc.n_heads << "/"
        << mc.n_kv_heads << " kv, d_ff " << mc.d_ff << ", vocab " << mc.vocab_size << ", "
        << format("%.2f", r.params / 1e6) << "M parameters; routing " << routing << "; recompute " << tc.recompute
+       << "\nprecision " << tc.precision << (tc.deterministic ? ", deterministic" : ", non-deterministic (atomics)")
        << "\nstep: " << tc.batch_size << " x " << tc.seq_len << " tokens x grad_accum " << tc.grad_accum << " = "
        << r.tokens_per_step << " tokens (synthetic), AdamW included; backend " << backend->name() << ", "
        << n_threads << " threads (" << tchoice.reason << "; oneDNN on " << onednn_threading_runtime()
@@ -144,12 +149,18 @@ void add_bench_train(CLI::App& bench) {
        << "| tokens/s | " << format("%.1f", r.tokens_per_second) << " |\n"
        << "| model FLOP/s | " << format("%.2f G", r.achieved_flops / 1e9) << " |\n";
     if (spec.peak_size > 0)
-      os << "| sgemm peak (" << spec.peak_size << "^3, median of " << r.peak_flops.size() << ", one after each step) | "
+      os << "| " << backend->peak_gemm_label() << " peak (" << spec.peak_size << "^3, median of " << r.peak_flops.size() << ", one after each step) | "
          << format("%.2f G", r.peak_flops_median / 1e9) << " |\n"
          << "| MFU | " << format("%.1f%%", 100 * r.mfu) << " |\n";
     os << "| activations | " << format("%.1f MiB", r.activation_bytes / 1048576.0) << " ("
        << format("%.0f", r.activation_bytes_per_token) << " B/token) |\n"
-       << "| peak RSS (VmHWM) | " << format("%.1f MiB", r.peak_rss_kib / 1024.0) << " |\n\n"
+       << "| peak RSS (VmHWM) | " << format("%.1f MiB", r.peak_rss_kib / 1024.0) << " |\n";
+    if (r.device_memory.device_total_bytes > 0)
+      os << "| device memory peak (backend allocations, incl. peak-GEMM operands) | "
+         << format("%.1f MiB", r.device_memory.peak_bytes / 1048576.0) << " of "
+         << format("%.1f GiB", r.device_memory.device_total_bytes / 1073741824.0) << ", "
+         << r.device_memory.allocations << " allocations |\n";
+    os << "\n"
        << "model FLOPs/token = 6 x " << format("%.2fM", (r.flops_per_token - 6.0 * mc.n_layers * tc.seq_len * mc.d_model) / 6e6)
        << " matmul parameters + 6 x L x T x d_model (attention, causal) = " << format("%.1f M", r.flops_per_token / 1e6)
        << "\n";

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# GPU check, on a machine with an NVIDIA GPU: builds the CUDA preset, runs the GPU
+# tests (ctest -L gpu), then `kvroute bench train` on the GPT-2-small-sized config at
+# GPT-2 124M's shape (vocab 50304, context 1024, 16 x 1024 tokens per step), printing
+# tokens/s, MFU and peak device memory for bf16, fp32, bf16 without routing (the cost
+# of stochastic routing) and bf16 with train.deterministic=false. Every step runs
+# under `timeout`; the whole script is sized for 8 minutes on an H200.
+#
+# Exit status: 0 all passed; 1 a build, test or benchmark failed; 2 no NVIDIA GPU here.
+# Environment: KVROUTE_BUILD_DIR (default build-cuda, the cuda preset's directory),
+#              JOBS (default: nproc).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nvidia-smi > /dev/null 2>&1 || ! nvidia-smi -L > /dev/null 2>&1; then
+  echo "gpu_check: no NVIDIA GPU on this machine (nvidia-smi missing or lists no device); nothing checked." >&2
+  exit 2
+fi
+for tool in cmake ninja; do
+  command -v "$tool" > /dev/null 2>&1 || { echo "gpu_check: '$tool' not found (install it, or run scripts/setup.sh)" >&2; exit 1; }
+done
+if [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc > /dev/null 2>&1; then
+  echo "gpu_check: nvcc not found (expected /usr/local/cuda/bin/nvcc)" >&2
+  exit 1
+fi
+
+BUILD="${KVROUTE_BUILD_DIR:-build-cuda}"
+JOBS="${JOBS:-$(nproc)}"
+TOTAL_S="${GPU_CHECK_SECONDS:-470}"  # the whole script's budget (8 minutes, less a margin)
+START=$(date +%s)
+FAILED=()
+stamp() { echo; echo "=== [$(( $(date +%s) - START ))s] $*"; }
+# budget CAP: seconds for the next step: CAP, or what is left of TOTAL_S if less; 1 when
+# (almost) nothing is left (never 0: `timeout 0` would mean no limit).
+budget() {
+  local left=$(( TOTAL_S - ($(date +%s) - START) ))
+  if [ "$left" -lt 10 ]; then echo 1; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+
+stamp "GPU"
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+
+stamp "configure ($BUILD, KVROUTE_CUDA=ON, Release)"
+if [ "$BUILD" = "build-cuda" ]; then
+  configure=(cmake --preset cuda)
+else
+  configure=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVROUTE_CUDA=ON)
+fi
+if ! timeout 90 "${configure[@]}" > "$BUILD.configure.log" 2>&1; then
+  tail -30 "$BUILD.configure.log"; echo "gpu_check: configure failed (log: $BUILD.configure.log)" >&2; exit 1
+fi
+
+stamp "build kvroute and test_cuda_ops (-j$JOBS)"
+if ! timeout "$(budget 270)" cmake --build "$BUILD" -j "$JOBS" --target kvroute test_cuda_ops > "$BUILD.build.log" 2>&1; then
+  grep -E "error|Error" "$BUILD.build.log" | head -30; tail -5 "$BUILD.build.log"
+  echo "gpu_check: build failed or timed out (log: $BUILD.build.log)" >&2; exit 1
+fi
+
+stamp "GPU tests: ctest -L gpu"
+if ! timeout "$(budget 120)" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 100; then
+  FAILED+=("ctest -L gpu")
+fi
+
+# GPT-2 124M's shape on the GPT-2-small-sized config (12 layers, d_model 768, 12 heads).
+GPT2=(--set train.backend=cuda --set model.vocab_size=50304 --set model.context=1024 --set train.seq_len=1024
+      --set train.batch_size=16 --set train.grad_accum=1)
+BENCH=("$BUILD/kvroute" bench train configs/gpt2-small.yaml "${GPT2[@]}" --warmup 2)
+SUMMARY=()
+bench() {  # bench NAME EXTRA_ARGS...
+  local name="$1"; shift
+  stamp "bench train: $name"
+  local out seconds
+  seconds=$(budget 60)
+  if [ "$seconds" -le 1 ]; then FAILED+=("bench $name (out of time)"); SUMMARY+=("$(printf '%-34s SKIPPED (out of time)' "$name")"); return; fi
+  if ! out=$(timeout "$seconds" "${BENCH[@]}" "$@" 2>&1); then
+    echo "$out" | tail -20; FAILED+=("bench $name"); SUMMARY+=("$(printf '%-34s FAILED' "$name")"); return
+  fi
+  echo "$out"
+  local tok mfu mflops mem
+  tok=$(echo "$out" | awk -F'|' '$2 ~ /^ tokens\/s / {gsub(/ /, "", $3); print $3}')
+  mfu=$(echo "$out" | awk -F'|' '$2 ~ /^ MFU / {gsub(/ /, "", $3); print $3}')
+  mflops=$(echo "$out" | awk -F'|' '$2 ~ /^ model FLOP\/s / {gsub(/ |G/, "", $3); print $3}')
+  mem=$(echo "$out" | awk -F'|' '$2 ~ /^ device memory peak/ {print $3}' | sed 's/^ *//; s/ *$//')
+  # llm.c quotes MFU against the datasheet: 989 TFLOP/s bf16 dense (H100/H200 SXM).
+  local sheet
+  sheet=$(awk -v g="$mflops" 'BEGIN { if (g != "") printf "%.1f%%", 100 * g / 989000; else print "?" }')
+  SUMMARY+=("$(printf '%-34s %12s tok/s  MFU %6s (measured peak)  %6s (989 TFLOP/s datasheet)  device memory %s' \
+    "$name" "$tok" "$mfu" "$sheet" "$mem")")
+}
+BF16=(--set train.precision=bf16 --steps 10 --peak-size 8192)
+bench "bf16, stochastic routing" "${BF16[@]}"
+bench "bf16, routing none" "${BF16[@]}" --set routing.mode=none
+bench "bf16, deterministic=false" "${BF16[@]}" --set train.deterministic=false
+bench "fp32, stochastic routing" --set train.precision=fp32 --steps 3 --peak-size 4096
+
+stamp "summary (GPT-2 124M shape: 16 x 1024 tokens per step, vocab 50304)"
+printf '%s\n' "${SUMMARY[@]}"
+echo "MFU (measured peak) = model FLOP/s over a cuBLASLt bf16 8192^3 GEMM timed after each step (fp32 rows: an sgemm)."
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu_check: FAILED: ${FAILED[*]}" >&2
+  exit 1
+fi
+echo "gpu_check: all passed in $(( $(date +%s) - START ))s"

@@ -1,0 +1,176 @@
+// CPU tests of the host/device helpers the CUDA backend's bf16 path runs on the GPU:
+// the float -> bf16 rounding of every matmul operand (kvroute/bf16.h, used by
+// cuda/bf16_cuda.cu) and the row-major -> column-major GEMM mapping and alignment
+// hint given to cuBLAS(Lt) (cuda/gemm_layout.h, used by cuda/matmul_cuda.cu).
+// References are written differently: rounding by comparing distances to the two
+// neighbouring bf16 values in double; the GEMM by a plain triple loop.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "../cuda/gemm_layout.h"
+#include "kvroute/bf16.h"
+
+namespace kvroute {
+namespace {
+
+bool is_nan_bits(uint16_t h) { return (h & 0x7fffu) > 0x7f80u; }
+
+// The bf16 value of x, rounded to nearest with ties to even, found by comparing x with
+// the two bf16 values around it (both exact in double).
+uint16_t reference_bf16(float x) {
+  const uint32_t u = float_bits(x);
+  const uint16_t lo = static_cast<uint16_t>(u >> 16);  // truncation: toward zero
+  if ((u & 0xffffu) == 0) return lo;                    // exactly representable (incl. +-0, +-inf)
+  const uint16_t hi = static_cast<uint16_t>(lo + 1);    // next value away from zero
+  const double ax = std::fabs(static_cast<double>(x));
+  const double lo_mag = std::fabs(static_cast<double>(float_from_bf16(lo)));
+  // The value after the largest finite bf16 is 2^128 (bit pattern of inf).
+  const double hi_mag = (hi & 0x7fffu) == 0x7f80u ? std::ldexp(1.0, 128)
+                                                  : std::fabs(static_cast<double>(float_from_bf16(hi)));
+  const double d_lo = ax - lo_mag, d_hi = hi_mag - ax;
+  if (d_lo < d_hi) return lo;
+  if (d_hi < d_lo) return hi;
+  return (lo & 1u) == 0 ? lo : hi;
+}
+
+TEST(Bf16Math, EveryBf16ValueRoundTrips) {
+  for (uint32_t h = 0; h <= 0xffffu; ++h) {
+    const auto bits = static_cast<uint16_t>(h);
+    const uint16_t back = bf16_from_float(float_from_bf16(bits));
+    if (is_nan_bits(bits)) {
+      EXPECT_TRUE(is_nan_bits(back)) << std::hex << h;
+      EXPECT_EQ(back & 0x8000u, bits & 0x8000u) << "NaN sign lost for " << std::hex << h;
+    } else {
+      ASSERT_EQ(back, bits) << "bf16 0x" << std::hex << h << " did not survive float and back";
+    }
+  }
+}
+
+TEST(Bf16Math, RoundsToNearestEvenLikeTheReference) {
+  // Every 251st float bit pattern (17 million values: every exponent, both signs,
+  // subnormals, values next to ties), plus random finite floats.
+  long checked = 0;
+  for (uint64_t u = 0; u <= 0xffffffffull; u += 251) {
+    const float x = float_from_bits(static_cast<uint32_t>(u));
+    if (std::isnan(x)) continue;
+    ASSERT_EQ(bf16_from_float(x), reference_bf16(x)) << "float bits 0x" << std::hex << u;
+    ++checked;
+  }
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-1000.f, 1000.f);
+  for (int i = 0; i < 200000; ++i) {
+    const float x = dist(rng);
+    ASSERT_EQ(bf16_from_float(x), reference_bf16(x)) << x;
+  }
+  EXPECT_GT(checked, 16000000);
+}
+
+TEST(Bf16Math, TiesAndEdgeCases) {
+  auto bf = [](uint32_t float_bits_value) { return bf16_from_float(float_from_bits(float_bits_value)); };
+  EXPECT_EQ(bf(0x3f808000u), 0x3f80u);  // 1 + 2^-8: halfway, 0x3f80 is even: down
+  EXPECT_EQ(bf(0x3f818000u), 0x3f82u);  // halfway between 0x3f81 and 0x3f82: up to even
+  EXPECT_EQ(bf(0x3f808001u), 0x3f81u);  // just above halfway: up
+  EXPECT_EQ(bf(0x3f807fffu), 0x3f80u);  // just below halfway: down
+  EXPECT_EQ(bf(0xbf818000u), 0xbf82u);  // negative: ties to even in magnitude
+  EXPECT_EQ(bf(0x7f7fffffu), 0x7f80u);  // largest float rounds to +inf
+  EXPECT_EQ(bf(0x7f7f7fffu), 0x7f7fu);  // ...but just below half an ulp above the largest bf16 does not
+  EXPECT_EQ(bf(0xff7fffffu), 0xff80u);  // -inf
+  EXPECT_EQ(bf(0x7f800000u), 0x7f80u);  // +inf stays
+  EXPECT_EQ(bf(0xff800000u), 0xff80u);
+  EXPECT_EQ(bf(0x00000000u), 0x0000u);  // +0
+  EXPECT_EQ(bf(0x80000000u), 0x8000u);  // -0 keeps its sign
+  EXPECT_EQ(bf(0x00000001u), 0x0000u);  // smallest subnormal rounds to zero
+  EXPECT_EQ(bf(0x00008000u), 0x0000u);  // subnormal tie: to even (zero)
+  EXPECT_EQ(bf(0x00018000u), 0x0002u);  // subnormal tie: to even (up)
+  EXPECT_EQ(bf(0x007fffffu), 0x0080u);  // largest subnormal rounds up to the smallest normal
+  // NaN: stays NaN (quiet), sign kept, even when its payload sits only in the low bits.
+  for (uint32_t nan : {0x7fc00000u, 0x7f800001u, 0xff800001u, 0x7fffffffu}) {
+    const uint16_t h = bf(nan);
+    EXPECT_TRUE(is_nan_bits(h)) << std::hex << nan;
+    EXPECT_TRUE(h & 0x0040u) << "NaN not quiet for " << std::hex << nan;
+    EXPECT_EQ(h & 0x8000u, (nan >> 16) & 0x8000u) << std::hex << nan;
+  }
+  // Relative error of rounding is at most 2^-9 for normal values.
+  for (float x : {1.f, 3.14159265f, -2.718281828f, 1e-30f, 6.5e4f, 1e30f}) {
+    const float r = float_from_bf16(bf16_from_float(x));
+    EXPECT_LE(std::fabs(r - x), std::ldexp(std::fabs(x), -9)) << x;
+  }
+}
+
+// Row-major C[M,N] = op(A) op(B) the obvious way.
+std::vector<double> row_major_product(const std::vector<double>& A, const std::vector<double>& B, int M, int N,
+                                      int K, bool ta, bool tb) {
+  std::vector<double> C(static_cast<std::size_t>(M) * N, 0.0);
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) {
+        const double a = ta ? A[static_cast<std::size_t>(k) * M + i] : A[static_cast<std::size_t>(i) * K + k];
+        const double b = tb ? B[static_cast<std::size_t>(j) * K + k] : B[static_cast<std::size_t>(k) * N + j];
+        s += a * b;
+      }
+      C[static_cast<std::size_t>(i) * N + j] = s;
+    }
+  return C;
+}
+
+// Element (r, c) of op(x) for a column-major operand as cuBLAS reads it.
+double col_major_element(const std::vector<double>& x, const ColMajorOperand& d, int r, int c) {
+  const int row = d.transpose ? c : r, col = d.transpose ? r : c;
+  EXPECT_LT(row, d.rows);
+  EXPECT_LT(col, d.cols);
+  return x[static_cast<std::size_t>(col) * d.ld + row];
+}
+
+TEST(GemmLayout, ColumnMajorMappingComputesTheRowMajorProduct) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> small(-4, 4);
+  const int shapes[][3] = {{3, 5, 7}, {1, 4, 2}, {6, 1, 3}, {4, 4, 1}, {8, 3, 5}};
+  for (const auto& s : shapes) {
+    const int M = s[0], N = s[1], K = s[2];
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        std::vector<double> A(static_cast<std::size_t>(M) * K), B(static_cast<std::size_t>(K) * N);
+        for (auto& v : A) v = small(rng);
+        for (auto& v : B) v = small(rng);
+        const ColMajorGemm g = col_major_gemm_for_row_major(M, N, K, ta, tb);
+        ASSERT_EQ(g.m, N);
+        ASSERT_EQ(g.n, M);
+        ASSERT_EQ(g.k, K);
+        // Leading dimensions cover the stored arrays exactly (dense, as matmul's contract says).
+        EXPECT_EQ(static_cast<std::size_t>(g.a.ld) * g.a.cols, B.size());
+        EXPECT_EQ(static_cast<std::size_t>(g.b.ld) * g.b.cols, A.size());
+        EXPECT_GE(g.a.ld, 1);
+        EXPECT_GE(g.b.ld, 1);
+        // D = op(a) op(b), column-major with ldc, where a is the stored B and b the stored A.
+        std::vector<double> D(static_cast<std::size_t>(g.ldc) * g.n, 0.0);
+        for (int i = 0; i < g.m; ++i)
+          for (int j = 0; j < g.n; ++j) {
+            double acc = 0;
+            for (int k = 0; k < g.k; ++k) acc += col_major_element(B, g.a, i, k) * col_major_element(A, g.b, k, j);
+            D[static_cast<std::size_t>(j) * g.ldc + i] = acc;
+          }
+        // Column-major D [N, M] with ldc N is, byte for byte, row-major C [M, N].
+        EXPECT_EQ(D, row_major_product(A, B, M, N, K, ta, tb))
+            << "M=" << M << " N=" << N << " K=" << K << " trans_a=" << ta << " trans_b=" << tb;
+      }
+  }
+}
+
+TEST(GemmLayout, PointerAlignment) {
+  EXPECT_EQ(pointer_alignment(0), 256);
+  EXPECT_EQ(pointer_alignment(256 * 7), 256);
+  EXPECT_EQ(pointer_alignment(4096 + 128), 128);
+  EXPECT_EQ(pointer_alignment(4096 + 4), 4);
+  EXPECT_EQ(pointer_alignment(4096 + 2), 2);
+  EXPECT_EQ(pointer_alignment(4097), 1);
+  EXPECT_EQ(pointer_alignment(1024 + 48), 16);
+}
+
+}  // namespace
+}  // namespace kvroute
