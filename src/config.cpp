@@ -76,10 +76,12 @@ const std::vector<Field>& registry() {
       {FIELD(routing.p), .doc = "stochastic: probability that a layer l>0 routes away",
        .range = interval(0, 1, "[]")},
       {FIELD(routing.scheme), .doc = "stochastic: which earlier layer a routed layer reads",
-       .choices = {"previous", "chain", "any"}},
+       .choices = {"previous", "chain", "any", "rdcla"}},
       {FIELD(routing.granularity), .doc = "draw routes per sequence or once per batch",
        .choices = {"sequence", "batch"}},
       {FIELD(routing.strategy), .doc = "fixed: the sharing strategy trained with, e.g. cla:2"},
+      {FIELD(routing.group), .doc = "scheme rdcla: group size K; a routed layer reads its group's first layer (the CLA@K map)",
+       .range = at_least(1)},
 
       {FIELD(train.backend), .doc = "compute backend", .choices = {"cpu", "cuda"}},
       {FIELD(train.threads), .doc = "CPU threads; 0 = OMP_NUM_THREADS or all cores", .range = at_least(0)},

@@ -22,13 +22,14 @@ RouteTable empty_table(int B, int L) {
   return t;
 }
 
-enum class Scheme { Previous, Chain, Any };
+enum class Scheme { Previous, Chain, Any, RdCla };
 
 Scheme parse_scheme(const std::string& s) {
   if (s == "previous") return Scheme::Previous;
   if (s == "chain") return Scheme::Chain;
   if (s == "any") return Scheme::Any;
-  throw std::invalid_argument("unknown routing scheme '" + s + "' (expected previous, chain, any)");
+  if (s == "rdcla") return Scheme::RdCla;
+  throw std::invalid_argument("unknown routing scheme '" + s + "' (expected previous, chain, any, rdcla)");
 }
 
 // Counter for one draw of (step, micro, b, l, draw). Folding each field through splitmix64
@@ -93,6 +94,8 @@ RouteTable sample_routes(const RoutingConfig& rc, int B, int L, uint64_t seed, u
     throw std::invalid_argument("unknown routing granularity '" + rc.granularity + "' (expected sequence, batch)");
   if (!(rc.p >= 0.0 && rc.p <= 1.0))
     throw std::invalid_argument("routing p must be in [0, 1] (got " + std::to_string(rc.p) + ")");
+  if (scheme == Scheme::RdCla && rc.group < 1)
+    throw std::invalid_argument("routing group must be >= 1 for scheme rdcla (got " + std::to_string(rc.group) + ")");
 
   RouteTable t = identity_routes(B, L);
   for (int b = 0; b < B; ++b) {
@@ -107,6 +110,7 @@ RouteTable sample_routes(const RoutingConfig& rc, int B, int L, uint64_t seed, u
         case Scheme::Any:
           row[l] = static_cast<int32_t>(uniform_int(seed, kStreamRouting, route_counter(step, micro, rb, l, 1), l));
           break;
+        case Scheme::RdCla: row[l] = (l / rc.group) * rc.group; break;
       }
     }
   }

@@ -37,6 +37,7 @@ routing:
   scheme: chain
   granularity: batch
   strategy: list:0,0,2,2
+  group: 3
 train:
   backend: cuda
   threads: 8
@@ -454,7 +455,7 @@ TEST_F(ConfigTest, ValidateRechecksRangesAndReportsEveryProblem) {
   std::string e = validate_error(c);
   EXPECT_THAT(e, HasSubstr("routing.p: must be in [0, 1], got 1.5"));
   EXPECT_THAT(e, HasSubstr("train.batch_size: must be >= 1, got 0"));
-  EXPECT_THAT(e, HasSubstr("routing.scheme: expected one of previous|chain|any, got 'random'"));
+  EXPECT_THAT(e, HasSubstr("routing.scheme: expected one of previous|chain|any|rdcla, got 'random'"));
   EXPECT_THAT(e, HasSubstr("model.n_kv_heads (3) must divide model.n_heads (4)"));
 
   c = Config{};

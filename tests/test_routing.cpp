@@ -291,3 +291,74 @@ TEST(Routing, AnyIsUniformBelow) {
     EXPECT_LT(chi2, 40.0) << "layer " << l;
   }
 }
+
+// ---- RD-CLA: a coin flip between the CLA@K group's first layer and the layer's own ----
+
+namespace {
+RoutingConfig rdcla(double p, int group, const std::string& granularity = "sequence") {
+  RoutingConfig rc = stochastic(p, "rdcla", granularity);
+  rc.group = group;
+  return rc;
+}
+}  // namespace
+
+TEST(Routing, RdClaProbabilityOneIsTheClaMap) {
+  for (int k : {1, 2, 3, 4, 5})
+    for (int L : {1, 4, 6, 12}) {
+      RouteTable t = sample_routes(rdcla(1.0, k), 3, L, kSeed, 9, 0);
+      const std::vector<int> cla = parse_strategy("cla:" + std::to_string(k), L).src;
+      for (int b = 0; b < 3; ++b)
+        for (int l = 0; l < L; ++l) EXPECT_EQ(t.at(b, l), cla[l]) << "k " << k << " L " << L << " layer " << l;
+    }
+}
+
+TEST(Routing, RdClaProbabilityZeroAndGroupOneAreIdentity) {
+  EXPECT_EQ(sample_routes(rdcla(0.0, 3), 8, 12, kSeed, 4, 0).src, identity_routes(8, 12).src);
+  EXPECT_EQ(sample_routes(rdcla(0.7, 1), 8, 12, kSeed, 4, 0).src, identity_routes(8, 12).src);
+}
+
+TEST(Routing, RdClaReadsOwnOrGroupHeadAtRateP) {
+  const double p = 0.6;
+  const int B = 32, L = 12, K = 4, steps = 300;
+  long routed = 0, coins = 0;
+  for (int step = 0; step < steps; ++step) {
+    RouteTable t = sample_routes(rdcla(p, K), B, L, kSeed, step, 0);
+    for (int b = 0; b < B; ++b)
+      for (int l = 0; l < L; ++l) {
+        const int head = l / K * K;
+        const int s = t.at(b, l);
+        ASSERT_TRUE(s == l || s == head) << "layer " << l << " read " << s;
+        if (l == head) continue;  // a group's first layer always reads itself
+        routed += s == head;
+        ++coins;
+      }
+  }
+  // 300*32*9 = 86400 coins: the standard error of the rate is about 0.0017.
+  EXPECT_NEAR(static_cast<double>(routed) / coins, p, 0.01);
+}
+
+TEST(Routing, RdClaBatchGranularitySharesOneRowPerStep) {
+  bool rows_vary_across_steps = false;
+  std::vector<int32_t> first;
+  for (int step = 0; step < 20; ++step) {
+    RouteTable t = sample_routes(rdcla(0.5, 2, "batch"), 6, 8, kSeed, step, 0);
+    for (int b = 1; b < 6; ++b) EXPECT_EQ(row(t, b), row(t, 0));
+    if (step == 0) first = row(t, 0);
+    else rows_vary_across_steps |= row(t, 0) != first;
+  }
+  EXPECT_TRUE(rows_vary_across_steps);
+}
+
+TEST(Routing, RdClaGroupIsValidated) {
+  RoutingConfig rc = rdcla(0.5, 0);
+  EXPECT_NE(error_of([&] { sample_routes(rc, 2, 4, kSeed, 0, 0); }).find("routing group must be >= 1"),
+            std::string::npos);
+  try {
+    load_config({}, {"routing.mode=stochastic", "routing.scheme=rdcla", "routing.group=0"});
+    ADD_FAILURE() << "routing.group=0 was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("routing.group"), std::string::npos) << e.what();
+  }
+  const Config ok = load_config({}, {"routing.mode=stochastic", "routing.scheme=rdcla", "routing.group=4"});
+  EXPECT_EQ(ok.routing.group, 4);
+}

@@ -30,6 +30,7 @@ struct RoutingConfig {
   std::string scheme = "any";        // stochastic: previous | chain | any
   std::string granularity = "sequence";  // sequence | batch
   std::string strategy = "cla:2";    // fixed: the sharing strategy trained with
+  int group = 2;                     // stochastic, scheme rdcla: CLA group size K
 };
 
 struct CheckpointConfig {

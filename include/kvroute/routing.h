@@ -31,6 +31,8 @@ RouteTable fixed_routes(int B, const std::vector<int>& strategy_src);
 //   previous: with prob p, src = l-1
 //   chain:    with prob p, src = src[l-1] (contiguous groups sharing the first cache)
 //   any:      with prob p, src uniform over 0..l-1
+//   rdcla:    with prob p, src = the first layer of l's group of rc.group adjacent layers
+//             (the CLA@K map; RD-CLA); else l's own
 // granularity batch draws once and shares it across all sequences.
 RouteTable sample_routes(const RoutingConfig& rc, int B, int L, uint64_t seed, uint64_t step, uint64_t micro);
 
