@@ -554,6 +554,11 @@ void CudaBackend::attention_forward(const AttentionForward& p) {
   gather(ptrs, p.k_layers, p.src, a.B, seq_stride, op, "K");
   gather(ptrs, p.v_layers, p.src, a.B, seq_stride, op, "V");
   auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
+  if (options_.precision == "bf16" && attention_forward_bf16_supports(a.D)) {
+    const AttentionBf16Dims d{a.B, a.Tq, a.Tk, a.H, a.Hkv, a.D, a.group, a.q_pos0, a.scale, a.q_row, a.kv_row};
+    launch_attention_forward_bf16(d, p.q, table, p.out, p.lse, stream_);
+    return;
+  }
   if (a.D <= 32) {
     launch_forward<32>(a, p.q, table, p.out, p.lse, stream_);
   } else if (a.D <= 64) {

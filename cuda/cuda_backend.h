@@ -9,8 +9,9 @@
 // Precision (BackendOptions::precision): "fp32" multiplies with cublasSgemm (no
 // TF32). "bf16" rounds both matmul operands to bf16 (round to nearest even) into
 // scratch and runs cublasLtMatmul with fp32 accumulation and an fp32 output,
-// alpha/beta as in fp32; weights, gradients, AdamW state, activations and all
-// other ops stay fp32 (matmul_cuda.cu).
+// alpha/beta as in fp32 (matmul_cuda.cu), and runs attention forward on tensor
+// cores for head_dim 64 and 128 (attention_bf16_cuda.cu). Weights, gradients,
+// AdamW state, activations, attention backward and all other ops stay fp32.
 //
 // Each op's kernels live in their own file (matmul_cuda.cu, elementwise_cuda.cu,
 // embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, cross_entropy_cuda.cu,
@@ -64,6 +65,18 @@ inline unsigned grid_for(std::size_t n, int block, std::size_t max_blocks = 6553
 void launch_float_to_bf16(const float* x, uint16_t* y, std::size_t n, cudaStream_t stream);
 // y[i] = a bf16 value in [-0.5, 0.5) hashed from i (operands for peak_gemm_flops: zeros would be unrealistic).
 void launch_bf16_pattern(uint16_t* y, std::size_t n, cudaStream_t stream);
+
+// attention_bf16_cuda.cu: the tensor-core attention forward used in bf16 precision.
+struct AttentionBf16Dims {
+  int B, Tq, Tk, H, Hkv, D, group, q_pos0;
+  float scale;
+  int q_row;   // elements between time steps in q/out: H * D
+  int kv_row;  // elements between time steps in K/V: Hkv * D
+};
+bool attention_forward_bf16_supports(int head_dim);
+// table: [K base of b = 0..B-1, V base of b = 0..B-1] on the device, as the fp32 kernel.
+void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
+                                   float* lse, cudaStream_t stream);
 
 class CudaBackend final : public Backend {
  public:

@@ -3,8 +3,9 @@
 # tests (ctest -L gpu), then `kvroute bench train` on the GPT-2-small-sized config at
 # GPT-2 124M's shape (vocab 50304, context 1024, 16 x 1024 tokens per step), printing
 # tokens/s, MFU and peak device memory for bf16, fp32, bf16 without routing (the cost
-# of stochastic routing) and bf16 with train.deterministic=false. Every step runs
-# under `timeout`; the whole script is sized for 8 minutes on an H200.
+# of stochastic routing) and bf16 with train.deterministic=false, then a per-op profile
+# of the bf16 step. Every step runs under `timeout`; the whole script is sized for 8
+# minutes on an H200.
 #
 # Exit status: 0 all passed; 1 a build, test or benchmark failed; 2 no NVIDIA GPU here.
 # Environment: KVROUTE_BUILD_DIR (default build-cuda, the cuda preset's directory),
@@ -92,6 +93,7 @@ bench "bf16, stochastic routing" "${BF16[@]}"
 bench "bf16, routing none" "${BF16[@]}" --set routing.mode=none
 bench "bf16, deterministic=false" "${BF16[@]}" --set train.deterministic=false
 bench "fp32, stochastic routing" --set train.precision=fp32 --steps 3 --peak-size 4096
+bench "bf16 --profile (synced per op)" --set train.precision=bf16 --steps 2 --peak-size 0 --profile
 
 stamp "summary (GPT-2 124M shape: 16 x 1024 tokens per step, vocab 50304)"
 printf '%s\n' "${SUMMARY[@]}"

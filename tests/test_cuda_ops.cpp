@@ -17,9 +17,12 @@
 //   (the same with deterministic=false: dq summed by atomics in another order)
 // Determinism tests require bitwise equality of two GPU runs.
 //
-// bf16 precision (train.precision: bf16; only matmul changes):
+// bf16 precision (train.precision: bf16; matmul and attention forward change):
 //   matmul vs CPU on bf16-rounded operands  1e-4  1e-4   only the fp32 accumulation order differs
 //   matmul with B = identity                exact        C is exactly the bf16 rounding of A
+//   attention (rounded Q/K/V) out           3e-3  1e-2   P rounded to bf16 before P V
+//   attention lse                           1e-4  1e-4   exact bf16 products, fp32 sums
+//   attention dq / dK / dV (fp32 backward)  2e-2  2e-2   from the bf16 forward's out and lse
 //   whole model step, loss                  0     2e-2   bf16 operands in every projection
 //   whole model step, gradients             5e-2 * max|grad| + 5e-2 rel  (errors compound through
 //                                           12 GEMMs per layer; checked per tensor, see below)
@@ -60,6 +63,12 @@ constexpr Tol kMathTol{1e-5, 1e-5};
 constexpr Tol kLossTol{1e-5, 1e-5};
 constexpr Tol kDlogitsTol{1e-8, 1e-4};
 constexpr Tol kAttentionTol{1e-4, 1e-4};
+// bf16 attention forward (tensor cores) against the CPU on the same bf16-rounded Q/K/V:
+// scores are exact bf16 products summed in fp32 (lse: fp32 tolerance); P is rounded to bf16
+// before P V (out: 2^-9 relative per weight); backward is fp32 but starts from that out/lse.
+constexpr Tol kAttentionBf16OutTol{3e-3, 1e-2};
+constexpr Tol kAttentionBf16LseTol{1e-4, 1e-4};
+constexpr Tol kAttentionBf16GradTol{2e-2, 2e-2};
 
 #define KVR_REQUIRE_CUDA()                                                       \
   do {                                                                           \
@@ -397,9 +406,18 @@ struct LayerPointers {
 // compares out, lse, dq and every layer's dK/dV (including layers nobody routes
 // to, which must stay untouched). K/V time steps >= Tk of a cache layout hold
 // NaN: reading them anywhere would show.
+std::vector<float> rounded_to_bf16(std::vector<float> v);
+
 void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu_options = {}) {
-  SCOPED_TRACE(c.name() + (gpu_options.deterministic ? "" : " deterministic=false"));
+  SCOPED_TRACE(c.name() + (gpu_options.deterministic ? "" : " deterministic=false") + " precision " +
+               gpu_options.precision);
   Backends be(gpu_options);
+  // In bf16 both backends get bf16-representable Q/K/V, so only the kernel's own rounding differs.
+  const bool bf16 = gpu_options.precision == "bf16";
+  auto inputs = [bf16](std::vector<float> v) { return bf16 ? rounded_to_bf16(std::move(v)) : v; };
+  const Tol out_tol = bf16 ? kAttentionBf16OutTol : kAttentionTol;
+  const Tol lse_tol = bf16 ? kAttentionBf16LseTol : kAttentionTol;
+  const Tol grad_tol = bf16 ? kAttentionBf16GradTol : kAttentionTol;
   std::mt19937 rng(seed);
   const std::size_t kv_row = static_cast<std::size_t>(c.Hkv) * c.D;
   const std::size_t seq_stride = static_cast<std::size_t>(c.t_cap) * kv_row;
@@ -425,7 +443,7 @@ void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu
   dV.reserve(c.n_layers);
   LayerPointers pg, pc;
   for (int l = 0; l < c.n_layers; ++l) {
-    auto k = random_floats(kv_n, rng), v = random_floats(kv_n, rng);
+    auto k = inputs(random_floats(kv_n, rng)), v = inputs(random_floats(kv_n, rng));
     for (int b = 0; b < c.B; ++b)
       for (std::size_t e = static_cast<std::size_t>(c.Tk) * kv_row; e < seq_stride; ++e)
         k[b * seq_stride + e] = v[b * seq_stride + e] = std::numeric_limits<float>::quiet_NaN();
@@ -448,7 +466,7 @@ void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu
   src[0] = c.layer;               // ordinary self-attention
   if (c.B > 1) src[c.B - 1] = 0;  // routed to the first layer
 
-  Mirror<float> q(be, random_floats(q_n, rng)), dout(be, random_floats(q_n, rng));
+  Mirror<float> q(be, inputs(random_floats(q_n, rng))), dout(be, random_floats(q_n, rng));
   Mirror<float> out(be, random_floats(q_n, rng)), lse(be, random_floats(lse_n, rng));
   Mirror<float> dq(be, random_floats(q_n, rng));
 
@@ -466,11 +484,11 @@ void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu
   // Without lse first (decode), then with it.
   forward(*be.gpu, pg, q.gpu.get(), out.gpu.get(), nullptr);
   forward(*be.cpu, pc, q.cpu.get(), out.cpu.get(), nullptr);
-  expect_close(out, kAttentionTol, "attention_forward out (no lse)");
+  expect_close(out, out_tol, "attention_forward out (no lse)");
   forward(*be.gpu, pg, q.gpu.get(), out.gpu.get(), lse.gpu.get());
   forward(*be.cpu, pc, q.cpu.get(), out.cpu.get(), lse.cpu.get());
-  expect_close(out, kAttentionTol, "attention_forward out");
-  expect_close(lse, kAttentionTol, "attention_forward lse");
+  expect_close(out, out_tol, "attention_forward out");
+  expect_close(lse, lse_tol, "attention_forward lse");
 
   auto backward = [&](Backend& backend, const LayerPointers& lp, const Mirror<float>& qm, bool on_gpu) {
     AttentionBackward b;
@@ -489,10 +507,10 @@ void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu
   };
   backward(*be.gpu, pg, q, true);
   backward(*be.cpu, pc, q, false);
-  expect_close(dq, kAttentionTol, "attention_backward dq");
+  expect_close(dq, grad_tol, "attention_backward dq");
   for (int l = 0; l < c.n_layers; ++l) {
-    expect_close(dK[l], kAttentionTol, "attention_backward dK layer " + std::to_string(l));
-    expect_close(dV[l], kAttentionTol, "attention_backward dV layer " + std::to_string(l));
+    expect_close(dK[l], grad_tol, "attention_backward dK layer " + std::to_string(l));
+    expect_close(dV[l], grad_tol, "attention_backward dV layer " + std::to_string(l));
   }
 }
 
@@ -757,6 +775,19 @@ TEST(CudaOps, AttentionAtomicDqMatchesCpu) {
   check_attention({2, 40, 40, 2, 1, 48, 0, 40, 3, 2}, 33, atomic);
   check_attention({2, 20, 70, 4, 1, 64, 50, 96, 3, 2}, 34, atomic);  // chunked prefill (q_pos0 > 0)
   check_attention({3, 1, 37, 4, 2, 64, 36, 64, 3, 2}, 35, atomic);   // decode
+}
+
+// ---------------------------------------------------------------- bf16 attention forward (tensor cores)
+
+TEST(CudaOps, AttentionBf16ForwardMatchesCpu) {
+  KVR_REQUIRE_CUDA();
+  const BackendOptions bf16{"bf16", true};
+  check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 51, bf16);     // GQA, partial tiles
+  check_attention({3, 130, 130, 6, 2, 128, 0, 130, 3, 2}, 52, bf16); // D 128, three query tiles
+  check_attention({2, 64, 64, 4, 1, 64, 0, 64, 1, 0}, 53, bf16);     // exact tile multiples, self only
+  check_attention({2, 20, 70, 4, 1, 64, 50, 96, 3, 2}, 54, bf16);    // chunked prefill from a cache
+  check_attention({3, 1, 37, 4, 2, 128, 36, 64, 3, 2}, 55, bf16);    // decode
+  check_attention({2, 40, 40, 2, 1, 48, 0, 40, 3, 2}, 56, bf16);     // head_dim 48: the fp32 kernel
 }
 
 // ---------------------------------------------------------------- bf16 matmul

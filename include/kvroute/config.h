@@ -60,7 +60,7 @@ struct TrainConfig {
   std::string out_dir = "runs/default";
   std::string on_nonfinite = "stop"; // stop | skip
   std::string recompute = "none";    // activation recomputation in backward: none | attention | layer
-  std::string precision = "fp32";    // fp32 | bf16 (CUDA only: bf16 GEMM operands, fp32 accumulation; backend.h)
+  std::string precision = "fp32";    // fp32 | bf16 (CUDA only: bf16 GEMM/attention inputs, fp32 accumulation; backend.h)
   bool deterministic = true;         // bitwise-reproducible GPU results (CUDA attention backward without atomics)
   CheckpointConfig checkpoint;
 };
