@@ -109,6 +109,8 @@ const std::vector<Field>& registry() {
       {FIELD(train.precision), .doc = "fp32, or bf16 inputs with fp32 accumulation for matmuls and attention forward (cuda backend only)",
        .choices = {"fp32", "bf16"}},
       {FIELD(train.deterministic), .doc = "bitwise-reproducible GPU results; false lets CUDA attention backward use atomics"},
+      {FIELD(train.zero), .doc = "ZeRO stage under mpirun: 0 = AdamW state on every rank, 1 = each rank keeps 1/N of it",
+       .range = interval(0, 1, "[]")},
       {FIELD(train.checkpoint.interval), .doc = "steps between checkpoints; 0 = only at the end",
        .range = at_least(0)},
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",

@@ -43,9 +43,9 @@ TrainingState restore_training_state(const std::string& path, Model& model, Adam
 }
 
 void restore_loader_position(WindowLoader& loader, const TrainingState& state, const Config& saved_cfg,
-                             const Config& cfg, const std::string& path, std::vector<std::string>& notes) {
-  const uint64_t from_step =
-      static_cast<uint64_t>(state.step) * static_cast<uint64_t>(cfg.train.grad_accum) * cfg.train.batch_size;
+                             const Config& cfg, const std::string& path, std::vector<std::string>& notes, int world_size) {
+  const uint64_t from_step = static_cast<uint64_t>(state.step) * static_cast<uint64_t>(cfg.train.grad_accum) *
+                             cfg.train.batch_size * static_cast<uint64_t>(world_size);
   LoaderState saved;
   try {
     saved = LoaderState::from_fields(state.data_loader);

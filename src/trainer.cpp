@@ -8,12 +8,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <unordered_map>
 
 #include "kvroute/checkpoint.h"
+#include "kvroute/comm.h"
 #include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
+#include "kvroute/grad_allreduce.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
@@ -66,11 +69,55 @@ std::string device_memory_line(const Backend& backend, const std::string& when) 
          human_bytes(double(m.device_total_bytes));
 }
 
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
+  return buf;
+}
+
 // Exact text of a double ("0x1.8p+1"), so logged losses can be compared bit for bit.
 std::string hex_float(double v) {
   char buf[40];
   std::snprintf(buf, sizeof buf, "%a", v);
   return buf;
+}
+
+// The run log on rank 0; on the other ranks of a data-parallel job every call does nothing.
+class LeadLog {
+ public:
+  LeadLog(bool lead, const std::string& run_dir) {
+    if (lead) log_.emplace(run_dir);
+  }
+  void line(const std::string& text) {
+    if (log_) log_->line(text);
+  }
+  void progress(const std::string& text) {
+    if (log_) log_->progress(text);
+  }
+  void metrics(const std::vector<std::pair<std::string, double>>& fields,
+               const std::vector<std::pair<std::string, std::string>>& strings = {}) {
+    if (log_) log_->metrics(fields, strings);
+  }
+
+ private:
+  std::optional<RunLog> log_;
+};
+
+// Validation sharded over the ranks: rank r evaluates batches r, r + N, ... and the sums
+// are added over ranks, so every rank returns the mean over all n_batches (one rank: the
+// same sum, in the same order, as validation_loss).
+double sharded_validation_loss(Model& model, Communicator& comm, const std::vector<int32_t>& val_tokens, int B,
+                               int T, int n_batches, const std::vector<int>& src) {
+  const RouteTable routes = fixed_routes(B, src);
+  double sum = 0;
+  for (int i = comm.rank(); i < n_batches; i += comm.world_size()) {
+    const Batch b = val_batch(val_tokens, B, T, i, n_batches);
+    sum += model.forward(b.inputs.data(), b.targets.data(), B, T, routes);
+  }
+  return comm.sum(sum) / n_batches;
 }
 
 }  // namespace
@@ -90,26 +137,38 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend, BackendOptions{tc.precision, tc.deterministic});
+  // Data parallelism: under mpirun every rank runs this function; without a launcher, a world of one.
+  const std::unique_ptr<Communicator> comm = make_communicator(*backend);
+  const int rank = comm->rank(), world = comm->world_size();
+  const bool lead = rank == 0;  // rank 0 alone logs and writes files
   const Corpus corpus = load_corpus(cfg.data);
   check_model_vocab(corpus, cfg.model.vocab_size);
   const int B = tc.batch_size, T = tc.seq_len, L = cfg.model.n_layers;
   if (corpus.val.size() < static_cast<std::size_t>(T) + 1)
     throw std::runtime_error("validation split has only " + std::to_string(corpus.val.size()) +
                              " tokens; need at least seq_len + 1 = " + std::to_string(T + 1));
-  // Training windows (loader.h). loader state: loader.state() / loader.restore(LoaderState) (LoaderState::fields()
-  // gives named int64s for a checkpoint); before step s it is draws = (s - 1) * grad_accum * batch_size. Checkpoints
-  // save loader.state().fields(); a resume restores it (restore_loader_position, train_state.cpp).
-  WindowLoader loader(corpus.train, corpus.vocab_size, loader_options(cfg));
+  // Training windows (loader.h): each rank draws grad_accum * batch_size windows per step, so before step s
+  // its position is draws = (s - 1) * grad_accum * batch_size. Under N ranks, rank r's d-th draw is global
+  // draw d * N + r; `global_view` (rank 0 of 1) is the single-rank stream, in which checkpoints record the
+  // position (draws * N, with its fingerprint), so a run can resume with another number of ranks
+  // (restore_loader_position, train_state.cpp). One rank: global_view and loader are the same stream.
+  LoaderOptions rank_options = loader_options(cfg);
+  rank_options.rank = rank;
+  rank_options.world_size = world;
+  WindowLoader loader(corpus.train, corpus.vocab_size, rank_options);
+  WindowLoader global_view(corpus.train, corpus.vocab_size, loader_options(cfg));
   if (cfg.routing.mode == "fixed") sample_routes(cfg.routing, 1, L, 0, 0, 0);  // validates the strategy early
 
   const fs::path run_dir = tc.out_dir;
-  fs::create_directories(run_dir);
-  write_file_atomically(run_dir / "config.yaml", to_yaml(cfg));
-  RunLog log(run_dir.string());
+  if (lead) {
+    fs::create_directories(run_dir);
+    write_file_atomically(run_dir / "config.yaml", to_yaml(cfg));
+  }
+  LeadLog log(lead, run_dir.string());
 
   Model model(cfg.model, backend.get());
   model.set_recompute(tc.recompute);
-  AdamW opt(tc, model);
+  AdamW opt(tc, model, comm.get());
   const TokenizerIdentity tokenizer{corpus.tokenizer, corpus.vocab_size, corpus.tokenizer_fingerprint};
   std::vector<std::string> notes = options.notes;
   TrainingState state;
@@ -117,15 +176,31 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   if (!options.resume_from.empty()) {
     Config saved_cfg;
     state = restore_training_state(options.resume_from, model, opt, tokenizer, tc.seed, notes, &saved_cfg);
-    restore_loader_position(loader, state, saved_cfg, cfg, options.resume_from, notes);
-    for (const std::string& f : remove_stale_temporaries(run_dir.string()))
-      notes.push_back("removed " + f + ", left by an interrupted checkpoint write");
+    restore_loader_position(global_view, state, saved_cfg, cfg, options.resume_from, notes, world);
+    // Each rank continues at the first global draw not yet taken, rounded up to a multiple of N.
+    const uint64_t global_draws = global_view.state().draws;
+    loader.seek((global_draws + world - 1) / world);
+    const uint64_t skipped = loader.state().draws * world - global_draws;
+    long saved_world = 1;
+    for (const auto& [key, value] : state.data_loader)
+      if (key == "world_size") saved_world = static_cast<long>(value);
+    if (saved_world != world)
+      notes.push_back("the checkpoint was written by " + std::to_string(saved_world) + " rank(s), this run has " +
+                      std::to_string(world) + ": the global batch is now " + std::to_string(world) + " x " +
+                      std::to_string(tc.grad_accum * B) + " sequences; the data continues at global window " +
+                      std::to_string(global_draws) +
+                      (skipped ? " (rounded up to a multiple of the world size: " + std::to_string(skipped) +
+                                     " window(s) skipped)"
+                               : std::string()));
+    if (lead)
+      for (const std::string& f : remove_stale_temporaries(run_dir.string()))
+        notes.push_back("removed " + f + ", left by an interrupted checkpoint write");
   } else {
     model.init_weights(static_cast<uint64_t>(tc.seed));
     if (!cfg.model.init_from.empty()) init_weights_from(cfg.model.init_from, model, tokenizer, notes);
     std::string existing;
     try {
-      existing = find_latest_checkpoint(run_dir.string());
+      if (lead) existing = find_latest_checkpoint(run_dir.string());
     } catch (const CheckpointError&) {
     }
     if (!existing.empty())
@@ -134,9 +209,19 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                       run_dir.string());
   }
 
-  const double tokens_per_step = double(B) * T * tc.grad_accum;
+  const double tokens_per_step = double(B) * T * tc.grad_accum * world;  // global batch
   log.line("kvroute " KVROUTE_VERSION " | backend " + backend->name() + " | threads " +
-           std::to_string(omp_get_max_threads()) + " | run dir " + run_dir.string());
+           std::to_string(omp_get_max_threads()) + (world > 1 ? " per rank" : "") + " | run dir " + run_dir.string());
+  if (world > 1)
+    log.line("data parallel: " + std::to_string(world) + " ranks (" + comm->name() + "), global batch " +
+             std::to_string(world) + " ranks x " + std::to_string(tc.grad_accum) + " micro-batches x " +
+             std::to_string(B) + " x " + std::to_string(T) + " = " + fmt("%.0f", tokens_per_step) +
+             " tokens per step; gradients averaged in " +
+             std::to_string((model.num_params() * sizeof(float) + kGradBucketBytes - 1) / kGradBucketBytes) +
+             " bucket(s) of up to " + human_bytes(double(kGradBucketBytes)) +
+             (opt.sharded() ? "; ZeRO-1: each rank holds 1/" + std::to_string(world) + " of the AdamW state"
+                            : "; ZeRO-0: every rank holds the whole AdamW state") +
+             "; validation sharded over the ranks");
   log.line("model: " + std::to_string(L) + " layers, d_model " + std::to_string(cfg.model.d_model) + ", heads " +
            std::to_string(cfg.model.n_heads) + "/" + std::to_string(cfg.model.n_kv_heads) + " kv, vocab " +
            std::to_string(cfg.model.vocab_size) + ", " + fmt("%.2fM", model.num_params() / 1e6) + " parameters");
@@ -149,13 +234,14 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
            fmt("%.3f", unigram_entropy(corpus.train, corpus.vocab_size)) + " nats (train split); " +
            fmt("%.0f", tokens_per_step) + " tokens per step, " + std::to_string(loader.windows_per_epoch()) +
            " windows per epoch (" + cfg.data.order + " order)");
-  {
+  if (lead) {
     // Run one tiny forward so activation buffers exist, then report memory.
     const std::size_t pbytes = model.num_params() * sizeof(float);
     const Batch probe = loader.batch_at(0, B);
     model.forward(probe.inputs.data(), nullptr, B, T, identity_routes(B, L));
     log.line("memory: parameters " + human_bytes(pbytes) + ", gradients " + human_bytes(pbytes) + ", AdamW state " +
-             human_bytes(2.0 * pbytes) + ", activations " + human_bytes(model.activation_bytes()) +
+             human_bytes(2.0 * pbytes * (opt.shard_end() - opt.shard_begin()) / model.num_params()) +
+             (opt.sharded() ? " (this rank's shard)" : "") + ", activations " + human_bytes(model.activation_bytes()) +
              " (B=" + std::to_string(B) + ", T=" + std::to_string(T) + ")");
   }
   if (!options.resume_from.empty())
@@ -185,11 +271,20 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                                "; not checkpointing them: " + last_good());
     TrainingState snapshot = state;
     snapshot.adam_step = opt.steps_taken();
-    snapshot.data_loader = loader.state().fields();
-    snapshot.adam_m = opt.m_to_host();
-    snapshot.adam_v = opt.v_to_host();
-    result.last_checkpoint =
-        save_run_checkpoint(run_dir.string(), model, cfg, snapshot, tokenizer, tc.checkpoint.keep_last);
+    // The position in the global stream (see global_view), and the world size that wrote it.
+    global_view.seek(loader.state().draws * world);
+    snapshot.data_loader = global_view.state().fields();
+    snapshot.data_loader.emplace_back("world_size", world);
+    // Sharded (ZeRO-1), gathering the full moments is a collective every rank joins.
+    if (lead || opt.sharded()) {
+      snapshot.adam_m = opt.m_to_host();
+      snapshot.adam_v = opt.v_to_host();
+    }
+    if (lead)
+      result.last_checkpoint =
+          save_run_checkpoint(run_dir.string(), model, cfg, snapshot, tokenizer, tc.checkpoint.keep_last);
+    else
+      result.last_checkpoint = (fs::path(checkpoints_dir(run_dir.string())) / checkpoint_file_name(state.step)).string();
     saved_step = state.step;
   };
   StopSignals stop_signals;
@@ -197,18 +292,31 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   const auto t0 = clock::now();
   auto t_interval = t0;
   double interval_tokens = 0;
+  double interval_allreduce_s = 0;  // time in the gradient all-reduce since the last log line
+  // Each rank's backward is scaled by 1 / (grad_accum * N), so the summed gradients are the mean.
+  const float grad_scale = 1.f / (tc.grad_accum * world);
   for (long step = state.step + 1; step <= tc.steps; ++step) {
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
       const Batch b = loader.next_batch(B);
-      const RouteTable routes = sample_routes(cfg.routing, B, L, tc.seed, step, micro);
-      loss += model.forward_backward(b.inputs.data(), b.targets.data(), B, T, routes, 1.f / tc.grad_accum);
+      // Routes are drawn per global micro-batch (rank, micro): ranks see different patterns, and
+      // rank r's micro m draws what micro r * grad_accum + m of one rank accumulating would.
+      const RouteTable routes =
+          sample_routes(cfg.routing, B, L, tc.seed, step, static_cast<uint64_t>(rank) * tc.grad_accum + micro);
+      loss += model.forward_backward(b.inputs.data(), b.targets.data(), B, T, routes, grad_scale);
     }
     loss /= tc.grad_accum;
+    if (world > 1) {
+      const auto ta = clock::now();
+      allreduce_in_buckets(*comm, model.grads(), model.num_params());
+      interval_allreduce_s += std::chrono::duration<double>(clock::now() - ta).count();
+      loss = comm->sum(loss) / world;
+    }
     const double lr = learning_rate(tc, step);
     const double norm = opt.grad_norm();
-    if (std::isfinite(loss) && std::isfinite(norm)) {
+    // Every rank must take the same decision (the weights would diverge otherwise).
+    if (!comm->any(!(std::isfinite(loss) && std::isfinite(norm)))) {
       opt.step(lr);
     } else {
       const std::string what = "non-finite " + std::string(std::isfinite(loss) ? "gradient norm" : "loss") +
@@ -230,19 +338,23 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     if (step % tc.log_interval == 0 || step == tc.steps || step == 1 || step == result.first_step) {
       const double dt = std::chrono::duration<double>(clock::now() - t_interval).count();
       const double tok_s = interval_tokens / std::max(dt, 1e-9);
+      const double allreduce_share = interval_allreduce_s / std::max(dt, 1e-9);
       char line[256];
       std::snprintf(line, sizeof line,
                     "step %6ld/%ld | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | elapsed %s | eta %s",
                     step, static_cast<long>(tc.steps), loss, lr, norm, tok_s, format_duration(elapsed).c_str(),
                     format_duration(eta).c_str());
-      log.line(line);
+      log.line(line + (world > 1 ? " | all-reduce " + fmt("%.1f%%", 100 * allreduce_share) : std::string()));
       if (step == result.first_step)
         if (const std::string mem = device_memory_line(*backend, "after the first step"); !mem.empty()) log.line(mem);
-      log.metrics({{"step", double(step)}, {"loss", loss}, {"lr", lr}, {"grad_norm", norm}, {"tokens_per_s", tok_s},
-                   {"elapsed_s", elapsed}},
-                  {{"loss_hex", hex_float(loss)}});
+      std::vector<std::pair<std::string, double>> fields = {{"step", double(step)}, {"loss", loss}, {"lr", lr},
+                                                            {"grad_norm", norm}, {"tokens_per_s", tok_s},
+                                                            {"elapsed_s", elapsed}};
+      if (world > 1) fields.emplace_back("allreduce_share", allreduce_share);
+      log.metrics(fields, {{"loss_hex", hex_float(loss)}});
       t_interval = clock::now();
       interval_tokens = 0;
+      interval_allreduce_s = 0;
     } else {
       const int width = 30;
       const int filled = static_cast<int>(width * double(step) / tc.steps);
@@ -251,14 +363,15 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                    format_duration(eta));
     }
     if (tc.eval_interval > 0 && step % tc.eval_interval == 0 && step != tc.steps) {
-      const double vl = validation_loss(model, corpus.val, B, T, tc.eval_batches, full);
+      const double vl = sharded_validation_loss(model, *comm, corpus.val, B, T, tc.eval_batches, full);
       log.line("eval step " + std::to_string(step) + " | val loss " + fmt("%.4f", vl) + " | ppl " + fmt("%.2f", std::exp(vl)));
       log.metrics({{"step", double(step)}, {"val_loss", vl}});
     }
     if (tc.checkpoint.interval > 0 && step % tc.checkpoint.interval == 0 && step != tc.steps) checkpoint_now();
-    if (const int sig = stop_signals.received(); sig != 0 && step != tc.steps) {
+    // mpirun forwards SIGINT/SIGTERM to every rank, but not at the same instant: stop together.
+    if (const int sig = stop_signals.received(); step != tc.steps && comm->any(sig != 0)) {
       if (saved_step != step) checkpoint_now();
-      log.line(std::string(StopSignals::name(sig)) + " received: stopped after step " + std::to_string(step) + "/" +
+      log.line(std::string(sig != 0 ? StopSignals::name(sig) : "a stop signal") + " received: stopped after step " + std::to_string(step) + "/" +
                std::to_string(tc.steps) + ", checkpoint " + result.last_checkpoint +
                ". Continue with: kvroute train --resume " + run_dir.string());
       result.steps = step;
@@ -269,7 +382,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   }
   result.steps = tc.steps;
   result.skipped_steps = state.skipped_steps;
-  result.val_loss = validation_loss(model, corpus.val, B, T, tc.eval_batches, full);
+  result.val_loss = sharded_validation_loss(model, *comm, corpus.val, B, T, tc.eval_batches, full);
   if (const std::string mem = device_memory_line(*backend, "at the end"); !mem.empty()) log.line(mem);
   log.line("final | val loss " + fmt("%.4f", result.val_loss) + " | ppl " + fmt("%.2f", std::exp(result.val_loss)) +
            " | " + format_duration(std::chrono::duration<double>(clock::now() - t0).count()));
@@ -277,7 +390,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   if (saved_step != state.step) checkpoint_now();
   // model.h5: the final weights (no optimizer state), for eval and model.init_from.
   const fs::path final_path = run_dir / "model.h5";
-  save_checkpoint(final_path.string(), model, cfg, state, tokenizer);
+  if (lead) save_checkpoint(final_path.string(), model, cfg, state, tokenizer);
   result.final_checkpoint = final_path.string();
   log.line("saved " + final_path.string());
   return result;

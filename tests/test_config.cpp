@@ -62,6 +62,7 @@ train:
   recompute: layer
   precision: bf16
   deterministic: false
+  zero: 1
   checkpoint:
     interval: 500
     keep_last: 7
@@ -219,6 +220,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(t.recompute, "layer");
   EXPECT_EQ(t.precision, "bf16");
   EXPECT_FALSE(t.deterministic);
+  EXPECT_EQ(t.zero, 1);
   EXPECT_EQ(t.checkpoint.interval, 500);
   EXPECT_EQ(t.checkpoint.keep_last, 7);
   const DataConfig& d = c.data;
@@ -325,6 +327,7 @@ TEST_F(ConfigTest, OutOfRangeValuesNameTheBound) {
   EXPECT_THAT(yaml_error("train:\n  threads: -1\n"), HasSubstr("train.threads: must be >= 0, got -1"));
   EXPECT_THAT(yaml_error("model:\n  rope_theta: 0\n"), HasSubstr("model.rope_theta: must be > 0, got 0"));
   EXPECT_THAT(yaml_error("routing:\n  p: 1.5\n"), HasSubstr("routing.p: must be in [0, 1], got 1.5"));
+  EXPECT_THAT(override_error("train.zero=2"), HasSubstr("train.zero: must be in [0, 1], got 2"));
   EXPECT_THAT(yaml_error("train:\n  beta2: 1\n"), HasSubstr("train.beta2: must be in [0, 1), got 1"));
   EXPECT_THAT(yaml_error("data:\n  val_fraction: 0\n"), HasSubstr("data.val_fraction: must be in (0, 1), got 0"));
   EXPECT_THAT(yaml_error("train:\n  checkpoint:\n    keep_last: 0\n"),

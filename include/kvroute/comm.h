@@ -44,4 +44,10 @@ std::unique_ptr<Communicator> make_communicator(Backend& backend);
 // Finalises MPI if it was initialised (call once, at exit).
 void finalize_communication();
 
+// For a fatal error on this rank (the caller has printed the message): when MPI is
+// initialised and the job has more than one rank, ends every rank of the job with
+// MPI_Abort(code), so the others do not wait forever in a collective this rank will
+// never join. Otherwise returns and the caller exits as usual.
+void abort_job_if_distributed(int code);
+
 }  // namespace kvroute

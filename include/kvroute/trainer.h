@@ -9,6 +9,23 @@
 // (TrainResult::interrupted). A non-finite loss or gradient norm stops the run with
 // an error naming the step and the last good checkpoint, or, with
 // train.on_nonfinite: skip, leaves the weights and AdamW state untouched for that step.
+//
+// Data parallelism. Under `mpirun -np N kvroute train ...` every rank runs train():
+// rank r reads its own disjoint stream of windows (loader.h), runs grad_accum
+// micro-batches scaled by 1 / (grad_accum * N), and the gradients are summed over the
+// ranks in a few large buckets (grad_allreduce.h), so every rank holds the mean
+// gradient of the global batch of N * grad_accum * batch_size sequences and applies the
+// same AdamW update (train.zero: 1 shards the AdamW state, optimizer.h). The reported
+// loss is the mean over ranks; non-finite and stop-signal decisions are agreed by all
+// ranks (Communicator::any). Routes are drawn per global micro-batch index
+// rank * grad_accum + micro, so ranks see different patterns and a resumed run the same
+// ones. Validation is sharded: rank r evaluates batches r, r + N, ... and the sums are
+// added. Rank 0 alone writes config.yaml, train.log, metrics.jsonl, checkpoints and
+// model.h5; checkpoints hold the full state whatever N, plus the data position in the
+// global stream (global draws = N * per-rank draws) and N itself. A resume with N'
+// ranks continues at the same global position, rounded up to a multiple of N' (fewer
+// than N' windows skipped); the global batch becomes N' * grad_accum * batch_size.
+// Without mpirun the same binary is one rank and behaves exactly as before.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +59,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options = {});
 // and the checkpoint file. `target` is a run directory (its latest checkpoint) or a
 // checkpoint file. Overrides of model.*, data.tokenizer and train.out_dir are refused
 // (the model and the run are fixed by the checkpoint); bookkeeping keys (train.steps,
-// log/eval/checkpoint intervals, keep_last, on_nonfinite, data.verify) are fine; any other key is
+// log/eval/checkpoint intervals, keep_last, on_nonfinite, data.verify, train.zero) are fine; any other key is
 // allowed with a note that the run will no longer match an uninterrupted one.
 struct ResumePlan {
   Config config;

@@ -1,8 +1,21 @@
 // kvroute: one binary, one subcommand per job.
+#include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <string>
 
 #include "commands.h"
+#include "kvroute/comm.h"
+
+namespace {
+// "rank 1: " under an MPI launcher (whose ranks share one terminal), else "".
+std::string rank_prefix() {
+  if (!kvroute::launched_under_mpi()) return "";
+  for (const char* var : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* r = std::getenv(var)) return std::string("rank ") + r + ": ";
+  return "";
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"kvroute: pretrain transformers with stochastic KV routing, and serve them with a depth-wise shared KV cache"};
@@ -18,8 +31,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
+    std::cerr << rank_prefix() << "error: " << e.what() << std::endl;
+    // Under mpirun the other ranks may be waiting in a collective: end the whole job now.
+    kvroute::abort_job_if_distributed(1);
     return 1;
   }
+  kvroute::finalize_communication();
   return 0;
 }

@@ -44,4 +44,13 @@ void finalize_communication() {
   if (g_mpi_initialised_here && !finalized) MPI_Finalize();
 }
 
+void abort_job_if_distributed(int code) {
+  int initialised = 0, finalized = 0, world = 1;
+  MPI_Initialized(&initialised);
+  MPI_Finalized(&finalized);
+  if (!initialised || finalized) return;
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (world > 1) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
 }  // namespace kvroute
