@@ -86,16 +86,18 @@ std::string hex_float(double v) {
 }
 
 // The run log on rank 0; on the other ranks of a data-parallel job every call does nothing.
+// Under mpirun there is no progress bar: mpirun gives the ranks a terminal even when its own
+// output goes to a file, where the bar would pile up.
 class LeadLog {
  public:
-  LeadLog(bool lead, const std::string& run_dir) {
+  LeadLog(bool lead, bool progress_bar, const std::string& run_dir) : progress_bar_(progress_bar) {
     if (lead) log_.emplace(run_dir);
   }
   void line(const std::string& text) {
     if (log_) log_->line(text);
   }
   void progress(const std::string& text) {
-    if (log_) log_->progress(text);
+    if (log_ && progress_bar_) log_->progress(text);
   }
   void metrics(const std::vector<std::pair<std::string, double>>& fields,
                const std::vector<std::pair<std::string, std::string>>& strings = {}) {
@@ -104,6 +106,7 @@ class LeadLog {
 
  private:
   std::optional<RunLog> log_;
+  bool progress_bar_ = true;
 };
 
 // Validation sharded over the ranks: rank r evaluates batches r, r + N, ... and the sums
@@ -164,7 +167,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     fs::create_directories(run_dir);
     write_file_atomically(run_dir / "config.yaml", to_yaml(cfg));
   }
-  LeadLog log(lead, run_dir.string());
+  LeadLog log(lead, /*progress_bar=*/world == 1, run_dir.string());
 
   Model model(cfg.model, backend.get());
   model.set_recompute(tc.recompute);
