@@ -4,8 +4,8 @@
 // accumulated in fp32 (WMMA 16x16x16); the online softmax runs in fp32; the
 // probabilities are rounded to bf16 for P V (fp32 accumulation); out and the
 // log-sum-exp are written in fp32. No [Tq, Tk] matrix reaches global memory.
-// Attention backward stays fp32 (attention_cuda.cu): it recomputes P from the
-// fp32 Q/K and this forward's lse, so P's rows sum to 1 only to bf16 accuracy.
+// Its backward (attention_bf16_backward_cuda.cu) rounds Q/K/V the same way, so the P
+// it recomputes from this forward's lse matches these scores.
 //
 // Block: 4 warps, a tile of 64 queries (16 rows per warp) of one (head, sequence);
 // loop over key tiles of 64. Each warp owns its rows of S, P and the fp32 output
@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bf16_tile.cuh"
 #include "cuda_backend.h"
 #include "kvroute/bf16.h"
 
@@ -53,18 +54,6 @@ struct Layout {
   static constexpr std::size_t bytes = o_off + round128(sizeof(float) * kRows * kLdO);
 };
 
-// dst[r][c] (pitch ld) = bf16(src[r * stride + c]) for r < n_rows, else 0; rows x D.
-template <int D>
-__device__ __forceinline__ void load_bf16_tile(__nv_bfloat16* dst, int ld, const float* src, int stride, int rows,
-                                               int n_rows) {
-  for (int idx = threadIdx.x; idx < rows * D; idx += kThreads) {
-    const int r = idx / D;
-    const int c = idx % D;
-    const float x = r < n_rows ? src[static_cast<std::size_t>(r) * stride + c] : 0.f;
-    dst[r * ld + c] = __ushort_as_bfloat16(bf16_from_float(x));
-  }
-}
-
 template <int D>
 __global__ void __launch_bounds__(kThreads)
     attention_forward_bf16_kernel(AttentionBf16Dims a, const float* __restrict__ q, float* const* __restrict__ table,
@@ -97,7 +86,7 @@ __global__ void __launch_bounds__(kThreads)
   const bool row_valid = row < nq;
   const int visible = min(a.Tk, a.q_pos0 + qi + 1);
 
-  load_bf16_tile<D>(sQ, L::kLdH, q + (static_cast<std::size_t>(b) * a.Tq + q0) * a.q_row + static_cast<std::size_t>(h) * D,
+  load_bf16_tile<D, kThreads>(sQ, L::kLdH, q + (static_cast<std::size_t>(b) * a.Tq + q0) * a.q_row + static_cast<std::size_t>(h) * D,
                     a.q_row, kRows, nq);
   for (int idx = threadIdx.x; idx < kRows * D; idx += kThreads) sO[(idx / D) * L::kLdO + idx % D] = 0.f;
 
@@ -111,8 +100,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int k0 = 0; k0 < block_keys; k0 += kKeys) {
     const int nk = min(kKeys, block_keys - k0);
     __syncthreads();  // every warp is done with the previous K/V tile (and sQ, sO are initialised)
-    load_bf16_tile<D>(sK, L::kLdH, K + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, kKeys, nk);
-    load_bf16_tile<D>(sV, L::kLdH, V + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, kKeys, nk);
+    load_bf16_tile<D, kThreads>(sK, L::kLdH, K + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, kKeys, nk);
+    load_bf16_tile<D, kThreads>(sV, L::kLdH, V + static_cast<std::size_t>(k0) * a.kv_row, a.kv_row, kKeys, nk);
     __syncthreads();
 
     // S_w [16 x 64] = Q_w [16 x D] K^T; K^T's element (d, j) is sK[j][d]: a col-major matrix_b.

@@ -37,6 +37,10 @@
 // bitwise reproducible. dK/dV never need atomics or a cross-block reduction:
 // the routing only changes which buffer a (b, key tile) block adds into.
 //
+// In bf16 precision with head_dim 64 or 128 both directions run on tensor cores
+// instead (attention_bf16_cuda.cu, attention_bf16_backward_cuda.cu); these fp32
+// kernels serve fp32 precision and other head dims.
+//
 // deterministic = false drops the dQ kernel: the dK/dV kernel, which already
 // holds dS for each (key tile, query tile) pair, adds scale * dS^T K into dq
 // with float atomicAdd (FlashAttention-2's scheme). That saves recomputing S
@@ -590,6 +594,13 @@ void CudaBackend::attention_backward(const AttentionBackward& p) {
   const unsigned delta_blocks = static_cast<unsigned>((n_rows + kDeltaWarps - 1) / kDeltaWarps);
   attention_delta_kernel<<<delta_blocks, 32 * kDeltaWarps, 0, stream_>>>(a, p.out, p.dout, delta);
   KVR_KERNEL_CHECK();
+
+  // The forward ran on tensor cores exactly when this holds (attention_forward).
+  if (options_.precision == "bf16" && attention_forward_bf16_supports(a.D)) {
+    const AttentionBf16Dims d{a.B, a.Tq, a.Tk, a.H, a.Hkv, a.D, a.group, a.q_pos0, a.scale, a.q_row, a.kv_row};
+    launch_attention_backward_bf16(d, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+    return;
+  }
 
   const bool det = options_.deterministic;
   if (a.D <= 32) {

@@ -9,9 +9,10 @@
 // Precision (BackendOptions::precision): "fp32" multiplies with cublasSgemm (no
 // TF32). "bf16" rounds both matmul operands to bf16 (round to nearest even) into
 // scratch and runs cublasLtMatmul with fp32 accumulation and an fp32 output,
-// alpha/beta as in fp32 (matmul_cuda.cu), and runs attention forward on tensor
-// cores for head_dim 64 and 128 (attention_bf16_cuda.cu). Weights, gradients,
-// AdamW state, activations, attention backward and all other ops stay fp32.
+// alpha/beta as in fp32 (matmul_cuda.cu), and runs attention forward and backward
+// on tensor cores for head_dim 64 and 128 (attention_bf16_cuda.cu,
+// attention_bf16_backward_cuda.cu). Weights, gradients, AdamW state, activations
+// and all other ops stay fp32.
 //
 // Each op's kernels live in their own file (matmul_cuda.cu, elementwise_cuda.cu,
 // embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, cross_entropy_cuda.cu,
@@ -77,6 +78,11 @@ bool attention_forward_bf16_supports(int head_dim);
 // table: [K base of b = 0..B-1, V base of b = 0..B-1] on the device, as the fp32 kernel.
 void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
                                    float* lse, cudaStream_t stream);
+// attention_bf16_backward_cuda.cu: its backward (dq, dK, dV added into; delta = dout . out per
+// row [B, H, Tq]). table: [K..., V..., dK..., dV...] bases per sequence.
+void launch_attention_backward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table,
+                                    const float* dout, const float* lse, const float* delta, float* dq,
+                                    cudaStream_t stream);
 
 class CudaBackend final : public Backend {
  public:

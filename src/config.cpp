@@ -106,7 +106,7 @@ const std::vector<Field>& registry() {
        .choices = {"stop", "skip"}},
       {FIELD(train.recompute), .doc = "recompute in backward instead of keeping: none, attention (q, scores), layer (all but K/V)",
        .choices = {"none", "attention", "layer"}},
-      {FIELD(train.precision), .doc = "fp32, or bf16 inputs with fp32 accumulation for matmuls and attention forward (cuda backend only)",
+      {FIELD(train.precision), .doc = "fp32, or bf16 inputs with fp32 accumulation for matmuls and attention (cuda backend only)",
        .choices = {"fp32", "bf16"}},
       {FIELD(train.deterministic), .doc = "bitwise-reproducible GPU results; false lets CUDA attention backward use atomics"},
       {FIELD(train.zero), .doc = "ZeRO stage under mpirun: 0 = AdamW state on every rank, 1 = each rank keeps 1/N of it",

@@ -22,7 +22,7 @@
 //   matmul with B = identity                exact        C is exactly the bf16 rounding of A
 //   attention (rounded Q/K/V) out           3e-3  1e-2   P rounded to bf16 before P V
 //   attention lse                           1e-4  1e-4   exact bf16 products, fp32 sums
-//   attention dq / dK / dV (fp32 backward)  2e-2  2e-2   from the bf16 forward's out and lse
+//   attention dq / dK / dV                  2e-2  2e-2   bf16 dout, P, dS; the forward's out
 //   whole model step, loss                  0     2e-2   bf16 operands in every projection
 //   whole model step, gradients             5e-2 * max|grad| + 5e-2 rel  (errors compound through
 //                                           12 GEMMs per layer; checked per tensor, see below)
@@ -63,9 +63,10 @@ constexpr Tol kMathTol{1e-5, 1e-5};
 constexpr Tol kLossTol{1e-5, 1e-5};
 constexpr Tol kDlogitsTol{1e-8, 1e-4};
 constexpr Tol kAttentionTol{1e-4, 1e-4};
-// bf16 attention forward (tensor cores) against the CPU on the same bf16-rounded Q/K/V:
-// scores are exact bf16 products summed in fp32 (lse: fp32 tolerance); P is rounded to bf16
-// before P V (out: 2^-9 relative per weight); backward is fp32 but starts from that out/lse.
+// bf16 attention (tensor cores) against the CPU on the same bf16-rounded Q/K/V: scores are
+// exact bf16 products summed in fp32 (lse: fp32 tolerance); P is rounded to bf16 before P V
+// (out: 2^-9 relative per weight); backward also rounds dout, P and dS to bf16 (2^-9 each)
+// and starts from the forward's out (delta = dout . out).
 constexpr Tol kAttentionBf16OutTol{3e-3, 1e-2};
 constexpr Tol kAttentionBf16LseTol{1e-4, 1e-4};
 constexpr Tol kAttentionBf16GradTol{2e-2, 2e-2};
@@ -777,9 +778,9 @@ TEST(CudaOps, AttentionAtomicDqMatchesCpu) {
   check_attention({3, 1, 37, 4, 2, 64, 36, 64, 3, 2}, 35, atomic);   // decode
 }
 
-// ---------------------------------------------------------------- bf16 attention forward (tensor cores)
+// ---------------------------------------------------------------- bf16 attention (tensor cores)
 
-TEST(CudaOps, AttentionBf16ForwardMatchesCpu) {
+TEST(CudaOps, AttentionBf16MatchesCpu) {
   KVR_REQUIRE_CUDA();
   const BackendOptions bf16{"bf16", true};
   check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 51, bf16);     // GQA, partial tiles

@@ -23,8 +23,9 @@ enum class Device { CPU, CUDA };
 // Numerics and reproducibility of a backend (train.precision, train.deterministic).
 struct BackendOptions {
   // "fp32": every op in fp32. "bf16" (CUDA only): matmul rounds its operands to bf16 and
-  // multiplies on tensor cores with fp32 accumulation and fp32 output; attention forward
-  // (head_dim 64, 128) rounds Q/K/V and the probabilities to bf16 with fp32 softmax and sums.
+  // multiplies on tensor cores with fp32 accumulation and fp32 output; attention (head_dim
+  // 64, 128; forward and backward) rounds Q/K/V, dout and the probabilities to bf16 with fp32
+  // softmax and sums.
   // Buffers stay fp32, and every other op, the weights, gradients and optimizer state too.
   // The CPU backend refuses "bf16".
   std::string precision = "fp32";
