@@ -904,15 +904,16 @@ TEST(CudaOps, MemoryAccounting) {
 
 // ---------------------------------------------------------------- whole model step
 
+// head_dim 64, so bf16 runs the tensor-core attention kernels; grouped KV heads.
 ModelConfig small_model() {
   ModelConfig m;
   m.vocab_size = 96;
   m.d_model = 128;
   m.n_layers = 4;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
+  m.n_heads = 2;
+  m.n_kv_heads = 1;
   m.d_ff = 256;
-  m.context = 64;
+  m.context = 128;
   return m;
 }
 
@@ -981,7 +982,7 @@ void expect_adamw_close(const Model& layout, const StepResult& gpu, const StepRe
 TEST(CudaOps, ModelStepMatchesCpu) {
   KVR_REQUIRE_CUDA();
   const ModelConfig mc = small_model();
-  const int B = 3, T = 40;
+  const int B = 3, T = 100;  // two 64-row tiles, the second partial
   auto cpu = make_backend("cpu");
   const StepResult want = model_step(cpu.get(), mc, B, T, 5);
   Model layout(mc, cpu.get());
@@ -1003,8 +1004,8 @@ TEST(CudaOps, ModelStepIsBitwiseDeterministic) {
   const ModelConfig mc = small_model();
   for (const char* precision : {"fp32", "bf16"}) {
     auto gpu = make_backend("cuda", BackendOptions{precision, true});
-    const StepResult a = model_step(gpu.get(), mc, 3, 40, 9);
-    const StepResult b = model_step(gpu.get(), mc, 3, 40, 9);
+    const StepResult a = model_step(gpu.get(), mc, 3, 100, 9);
+    const StepResult b = model_step(gpu.get(), mc, 3, 100, 9);
     EXPECT_EQ(std::memcmp(&a.loss, &b.loss, sizeof(float)), 0) << precision;
     EXPECT_TRUE(bitwise_equal(a.grads, b.grads)) << precision << ": gradients differ between runs";
     EXPECT_TRUE(bitwise_equal(a.params_after, b.params_after)) << precision << ": weights differ between runs";
