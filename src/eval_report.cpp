@@ -194,12 +194,16 @@ std::string results_markdown(const std::vector<StrategyResult>& results, const E
      << (info.peak_rss_is_per_row ? "VmHWM, reset before each row (weights, caches and scratch of that row)"
                                   : "process-wide VmHWM so far (the kernel refused a reset), so it only grows")
      << "\n";
+  const bool has_probe =
+      std::any_of(results.begin(), results.end(), [](const StrategyResult& r) { return r.probe_items > 0; });
+  if (has_probe)
+    os << "probe exact match: greedy decoding of the retrieval probe (probe.h) through the strategy's cache\n";
   for (const auto& [ckpt, rows] : by_checkpoint(results)) {
     const StrategyResult* base = baseline(rows);
     os << "\n### " << ckpt << " (step " << rows.front()->step << ")\n\n";
     os << "| strategy | source map | cache layers | KV kept | KV bytes/token | val loss | perplexity | loss vs "
-       << base->strategy.name << " | TTFT ms | decode tok/s | peak RSS MiB |\n";
-    os << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+       << base->strategy.name << " | TTFT ms | decode tok/s | peak RSS MiB |" << (has_probe ? " probe exact match |" : "") << "\n";
+    os << "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" << (has_probe ? "---:|" : "") << "\n";
     for (const StrategyResult* r : rows) {
       char buf[512];
       std::snprintf(buf, sizeof buf, "| %s | %s | %d/%zu | %.1f%% | %zu | %.4f | %.3f | %+.2f%% | %s | %s | %.1f |\n",
@@ -208,7 +212,15 @@ std::string results_markdown(const std::vector<StrategyResult>& results, const E
                     r->perplexity, 100.0 * (r->val_loss - base->val_loss) / base->val_loss,
                     sp.measure_speed ? fmt("%.2f", r->ttft_ms).c_str() : "-",
                     sp.measure_speed ? fmt("%.1f", r->decode_tokens_per_s).c_str() : "-", r->peak_rss_kib / 1024.0);
-      os << buf;
+      std::string row = buf;
+      if (has_probe) {
+        row.pop_back();  // the newline
+        row += (r->probe_items > 0 ? " " + fmt("%.3f", static_cast<double>(r->probe_correct) / r->probe_items) + " (" +
+                                         std::to_string(r->probe_correct) + "/" + std::to_string(r->probe_items) + ") |"
+                                   : std::string(" - |")) +
+               "\n";
+      }
+      os << row;
     }
     for (const StrategyResult* r : rows)
       if (!r->greedy_path.empty())
@@ -220,14 +232,15 @@ std::string results_markdown(const std::vector<StrategyResult>& results, const E
 std::string results_csv(const std::vector<StrategyResult>& results) {
   std::ostringstream os;
   os << "checkpoint,step,strategy,source_map,cache_layers,n_layers,kv_fraction,kv_bytes_per_token,"
-        "full_kv_bytes_per_token,val_loss,perplexity,val_tokens,ttft_ms,decode_tokens_per_s,peak_rss_kib,greedy_path\n";
+        "full_kv_bytes_per_token,val_loss,perplexity,val_tokens,ttft_ms,decode_tokens_per_s,peak_rss_kib,greedy_path,probe_items,probe_exact_match\n";
   for (const StrategyResult& r : results)
     os << csv_field(r.checkpoint) << ',' << r.step << ',' << csv_field(r.strategy.name) << ','
        << csv_field(r.strategy.map_string()) << ',' << r.strategy.n_cache_layers() << ',' << r.strategy.src.size()
        << ',' << fmt("%.6f", r.kv_fraction) << ',' << r.kv_bytes_per_token << ',' << r.full_kv_bytes_per_token << ','
        << fmt("%.6f", r.val_loss) << ',' << fmt("%.6f", r.perplexity) << ',' << r.val_tokens << ','
        << fmt("%.4f", r.ttft_ms) << ',' << fmt("%.3f", r.decode_tokens_per_s) << ',' << r.peak_rss_kib << ','
-       << csv_field(r.greedy_path) << '\n';
+       << csv_field(r.greedy_path) << ',' << r.probe_items << ','
+       << (r.probe_items > 0 ? fmt("%.6f", static_cast<double>(r.probe_correct) / r.probe_items) : std::string()) << '\n';
   return os.str();
 }
 
@@ -253,6 +266,9 @@ std::string results_json(const std::vector<StrategyResult>& results, const EvalR
        << ", \"decode_tokens_per_s\": " << (sp.measure_speed ? json_number(r.decode_tokens_per_s) : "null")
        << ", \"peak_rss_kib\": " << r.peak_rss_kib;
     if (!r.greedy_path.empty()) os << ", \"greedy_path\": " << json_string(r.greedy_path);
+    if (r.probe_items > 0)
+      os << ", \"probe_items\": " << r.probe_items << ", \"probe_correct\": " << r.probe_correct
+         << ", \"probe_exact_match\": " << json_number(static_cast<double>(r.probe_correct) / r.probe_items);
     os << "}";
   }
   os << "\n  ]\n}\n";

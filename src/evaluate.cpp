@@ -99,6 +99,12 @@ std::vector<StrategyResult> evaluate_strategies(Model& model, const std::string&
       r.ttft_ms = b.median_ttft_ms();
       r.decode_tokens_per_s = b.median_decode_tokens_per_s();
     }
+    if (spec.probe) {
+      const ProbeScore ps = score_probe(model, r.strategy, *spec.probe_tokenizer, *spec.probe);
+      r.probe_items = ps.items;
+      r.probe_correct = ps.correct;
+      log << "  " << r.strategy.name << ": probe exact match " << ps.correct << "/" << ps.items << "\n";
+    }
     r.peak_rss_kib = peak_rss_kib();
     log << "  " << r.strategy.name << " [" << r.strategy.map_string() << "]: val loss " << r.val_loss << "\n";
     out.push_back(r);

@@ -15,6 +15,7 @@
 
 #include "kvroute/inference.h"
 #include "kvroute/model.h"
+#include "kvroute/probe.h"
 #include "kvroute/strategy.h"
 
 namespace kvroute {
@@ -62,6 +63,9 @@ struct EvalSpec {
   int n_batches = 8;
   bool measure_speed = true;
   GenerationBenchSpec bench;
+  // Retrieval probe (probe.h): when set, every row also gets its greedy exact-match score.
+  const std::vector<ProbeItem>* probe = nullptr;
+  const Tokenizer* probe_tokenizer = nullptr;
 };
 
 struct StrategyResult {
@@ -78,6 +82,8 @@ struct StrategyResult {
   double ttft_ms = 0;              // median; 0 when speed was not measured
   double decode_tokens_per_s = 0;  // median
   long peak_rss_kib = 0;           // VmHWM while measuring this row (see peak_rss_is_per_row)
+  int probe_items = 0;             // 0 when no probe was given
+  int probe_correct = 0;
 };
 
 // Peak resident memory (VmHWM of /proc/self/status, KiB; 0 if unavailable).

@@ -169,6 +169,7 @@ void add_data_command(CLI::App& app) {
   add_tokenizer_command(*data);
   add_encode_command(*data);
   add_inspect_command(*data);
+  add_data_probe_command(*data);
 }
 
 }  // namespace kvroute::cli

@@ -10,6 +10,8 @@
 #include "kvroute/data.h"
 #include "kvroute/evaluate.h"
 #include "kvroute/model.h"
+#include "kvroute/probe.h"
+#include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
 
@@ -18,6 +20,7 @@ void add_eval_command(CLI::App& app) {
       "eval", "Compare depth-wise KV sharing strategies on checkpoints: validation loss, KV cache size, TTFT, decode speed, peak memory");
   static std::vector<std::string> ckpts, overrides;
   static std::string strategies = "full,cla:2,cla:3,cla:4,half,first", out_dir, plot_format = "png";
+  static std::string probe_path;
   static int batches = 0, batch_size = 0, seq_len = 0, threads = 0;
   static long val_tokens = 0;
   static GenerationBenchSpec bench{0, 1, 0, 3, 1};
@@ -39,6 +42,8 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--no-speed", no_speed, "Skip the TTFT and decode measurements");
   cmd->add_option("--plot-format", plot_format, "png (through gnuplot, SVG if that fails) or svg")->capture_default_str();
   cmd->add_option("--threads", threads, "CPU threads (default: the checkpoint's train.threads, else all cores)");
+  cmd->add_option("--probe", probe_path,
+                  "Retrieval probe file (kvroute data probe): adds greedy exact match per strategy, through its cache");
   cmd->add_option("--set", overrides, "Override a key of each checkpoint's config, e.g. --set data.val_path=x.txt");
   cmd->callback([] {
     if (plot_format != "png" && plot_format != "svg")
@@ -63,6 +68,8 @@ void add_eval_command(CLI::App& app) {
       }
       infos.push_back(std::move(info));
     }
+    std::vector<ProbeItem> probe;
+    if (!probe_path.empty()) probe = read_probe_file(probe_path);
     const bool rss_per_row = reset_peak_rss();
     EvalReportInfo report;
     report.peak_rss_is_per_row = rss_per_row;
@@ -89,6 +96,12 @@ void add_eval_command(CLI::App& app) {
                                           : cfg.train.eval_batches;
       spec.measure_speed = !no_speed;
       spec.bench = bench;
+      std::unique_ptr<Tokenizer> probe_tokenizer;
+      if (!probe.empty()) {
+        probe_tokenizer = load_tokenizer(cfg.data.tokenizer);
+        spec.probe = &probe;
+        spec.probe_tokenizer = probe_tokenizer.get();
+      }
       if (spec.bench.prompt_len <= 0) spec.bench.prompt_len = std::min(128, cfg.model.context);
       if (spec.bench.decode_len <= 0) spec.bench.decode_len = std::min(32, cfg.model.context - 1);
       report.spec = spec;
