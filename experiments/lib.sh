@@ -1,0 +1,187 @@
+# Shared by experiments/*/run.sh (sourced, not run). Every table cell comes from a
+# tool's output (results.csv / --json); this file only runs commands, records them,
+# and pivots long tables into markdown.
+#
+#   KVROUTE_BIN   the kvroute binary (default: build/kvroute of this checkout)
+#   --size smoke  minutes on a 2-core CPU, 1 seed (the default)
+#   --size paper  sized for GPUs (documented, not run here)
+#   KVROUTE_REUSE=1  keep finished runs (a run directory with model.h5) instead of retraining
+#   KVROUTE_SEEDS="1 2 3"  the training seeds (default: smoke 1, paper 1 2 3)
+#   KVROUTE_TRAIN_ARGS="--set k=v ..."  appended to every training command
+set -euo pipefail
+
+EXP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$EXP_ROOT/.." && pwd)
+KVROUTE_BIN=${KVROUTE_BIN:-$REPO/build/kvroute}
+SIZE=smoke
+
+parse_size_args() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --size) [ $# -ge 2 ] || { echo "error: --size needs smoke or paper" >&2; exit 2; }; SIZE=$2; shift 2 ;;
+      --size=*) SIZE=${1#--size=}; shift ;;
+      -h|--help) echo "usage: $0 [--size smoke|paper]   (KVROUTE_BIN=path/to/kvroute)"; exit 0 ;;
+      *) echo "error: unknown argument '$1' (expected --size smoke|paper)" >&2; exit 2 ;;
+    esac
+  done
+  case "$SIZE" in smoke|paper) ;; *) echo "error: --size must be smoke or paper (got '$SIZE')" >&2; exit 2 ;; esac
+}
+
+# init_experiment NAME "$@": parse arguments, set EXP_DIR, RUNS, RESULTS, PROV, start provenance.
+init_experiment() {
+  EXP_NAME=$1; shift
+  parse_size_args "$@"
+  [ -x "$KVROUTE_BIN" ] || { echo "error: kvroute binary '$KVROUTE_BIN' not found or not executable (build it, or set KVROUTE_BIN=...)" >&2; exit 2; }
+  KVROUTE_BIN=$(cd "$(dirname "$KVROUTE_BIN")" && pwd)/$(basename "$KVROUTE_BIN")
+  EXP_DIR=$EXP_ROOT/$EXP_NAME
+  RUNS=$EXP_DIR/runs/$SIZE
+  RESULTS=$EXP_DIR/results/$SIZE
+  PROV=$RESULTS/provenance.md
+  SIZE_CFG=$EXP_ROOT/common/$SIZE.yaml
+  BASE_CFG=$EXP_ROOT/common/base.yaml
+  cd "$REPO"
+  [ -d data/kjv-sp2048-shards ] || { echo "error: data/kjv-sp2048-shards missing: run scripts/data.sh first" >&2; exit 2; }
+  mkdir -p "$RUNS" "$RESULTS"
+  EXP_T0=$(date +%s)
+  local commit dirty
+  commit=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
+  dirty=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+  {
+    echo "# provenance: $EXP_NAME ($SIZE)"
+    echo
+    echo "- git commit: \`$commit\`$([ "$dirty" != 0 ] && echo " (working tree had $dirty modified tracked files)")"
+    echo "- started: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- binary: \`$KVROUTE_BIN\`"
+    echo "- regenerate: \`experiments/$EXP_NAME/run.sh --size $SIZE\` (from the repository root)"
+    echo
+    echo "## commands (run from the repository root; wall time of each)"
+    echo
+  } > "$PROV"
+}
+
+# run LOG CMD...: runs CMD (output to LOG), records it and its wall time in the provenance.
+run() {
+  local log=$1; shift
+  local t0 t1 rc=0 q
+  q=$(printf '%q ' "$@"); q=${q% }
+  q=${q//$REPO\//}
+  echo "+ $q" >&2
+  t0=$(date +%s.%N)
+  "$@" > "$log" 2>&1 || rc=$?
+  t1=$(date +%s.%N)
+  printf -- '- `%s` (%.1f s%s)\n' "$q" "$(echo "$t1 - $t0" | bc)" "$([ $rc = 0 ] || echo ", FAILED with exit $rc")" >> "$PROV"
+  if [ $rc != 0 ]; then
+    echo "error: command failed (exit $rc); last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit $rc
+  fi
+}
+
+# train_run DIR CONFIG... [--set k=v ...]: trains into DIR (removed first unless KVROUTE_REUSE=1 and finished).
+train_run() {
+  local dir=$1; shift
+  if [ "${KVROUTE_REUSE:-0}" = 1 ] && [ -f "$dir/model.h5" ]; then
+    echo "- reused \`${dir#$REPO/}/model.h5\` (KVROUTE_REUSE=1; trained earlier, its log's last line: \`$(grep -h "^final" "$dir/train.log" "$dir.train.log" 2>/dev/null | tail -n 1)\`)" >> "$PROV"
+    return
+  fi
+  rm -rf "$dir"
+  mkdir -p "$(dirname "$dir")"
+  local extra=()
+  read -ra extra <<< "${KVROUTE_TRAIN_ARGS:-}"
+  run "$dir.train.log" "$KVROUTE_BIN" train "$@" "${extra[@]}" --set "train.out_dir=$dir"
+}
+
+# seeds_for_size: the seeds this size runs (smoke: 1 seed; paper: 3; KVROUTE_SEEDS="1 2 3" overrides).
+seeds_for_size() { if [ -n "${KVROUTE_SEEDS:-}" ]; then echo "$KVROUTE_SEEDS"; elif [ "$SIZE" = smoke ]; then echo 1; else echo "1 2 3"; fi; }
+
+# label_of PATH: run directories are named LABEL__sSEED; prints LABEL (PATH may be .../LABEL__sSEED/model.h5).
+label_of() { local d; d=$(basename "$(dirname "$1")"); echo "${d%__s*}"; }
+
+# csv_to_tsv FILE...: RFC 4180 CSV (quoted fields may hold commas) -> tab-separated lines.
+csv_to_tsv() {
+  awk '{ out = ""; q = 0; n = length($0)
+         for (i = 1; i <= n; i++) { c = substr($0, i, 1)
+           if (q) { if (c == "\"") { if (substr($0, i + 1, 1) == "\"") { out = out "\""; i++ } else q = 0 } else out = out c }
+           else if (c == "\"") q = 1; else if (c == ",") out = out "\t"; else out = out c }
+         print out }' "$@"
+}
+
+# eval_long CSV...: from eval results.csv files, prints TSV: label seed strategy kv_fraction
+# kv_bytes_per_token val_loss probe_exact_match (empty without --probe)
+eval_long() {
+  local f
+  for f in "$@"; do csv_to_tsv "$f"; done | awk -F'\t' '$1 == "checkpoint" { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    { n = split($col["checkpoint"], parts, "/"); d = parts[n - 1]; seed = d; sub(/.*__s/, "", seed); sub(/__s[0-9]+$/, "", d)
+      em = ("probe_exact_match" in col) ? $col["probe_exact_match"] : ""
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d, seed, $col["strategy"], $col["kv_fraction"], $col["kv_bytes_per_token"], $col["val_loss"], em }'
+}
+
+# pivot ROWHEADER: stdin TSV "row<TAB>column<TAB>value" (several values per cell = seeds) ->
+# markdown table in first-seen row and column order; a cell is the mean, "± sd (n)" when n > 1.
+pivot() {
+  awk -F'\t' -v rowhead="$1" -v digits="${2:-3}" '
+    { if (!($1 in rs)) { rs[$1] = 1; rows[++nr] = $1 } if (!($2 in cs)) { cs[$2] = 1; cols[++nc] = $2 }
+      k = $1 SUBSEP $2; n[k]++; s[k] += $3; ss[k] += $3 * $3 }
+    END {
+      printf "| %s |", rowhead; for (j = 1; j <= nc; j++) printf " %s |", cols[j]; printf "\n|---|"
+      for (j = 1; j <= nc; j++) printf "---:|"; printf "\n"
+      for (i = 1; i <= nr; i++) {
+        printf "| %s |", rows[i]
+        for (j = 1; j <= nc; j++) {
+          k = rows[i] SUBSEP cols[j]
+          if (!(k in n)) { printf " - |"; continue }
+          m = s[k] / n[k]; fmt = "%." digits "f"
+          if (n[k] > 1) { v = (ss[k] - n[k] * m * m) / (n[k] - 1); if (v < 0) v = 0
+            printf " " fmt " ± " fmt " (n=%d) |", m, sqrt(v), n[k] } else printf " " fmt " |", m
+        }
+        printf "\n"
+      }
+    }'
+}
+
+# finish_experiment: wall time into the provenance.
+finish_experiment() {
+  local t1; t1=$(date +%s)
+  {
+    echo
+    echo "- finished: $(date -u +%Y-%m-%dT%H:%M:%SZ); wall time $((t1 - EXP_T0)) s; load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
+  } >> "$PROV"
+  echo "wrote $RESULTS"
+}
+
+# plot_lines PNG TITLE XLABEL YLABEL DAT [LOGX]: one line per block of DAT (blocks separated by two
+# blank lines; a block's first line is its title in double quotes, then "x y" rows).
+plot_lines() {
+  local png=$1 title=$2 xlabel=$3 ylabel=$4 dat=$5 logx=${6:-}
+  local blocks; blocks=$(grep -c '^"' "$dat")
+  command -v gnuplot > /dev/null || { echo "note: gnuplot not found; no plot $png" >&2; return 0; }
+  gnuplot <<GP
+set terminal pngcairo size 900,600 noenhanced
+set output '$png'
+set title '$title'
+set xlabel '$xlabel'
+set ylabel '$ylabel'
+set grid
+set key outside below
+$([ -n "$logx" ] && echo "set logscale x 2")
+plot for [i=0:$((blocks - 1))] '$dat' index i using 1:2 with linespoints lw 2 pt 7 title columnheader(1)
+GP
+}
+
+# eval_run OUTDIR CKPT... -- EVAL-ARGS...: kvroute eval into OUTDIR (reused when KVROUTE_REUSE=1
+# and OUTDIR/results.csv exists and is newer than every checkpoint).
+eval_run() {
+  local out=$1; shift
+  local ckpts=() c fresh=1
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do ckpts+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  if [ "${KVROUTE_REUSE:-0}" = 1 ] && [ -f "$out/results.csv" ]; then
+    for c in "${ckpts[@]}"; do [ "$c" -nt "$out/results.csv" ] && fresh=0; done
+    if [ $fresh = 1 ]; then echo "- reused \`${out#$REPO/}/results.csv\` (KVROUTE_REUSE=1)" >> "$PROV"; return; fi
+  fi
+  rm -rf "$out"
+  run "$out.log" "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --out "$out"
+}
+
+# csv_first CSV COLUMN: the named column of the first data row.
+csv_first() { csv_to_tsv "$1" | awk -F'\t' -v c="$2" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == c) k = i; next } { print (k ? $k : ""); exit }'; }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every experiment in turn: experiments/run_all.sh [--size smoke|paper] [NAME...]
+# (default: all, most important first). KVROUTE_BIN=path/to/kvroute picks the binary.
+# Each writes experiments/NAME/results/SIZE/ (table, plot, provenance.md).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+size_args=(); names=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --size) [ $# -ge 2 ] || { echo "error: --size needs smoke or paper" >&2; exit 2; }; size_args=(--size "$2"); shift 2 ;;
+    --size=*) size_args=("$1"); shift ;;
+    -h|--help) echo "usage: $0 [--size smoke|paper] [pretrain ablation serving strategy-sweep finetune data-constrained]"; exit 0 ;;
+    -*) echo "error: unknown option '$1'" >&2; exit 2 ;;
+    *) [ -x "$here/$1/run.sh" ] || { echo "error: no experiment '$1' (experiments/$1/run.sh)" >&2; exit 2; }; names+=("$1"); shift ;;
+  esac
+done
+[ ${#names[@]} -gt 0 ] || names=(pretrain ablation serving strategy-sweep finetune data-constrained)
+failed=()
+for n in "${names[@]}"; do
+  echo "=== $n $(date -u +%H:%M:%S)"
+  t0=$(date +%s)
+  if "$here/$n/run.sh" "${size_args[@]}"; then echo "=== $n done in $(($(date +%s) - t0)) s"
+  else echo "=== $n FAILED after $(($(date +%s) - t0)) s" >&2; failed+=("$n"); fi
+done
+[ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}" >&2; exit 1; }
