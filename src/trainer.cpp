@@ -374,7 +374,8 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     // mpirun forwards SIGINT/SIGTERM to every rank, but not at the same instant: stop together.
     if (const int sig = stop_signals.received(); step != tc.steps && comm->any(sig != 0)) {
       if (saved_step != step) checkpoint_now();
-      log.line(std::string(sig != 0 ? StopSignals::name(sig) : "a stop signal") + " received: stopped after step " + std::to_string(step) + "/" +
+      log.line((sig != 0 ? std::string(StopSignals::name(sig)) + " received" : std::string("another rank received SIGINT or SIGTERM")) +
+               ": stopped after step " + std::to_string(step) + "/" +
                std::to_string(tc.steps) + ", checkpoint " + result.last_checkpoint +
                ". Continue with: kvroute train --resume " + run_dir.string());
       result.steps = step;

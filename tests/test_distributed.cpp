@@ -124,6 +124,24 @@ Result run(int ranks, const std::vector<std::string>& args, const fs::path& log_
   return wait_for(spawn(kvroute_on(ranks, args), log_path), log_path);
 }
 
+// The kvroute processes mpirun started (its children), from /proc/<pid>/stat: "pid (comm) state ppid ...".
+std::vector<pid_t> ranks_of(pid_t mpirun) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;  // not a process
+    const std::string stat = read_text(e.path() / "stat");
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos || stat.find("(kvroute)") == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 2));
+    char state;
+    pid_t ppid;
+    rest >> state >> ppid;
+    if (ppid == mpirun) out.push_back(std::stoi(name));
+  }
+  return out;
+}
+
 // A small corpus and a tiny model: a few seconds per run.
 struct RunSetup {
   fs::path dir, config;
@@ -316,18 +334,8 @@ TEST(Distributed, KillingOneRankEndsTheJobNonZeroAndKeepsTheLastCheckpoint) {
   while (victim < 0 && std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (!fs::exists(run_dir / "checkpoints" / "latest")) continue;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-      const std::string name = e.path().filename().string();
-      if (name.find_first_not_of("0123456789") != std::string::npos) continue;  // not a process
-      const std::string stat = read_text(e.path() / "stat");  // "pid (comm) state ppid ..."
-      const auto close = stat.rfind(')');
-      if (close == std::string::npos || stat.find("(kvroute)") == std::string::npos) continue;
-      std::istringstream rest(stat.substr(close + 2));
-      char state;
-      pid_t ppid;
-      rest >> state >> ppid;
-      if (ppid == mpirun) victim = std::stoi(name);
-    }
+    const std::vector<pid_t> ranks = ranks_of(mpirun);
+    if (!ranks.empty()) victim = ranks.back();
   }
   ASSERT_GT(victim, 0) << "no rank found\n" << read_text(log);
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
@@ -360,4 +368,41 @@ TEST(Distributed, ARankThatFailsEndsTheWholeJobWithItsMessage) {
   EXPECT_THAT(r.output, HasSubstr("rank 0: error: "));
   EXPECT_THAT(r.output, HasSubstr("step_00000002.h5"));
   EXPECT_THAT(r.output, HasSubstr("MPI_ABORT"));
+}
+
+TEST(Distributed, SigtermToOneRankStopsAllAfterTheSameStepWithACheckpointAndTheRunResumes) {
+  // A scheduler's SIGTERM reaches the ranks at different moments (here: only rank 1). They
+  // agree on the step to stop after (Communicator::any), so rank 0's checkpoint and every
+  // rank's state belong to one step, and the job exits 0.
+  const RunSetup s = make_setup("sigterm");
+  const fs::path run_dir = s.dir / "run", log = s.dir / "term.log";
+  const pid_t mpirun = spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.zero=1"})), log);
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  while (read_text(run_dir / "train.log").find("step      1/") == std::string::npos &&
+         std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const std::vector<pid_t> ranks = ranks_of(mpirun);
+  ASSERT_EQ(ranks.size(), 2u) << read_text(log);
+  pid_t rank1 = -1;  // the process whose environment says OMPI_COMM_WORLD_RANK=1
+  for (pid_t p : ranks)
+    if (read_text(fs::path("/proc") / std::to_string(p) / "environ").find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') !=
+        std::string::npos)
+      rank1 = p;
+  ASSERT_GT(rank1, 0);
+  ASSERT_EQ(::kill(rank1, SIGTERM), 0);
+  const Result r = wait_for(mpirun, log, 60);
+  ASSERT_NE(r.status, -1) << "the job did not stop within 60 s of SIGTERM\n" << r.output;
+  EXPECT_EQ(r.status, 0) << r.output;
+  const std::string said = "another rank received SIGINT or SIGTERM: stopped after step ";
+  const auto at = r.output.find(said);
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const long stopped = std::stol(r.output.substr(at + said.size()));
+  EXPECT_THAT(r.output, HasSubstr("checkpoint " + (run_dir / "checkpoints" / checkpoint_file_name(stopped)).string()));
+
+  const Result resumed = run(2, {"train", "--resume", run_dir.string(), "--set", "train.steps=" + std::to_string(stopped + 2)},
+                             s.dir / "resume.log");
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_THAT(resumed.output, HasSubstr("at step " + std::to_string(stopped)));
+  EXPECT_TRUE(fs::exists(run_dir / "model.h5"));
 }
