@@ -354,20 +354,23 @@ TEST(Distributed, ARankThatFailsEndsTheWholeJobWithItsMessage) {
   // Rank 0's checkpoint write fails (a file size limit on the ranks, as a full disk) while
   // rank 1 goes on to the next step's all-reduce; rank 0 must take the job down rather than
   // leave rank 1 waiting. (The limit is set in a shell between mpirun and kvroute: mpirun's
-  // own shared-memory files must not hit it.)
+  // own shared-memory files must not hit it.) orte_abort_on_non_zero_status 0 stops mpirun from
+  // ending the job by itself when a rank exits non-zero (as some launchers do not): then only
+  // kvroute's MPI_Abort ends it; without that, rank 1 would wait in its all-reduce forever.
   const RunSetup s = make_setup("fail");
   const fs::path log = s.dir / "fail.log";
-  std::vector<std::string> argv = {KVROUTE_MPIEXEC, "-np", "2", "--oversubscribe", "sh", "-c",
+  std::vector<std::string> argv = {KVROUTE_MPIEXEC, "-np", "2", "--oversubscribe", "--mca",
+                                   "orte_abort_on_non_zero_status", "0", "sh", "-c",
                                    "trap '' XFSZ; ulimit -f 400; exec \"$0\" \"$@\"", KVROUTE_BINARY};
   for (const std::string& a : train_args(s, s.dir / "run", {"train.steps=100000", "train.checkpoint.interval=2"}))
     argv.push_back(a);
   const pid_t mpirun = spawn(argv, log);
-  const Result r = wait_for(mpirun, log, kTimeoutS);
+  const Result r = wait_for(mpirun, log, 60);
   ASSERT_NE(r.status, -1) << "the job hung\n" << r.output;
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("rank 0: error: "));
   EXPECT_THAT(r.output, HasSubstr("step_00000002.h5"));
-  EXPECT_THAT(r.output, HasSubstr("MPI_ABORT"));
+  // (OpenMPI usually adds its "MPI_ABORT was invoked on rank 0" banner, but not reliably: not asserted.)
 }
 
 TEST(Distributed, SigtermToOneRankStopsAllAfterTheSameStepWithACheckpointAndTheRunResumes) {
