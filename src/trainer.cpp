@@ -311,6 +311,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     }
     loss /= tc.grad_accum;
     if (world > 1) {
+      backend->synchronize();  // on a GPU, time the all-reduce, not the backward kernels still running
       const auto ta = clock::now();
       allreduce_in_buckets(*comm, model.grads(), model.num_params());
       interval_allreduce_s += std::chrono::duration<double>(clock::now() - ta).count();
