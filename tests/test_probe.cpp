@@ -125,6 +125,22 @@ TEST(Probe, SentencePieceWordsAreSingleTokensAndPromptsTokenizeAsPrefixes) {
   }
 }
 
+TEST(Probe, WordsLimitThePoolToTheFirstWords) {
+  const auto tok = make_byte_tokenizer();
+  const auto all = probe_words(*tok);
+  const std::set<std::string> first8(all.begin(), all.begin() + 8);
+  std::set<std::string> used;
+  for (const ProbeItem& it : generate_probe(*tok, {.n = 200, .pairs = 3, .words = 8, .seed = 2})) {
+    const Parsed p = parse_prompt(it.prompt);
+    for (const auto& [k, v] : p.pairs) used.insert({k, v});
+  }
+  EXPECT_EQ(used, first8);  // every one of the 8 words is used, and no other
+  EXPECT_NE(error_of([&] { generate_probe(*tok, {.n = 1, .pairs = 3, .words = 5}); }).find("needs 6 distinct words"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { generate_probe(*tok, {.n = 1, .words = -1}); }).find("--words must be >= 0"),
+            std::string::npos);
+}
+
 TEST(Probe, BadSpecsAreNamed) {
   const auto tok = make_byte_tokenizer();
   EXPECT_NE(error_of([&] { generate_probe(*tok, {.n = 0}); }).find("--n must be >= 1"), std::string::npos);

@@ -37,6 +37,8 @@ struct ProbeItem {
 struct ProbeSpec {
   int n = 200;        // items
   int pairs = 6;      // key-value pairs listed per prompt (>= 1)
+  int words = 0;      // draw keys and values from the first `words` of probe_words (0 = all); fewer
+                      // words make the format learnable by a small model in fewer steps
   uint64_t seed = 1;  // the item drawn is a pure function of (seed, item index)
 };
 

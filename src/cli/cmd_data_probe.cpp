@@ -19,6 +19,8 @@ void add_data_probe_command(CLI::App& data) {
   cmd->add_option("--out", out, "File to write")->required();
   cmd->add_option("--n", spec.n, "Items")->capture_default_str();
   cmd->add_option("--pairs", spec.pairs, "Key-value pairs listed per prompt")->capture_default_str();
+  cmd->add_option("--words", spec.words, "Draw keys and values from the tokenizer's first N probe words (0 = all)")
+      ->capture_default_str();
   cmd->add_option("--seed", spec.seed, "Seed (use different seeds for training text and the probe)")
       ->capture_default_str();
   cmd->add_option("--format", format,
@@ -32,7 +34,7 @@ void add_data_probe_command(CLI::App& data) {
     const std::vector<ProbeItem> items = generate_probe(*tok, spec);
     std::ostringstream settings;
     settings << "kvroute data probe --tokenizer " << tokenizer << " --n " << spec.n << " --pairs " << spec.pairs
-             << " --seed " << spec.seed << "\ntokenizer " << tok->identity() << ", " << probe_words(*tok).size()
+             << " --words " << spec.words << " --seed " << spec.seed << "\ntokenizer " << tok->identity() << ", " << probe_words(*tok).size()
              << " words\nexact match: greedy decoding must produce ' ' + answer";
     if (format == "probe") {
       write_probe_file(out, items, settings.str());

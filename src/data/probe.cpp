@@ -48,7 +48,9 @@ std::vector<std::string> probe_words(const Tokenizer& tok) {
 std::vector<ProbeItem> generate_probe(const Tokenizer& tok, const ProbeSpec& spec) {
   if (spec.n < 1) throw std::invalid_argument("probe: --n must be >= 1 (got " + std::to_string(spec.n) + ")");
   if (spec.pairs < 1) throw std::invalid_argument("probe: --pairs must be >= 1 (got " + std::to_string(spec.pairs) + ")");
-  const std::vector<std::string> words = probe_words(tok);
+  std::vector<std::string> words = probe_words(tok);
+  if (spec.words < 0) throw std::invalid_argument("probe: --words must be >= 0 (got " + std::to_string(spec.words) + ")");
+  if (spec.words > 0 && static_cast<std::size_t>(spec.words) < words.size()) words.resize(spec.words);
   if (2 * static_cast<std::size_t>(spec.pairs) > words.size())
     throw std::invalid_argument("probe: --pairs " + std::to_string(spec.pairs) + " needs " +
                                 std::to_string(2 * spec.pairs) + " distinct words; the tokenizer offers " +
