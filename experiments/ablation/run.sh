@@ -4,7 +4,7 @@
 # each evaluated at retention 100/50/25% (full, cla:2, cla:4).
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment ablation "$@"
-if [ "$SIZE" = smoke ]; then VAL_TOKENS=4096; else VAL_TOKENS=1048576; fi
+if [ "$SIZE" = smoke ]; then VAL_TOKENS=16384; else VAL_TOKENS=1048576; fi
 
 ckpts=()
 for seed in $(seeds_for_size); do

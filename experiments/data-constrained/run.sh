@@ -18,14 +18,14 @@ for seed in $(seeds_for_size); do
   ckpts+=("$RUNS/no-routing__s$seed/model.h5" "$RUNS/routed-p0.5__s$seed/model.h5")
 done
 eval_run "$RUNS/eval" "${ckpts[@]}" -- --strategies full,cla:2,cla:4 --no-speed \
-  --val-tokens $([ "$SIZE" = smoke ] && echo 4096 || echo 1048576)
+  --val-tokens $([ "$SIZE" = smoke ] && echo 16384 || echo 1048576)
 cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
 
 # Validation curves from each run's metrics.jsonl (the trainer's full-cache evaluations).
 curves=$RESULTS/val-curves.tsv
 for c in "${ckpts[@]}"; do
   d=$(dirname "$c")
-  awk -v run="$(basename "$d")" -F'[:,} ]+' '/"val_loss"/ { print run "\t" $3 "\t" $5 }' "$d/metrics.jsonl"
+  awk -v run="$(basename "$d")" -F'[:,} ]+' '/"val_loss"/ { print run "\t" $2 "\t" $4 }' "$d/metrics.jsonl"
 done > "$curves"
 train_tokens=$(grep -ho "[0-9]* train / [0-9]* val tokens" "${ckpts[0]%/model.h5}/train.log" | head -n 1)
 epoch_windows=$(grep -ho "[0-9]* tokens per step, [0-9]* windows per epoch" "${ckpts[0]%/model.h5}/train.log" | head -n 1)

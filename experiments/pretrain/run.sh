@@ -9,7 +9,7 @@ P_VALUES="0 0.25 0.5 0.75"
 STRATEGIES=full,cla:2,cla:3,cla:4
 LAYERS=$(awk '/^  n_layers:/ { print $2 }' "$SIZE_CFG")
 SHALLOW="$((LAYERS / 2)) $(((LAYERS + 2) / 3)) $((LAYERS / 4))"   # the cache layers cla:2, cla:3, cla:4 keep
-if [ "$SIZE" = smoke ]; then VAL_TOKENS=4096; else VAL_TOKENS=1048576; fi
+if [ "$SIZE" = smoke ]; then VAL_TOKENS=16384; else VAL_TOKENS=1048576; fi
 
 ckpts=(); shallow=()
 for seed in $(seeds_for_size); do

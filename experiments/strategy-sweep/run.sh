@@ -4,7 +4,7 @@
 # layer reads the nearest cache layer below it).
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment strategy-sweep "$@"
-if [ "$SIZE" = smoke ]; then VAL_TOKENS=4096; RANDOM_SETS=6; else VAL_TOKENS=1048576; RANDOM_SETS=12; fi
+if [ "$SIZE" = smoke ]; then VAL_TOKENS=16384; RANDOM_SETS=6; else VAL_TOKENS=1048576; RANDOM_SETS=12; fi
 LAYERS=$(awk '/^  n_layers:/ { print $2 }' "$SIZE_CFG")
 
 # Random cache sets: seeded (awk srand), sizes 2..LAYERS-1, always containing layer 0.
