@@ -191,8 +191,9 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       notes.push_back("the checkpoint was written by " + std::to_string(saved_world) + " rank(s), this run has " +
                       std::to_string(world) + ": the global batch is now " + std::to_string(world) + " x " +
                       std::to_string(tc.grad_accum * B) + " sequences; the data continues at global window " +
-                      std::to_string(global_draws) +
-                      (skipped ? " (rounded up to a multiple of the world size: " + std::to_string(skipped) +
+                      std::to_string(loader.state().draws * world) +
+                      (skipped ? " (the saved position " + std::to_string(global_draws) +
+                                     " rounded up to a multiple of the world size: " + std::to_string(skipped) +
                                      " window(s) skipped)"
                                : std::string()));
     if (lead)

@@ -409,3 +409,24 @@ TEST(Distributed, SigtermToOneRankStopsAllAfterTheSameStepWithACheckpointAndTheR
   EXPECT_THAT(resumed.output, HasSubstr("at step " + std::to_string(stopped)));
   EXPECT_TRUE(fs::exists(run_dir / "model.h5"));
 }
+
+TEST(Distributed, AOneRankCheckpointResumesOnTwoRanksAtTheNextGlobalWindowThatBothCanStartFrom) {
+  // One rank, one sequence per step: 3 windows drawn by step 3. Two ranks continue from global
+  // window 4 (3 rounded up to a multiple of 2: window 3 is skipped, and the log says so).
+  const RunSetup s = make_setup("regrow");
+  const Result one = run(1, train_args(s, s.dir / "run", {"train.batch_size=1", "train.steps=3"}), s.dir / "one.log");
+  ASSERT_EQ(one.status, 0) << one.output;
+  const Result two = run(2, {"train", "--resume", (s.dir / "run").string(), "--set", "train.steps=5"}, s.dir / "two.log");
+  ASSERT_EQ(two.status, 0) << two.output;
+  EXPECT_THAT(two.output, HasSubstr("the checkpoint was written by 1 rank(s), this run has 2: the global batch is now 2 x 1 "
+                                    "sequences; the data continues at global window 4 (the saved position 3 rounded up to a "
+                                    "multiple of the world size: 1 window(s) skipped)"));
+  const std::map<long, double> losses = losses_by_step(s.dir / "run");
+  EXPECT_EQ(losses.size(), 5u);
+  // The 2-rank checkpoint at step 5 records the global position 4 + 2 * 2 = 8.
+  const CheckpointInfo info = read_checkpoint_info(find_latest_checkpoint((s.dir / "run").string()));
+  EXPECT_EQ(info.step, 5);
+  std::map<std::string, int64_t> loader(info.state.data_loader.begin(), info.state.data_loader.end());
+  EXPECT_EQ(loader["draws"], 8);
+  EXPECT_EQ(loader["world_size"], 2);
+}
