@@ -52,7 +52,8 @@ init_experiment() {
     echo "- git commit: \`$commit\`$([ "$dirty" != 0 ] && echo " (working tree had $dirty modified tracked files)")"
     echo "- started: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- binary: \`$KVROUTE_BIN\`"
-    echo "- regenerate: \`experiments/$EXP_NAME/run.sh --size $SIZE\` (from the repository root)"
+    echo "- seeds: $(seeds_for_size | tr '\n' ' ' | sed 's/ $//')"
+    echo "- regenerate: \`$([ -n "${KVROUTE_SEEDS:-}" ] && echo "KVROUTE_SEEDS=\"$KVROUTE_SEEDS\" ")experiments/$EXP_NAME/run.sh --size $SIZE\` (from the repository root)"
     echo
     echo "## commands (run from the repository root; wall time of each)"
     echo
@@ -81,7 +82,8 @@ run() {
 train_run() {
   local dir=$1; shift
   if [ "${KVROUTE_REUSE:-0}" = 1 ] && [ -f "$dir/model.h5" ]; then
-    echo "- reused \`${dir#$REPO/}/model.h5\` (KVROUTE_REUSE=1; trained earlier, its log's last line: \`$(grep -h "^final" "$dir/train.log" "$dir.train.log" 2>/dev/null | tail -n 1)\`)" >> "$PROV"
+    local q; q=$(printf '%q ' "$KVROUTE_BIN" train "$@" --set "train.out_dir=$dir"); q=${q% }; q=${q//$REPO\//}
+    echo "- reused \`${dir#$REPO/}/model.h5\` (KVROUTE_REUSE=1), trained earlier by \`$q\`; its log's last line: \`$(grep -h "^final" "$dir/train.log" "$dir.train.log" 2>/dev/null | tail -n 1)\`" >> "$PROV"
     return
   fi
   rm -rf "$dir"
