@@ -49,14 +49,7 @@ std::string fmt(const char* f, double a) {
   return buf;
 }
 
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
-  return buf;
-}
+std::string human_bytes(double bytes);
 
 // A device backend's own allocations (parameters, gradients, AdamW state, activations, op
 // scratch), or "" on the CPU (its memory is the process RSS). Logged after the first step and
