@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Paper Tables 4-5: serving through the inference engine with a depth-wise shared KV cache
 # (strategy cla:g; g=1 is the full cache). Random weights from a config.
-#   Table A: per prompt length and g: KV MB, peak MB, TTFT, decode tokens/s at batch 1.
+#   Table A: per prompt length and g: KV MiB, peak MiB, TTFT, decode tokens/s at batch 1.
 #   Table B: one length, a batch sweep under a memory cap: a configuration whose measured peak
 #            resident memory exceeds the cap is marked OOM (it is still run: the cap is a stated
 #            budget checked against the measurement, not an allocator limit).
@@ -49,21 +49,21 @@ cp "$rows" "$RESULTS/batches.tsv"
   echo "# serving ($SIZE): depth-wise shared KV cache in the inference engine"
   echo
   echo "Model: \`${CFG#$REPO/}\` (random weights), strategy cla:g (g = 1: full cache). One process per row;"
-  echo "KV MB = the cache allocated for that run; peak MB = GNU time's maximum resident set size of the"
+  echo "KV MiB = the cache allocated for that run; peak MiB = GNU time's maximum resident set size of the"
   echo "process (weights, cache, scratch, runtime). TTFT = prefill of the prompt + first token, batch 1;"
   echo "decode tokens/s at batch 1 for $DECODE_LEN tokens. Medians of $REPEATS timed runs after a warm-up; one run of"
   echo "the whole table, on a machine shared with other jobs (load average in provenance.md)."
   echo
-  echo "| prompt tokens | g | cache layers kept | KV MB | peak MB | TTFT ms | decode tok/s |"
+  echo "| prompt tokens | g | cache layers kept | KV MiB | peak MiB | TTFT ms | decode tok/s |"
   echo "|---:|---:|---:|---:|---:|---:|---:|"
   awk -F'\t' -v L="$(awk '/^  n_layers:/ { print $2 }' "$CFG")" '{ printf "| %s | %s | %s/%s | %.2f | %.1f | %.1f | %.1f |\n", $1, $2, $8, L, $4 / 1048576, $5 / 1024, $6, $7 }' "$RESULTS/lengths.tsv"
   echo
-  echo "## batch sweep at $SWEEP_LEN prompt tokens + $SWEEP_DECODE decoded, memory cap $CAP_MB MB"
+  echo "## batch sweep at $SWEEP_LEN prompt tokens + $SWEEP_DECODE decoded, memory cap $CAP_MB MiB"
   echo
-  echo "OOM = the measured peak resident memory exceeded the $CAP_MB MB cap (the run itself completed)."
+  echo "OOM = the measured peak resident memory exceeded the $CAP_MB MiB cap (the run itself completed)."
   echo "Decode tokens/s counts every sequence of the batch; median of $SWEEP_REPEATS timed run(s)."
   echo
-  echo "| batch | g | KV MB | peak MB | fits $CAP_MB MB | decode tok/s |"
+  echo "| batch | g | KV MiB | peak MiB | fits $CAP_MB MiB | decode tok/s |"
   echo "|---:|---:|---:|---:|---|---:|"
   awk -F'\t' -v cap="$CAP_MB" '{ peak = $5 / 1024; printf "| %s | %s | %.2f | %.1f | %s | %s |\n", $3, $2, $4 / 1048576, peak, peak <= cap ? "yes" : "**OOM**", peak <= cap ? sprintf("%.1f", $7) : sprintf("(%.1f)", $7) }' "$RESULTS/batches.tsv"
 } > "$RESULTS/serving.md"
