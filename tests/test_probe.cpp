@@ -3,6 +3,7 @@
 #include "kvroute/probe.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -284,4 +285,50 @@ TEST(Probe, PromptTooLongForTheContextIsRefused) {
   EXPECT_NE(error_of([&] { score_probe(model, parse_strategy("full", 4), *tok, items); })
                 .find("does not fit the model context of 32"),
             std::string::npos);
+}
+
+// ---- the command line: kvroute data probe ----
+
+namespace {
+struct CliResult {
+  int status = -1;
+  std::string output;
+};
+CliResult run_kvroute(const std::string& args) {
+  CliResult r;
+  FILE* pipe = popen((std::string(KVROUTE_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  if (!pipe) return r;
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  const int st = pclose(pipe);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+}  // namespace
+
+TEST(ProbeCli, WritesTheProbeAndTrainingTextAndRefusesBadOptions) {
+  const fs::path dir = temp_dir() / "cli";
+  fs::create_directories(dir);
+  const std::string probe = (dir / "probe.tsv").string(), text = (dir / "train.txt").string();
+  CliResult r = run_kvroute("data probe --tokenizer byte --out " + probe + " --n 5 --pairs 2 --seed 3");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto items = read_probe_file(probe);
+  const auto expected = generate_probe(*make_byte_tokenizer(), {.n = 5, .pairs = 2, .seed = 3});
+  ASSERT_EQ(items.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(items[i].prompt + "\t" + items[i].answer, expected[i].prompt + "\t" + expected[i].answer);
+
+  r = run_kvroute("data probe --tokenizer byte --out " + text + " --n 2 --pairs 2 --seed 3 --format text");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(text);
+  const std::string body((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(body, probe_document(expected[0]) + "\n\n" + probe_document(expected[1]) + "\n\n");
+
+  r = run_kvroute("data probe --tokenizer byte --out " + text + " --format csv");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--format must be probe or text (got 'csv')"), std::string::npos) << r.output;
+  r = run_kvroute("data probe --tokenizer byte --out " + text + " --n 0");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--n must be >= 1"), std::string::npos) << r.output;
+  fs::remove_all(dir);
 }
