@@ -70,6 +70,17 @@ void add_eval_command(CLI::App& app) {
     }
     std::vector<ProbeItem> probe;
     if (!probe_path.empty()) probe = read_probe_file(probe_path);
+    for (std::size_t i = 0; i < infos.size() && !probe.empty(); ++i) {  // before measuring anything
+      const auto tok = load_tokenizer(infos[i].config.data.tokenizer);
+      std::size_t longest = 0;
+      for (const ProbeItem& it : probe)
+        longest = std::max(longest, tok->encode(it.prompt).size() + tok->encode(" " + it.answer).size());
+      if (longest > static_cast<std::size_t>(infos[i].config.model.context))
+        throw std::invalid_argument("--probe " + probe_path + ": a prompt and its answer take up to " +
+                                    std::to_string(longest) + " tokens, more than the context " +
+                                    std::to_string(infos[i].config.model.context) + " of " + ckpts[i] +
+                                    " (write the probe with fewer --pairs)");
+    }
     const bool rss_per_row = reset_peak_rss();
     EvalReportInfo report;
     report.peak_rss_is_per_row = rss_per_row;
