@@ -14,6 +14,7 @@ while [ $# -gt 0 ]; do
     *) [ -x "$here/$1/run.sh" ] || { echo "error: no experiment '$1' (experiments/$1/run.sh)" >&2; exit 2; }; names+=("$1"); shift ;;
   esac
 done
+case "${size_args[*]:-}" in ""|"--size smoke"|"--size paper"|--size=smoke|--size=paper) ;; *) echo "error: --size must be smoke or paper (got '${size_args[*]}')" >&2; exit 2 ;; esac
 [ ${#names[@]} -gt 0 ] || names=(pretrain ablation serving strategy-sweep finetune data-constrained)
 failed=()
 for n in "${names[@]}"; do
