@@ -35,6 +35,7 @@
 #include "kvroute/model.h"
 #include "kvroute/run_checkpoints.h"
 #include "kvroute/trainer.h"
+#include "run_kvroute.h"
 
 namespace fs = std::filesystem;
 using namespace kvroute;
@@ -113,24 +114,8 @@ Saved save_random_checkpoint(const fs::path& path, Backend* be, uint64_t seed = 
 // The runs below share 2 cores with other tests: idle OpenMP threads should sleep, not spin.
 const bool kPassiveOpenMp = (::setenv("OMP_WAIT_POLICY", "PASSIVE", 0), true);
 
-// Runs `kvroute ARGS`, returning the exit status and stdout + stderr.
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(KVROUTE_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(pipe);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using kvroute::testing_cli::Result;
+using kvroute::testing_cli::run;
 
 // Starts `kvroute args...` in the background with output to log_path. With
 // fsize_limit > 0 the child may write no file beyond that many bytes, and

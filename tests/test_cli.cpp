@@ -13,28 +13,15 @@
 
 #include <unistd.h>
 
+#include "run_kvroute.h"
+
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string output;  // stdout + stderr
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(KVROUTE_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(pipe);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using kvroute::testing_cli::Result;
+using kvroute::testing_cli::run;
 
 class Cli : public ::testing::Test {
  protected:
