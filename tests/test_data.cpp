@@ -11,7 +11,7 @@
 #include <map>
 #include <set>
 
-#include "data/document_reader.h"
+#include "document_reader.h"
 #include "data_fixtures.h"
 #include "kvroute/data.h"
 #include "kvroute/encode.h"

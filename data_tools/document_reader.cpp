@@ -1,4 +1,4 @@
-#include "data/document_reader.h"
+#include "document_reader.h"
 
 #include <regex.h>
 

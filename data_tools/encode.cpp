@@ -9,9 +9,9 @@
 #include <memory>
 #include <stdexcept>
 
-#include "data/document_reader.h"
-#include "data/input_files.h"
-#include "data/progress.h"
+#include "document_reader.h"
+#include "input_files.h"
+#include "progress.h"
 #include "kvroute/shard.h"
 #include "kvroute/shard_dir.h"
 #include "kvroute/tokenizer.h"

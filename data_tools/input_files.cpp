@@ -1,4 +1,4 @@
-#include "data/input_files.h"
+#include "input_files.h"
 
 #include <cerrno>
 #include <cstring>

@@ -12,8 +12,8 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include "data/input_files.h"
-#include "data/progress.h"
+#include "input_files.h"
+#include "progress.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute {

@@ -1,4 +1,4 @@
-#include "data/progress.h"
+#include "progress.h"
 
 #include <unistd.h>
 
