@@ -7,12 +7,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <hdf5.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
-
-#include <fcntl.h>
 
 #include <array>
 #include <chrono>
@@ -115,39 +111,11 @@ Saved save_random_checkpoint(const fs::path& path, Backend* be, uint64_t seed = 
 const bool kPassiveOpenMp = (::setenv("OMP_WAIT_POLICY", "PASSIVE", 0), true);
 
 using kvroute::testing_cli::Result;
+using kvroute::testing_cli::kvroute_argv;
 using kvroute::testing_cli::run;
-
-// Starts `kvroute args...` in the background with output to log_path. With
-// fsize_limit > 0 the child may write no file beyond that many bytes, and
-// SIGXFSZ is ignored so the write fails with EFBIG as on a full disk.
-pid_t spawn(const std::vector<std::string>& args, const fs::path& log_path, rlim_t fsize_limit = 0) {
-  std::vector<std::string> argv_s = {KVROUTE_BINARY};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string log = log_path.string();
-  const pid_t pid = fork();
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
-    if (fsize_limit > 0) {
-      struct rlimit rl {fsize_limit, fsize_limit};
-      ::setrlimit(RLIMIT_FSIZE, &rl);
-      ::signal(SIGXFSZ, SIG_IGN);
-    }
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-// Exit code, or 128 + signal.
-int wait_for(pid_t pid) {
-  int st = 0;
-  ::waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
+using kvroute::testing_cli::spawn;
+using kvroute::testing_cli::SpawnOptions;
+using kvroute::testing_cli::wait_for;
 
 // The training corpus and a tiny config for end-to-end runs.
 struct RunSetup {
@@ -505,7 +473,7 @@ TEST(Resume, AKilledRunResumesToTheSameLossesBitForBit) {
   for (const char* kv : {"train.steps=24", "train.checkpoint.interval=4"})
     args.insert(args.end(), {"--set", kv});
   args.insert(args.end(), {"--set", "train.out_dir=" + killed.string()});
-  const pid_t pid = spawn(args, s.dir / "killed.log");
+  const pid_t pid = spawn(kvroute_argv(args), s.dir / "killed.log");
   long ckpt = -1, reached = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   while (std::chrono::steady_clock::now() < deadline) {
@@ -618,8 +586,8 @@ TEST(Faults, SigintAndSigtermFinishTheStepCheckpointAndExitZero) {
   const RunSetup s = make_run_setup("preempt");
   for (const int sig : {SIGTERM, SIGINT}) {
     const fs::path run_dir = s.dir / (sig == SIGTERM ? "term" : "int");
-    const pid_t pid = spawn({"train", s.config.string(), "--set", "train.steps=100000", "--set",
-                             "train.checkpoint.interval=0", "--set", "train.out_dir=" + run_dir.string()},
+    const pid_t pid = spawn(kvroute_argv({"train", s.config.string(), "--set", "train.steps=100000", "--set",
+                                          "train.checkpoint.interval=0", "--set", "train.out_dir=" + run_dir.string()}),
                             s.dir / "preempt.log");
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (losses_by_step(run_dir).size() < 3 && std::chrono::steady_clock::now() < deadline)
@@ -691,8 +659,8 @@ TEST(Faults, AFullDiskDuringACheckpointKeepsThePreviousOneAndSaysSo) {
 
   // Files may not grow beyond 128 KiB (logs stay below it, a checkpoint does not): a write
   // fails with EFBIG exactly as on a full disk.
-  const pid_t pid = spawn({"train", "--resume", run_dir.string(), "--set", "train.steps=16"}, s.dir / "full.log",
-                          128 * 1024);
+  const pid_t pid = spawn(kvroute_argv({"train", "--resume", run_dir.string(), "--set", "train.steps=16"}),
+                          s.dir / "full.log", SpawnOptions{.fsize_limit = 128 * 1024});
   EXPECT_EQ(wait_for(pid), 1);
   const std::string log = read_text(s.dir / "full.log");
   EXPECT_THAT(log, HasSubstr("writing checkpoint '" + (run_dir / "checkpoints" / "step_00000012.h5").string() +

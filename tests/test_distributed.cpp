@@ -6,10 +6,7 @@
 // a killed or failing rank ends the whole job.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <fcntl.h>
 #include <signal.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -28,6 +25,7 @@
 #include "kvroute/checkpoint.h"
 #include "kvroute/model.h"
 #include "kvroute/run_checkpoints.h"
+#include "run_kvroute.h"
 
 namespace fs = std::filesystem;
 using namespace kvroute;
@@ -68,60 +66,24 @@ std::vector<std::string> kvroute_on(int ranks, const std::vector<std::string>& a
   return argv;
 }
 
-// Starts argv in its own process group with stdout and stderr into log_path. With
-// fsize_limit > 0 no file may grow beyond it (SIGXFSZ ignored: writes fail as on a full disk).
-pid_t spawn(const std::vector<std::string>& args, const fs::path& log_path, rlim_t fsize_limit = 0) {
-  std::vector<std::string> argv_s = args;
-  std::vector<char*> argv;
-  for (std::string& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string log = log_path.string();
-  const pid_t pid = fork();
-  if (pid == 0) {  // only async-signal-safe calls until exec
-    ::setpgid(0, 0);
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) ::dup2(fd, 1), ::dup2(fd, 2);
-    if (fsize_limit > 0) {
-      struct rlimit rl {fsize_limit, fsize_limit};
-      ::setrlimit(RLIMIT_FSIZE, &rl);
-      ::signal(SIGXFSZ, SIG_IGN);
-    }
-    ::execvp(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
+using kvroute::testing_cli::kTimedOut;
+using kvroute::testing_cli::Result;
+using kvroute::testing_cli::spawn;
+using kvroute::testing_cli::SpawnOptions;
+using kvroute::testing_cli::wait_for;
 
-struct Result {
-  int status = -1;  // exit code, or 128 + signal; -1 when it timed out (then killed)
-  double seconds = 0;
-  std::string output;
-};
+// Every job starts in its own process group (a timeout kills mpirun with its ranks), with
+// mpirun looked up on PATH.
+constexpr SpawnOptions kJob{.new_process_group = true, .search_path = true};
 
-Result wait_for(pid_t pid, const fs::path& log_path, double timeout_s = kTimeoutS) {
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  Result r;
-  for (;;) {
-    int st = 0;
-    if (::waitpid(pid, &st, WNOHANG) == pid) {
-      r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-      break;
-    }
-    if (std::chrono::duration<double>(clock::now() - t0).count() > timeout_s) {
-      ::kill(-pid, SIGKILL);  // the whole process group: mpirun and its ranks
-      ::waitpid(pid, &st, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-  r.output = read_text(log_path);
-  return r;
+// Waits for a job (killed after timeout_s: status kTimedOut), then reads its log.
+Result wait_and_read(pid_t pid, const fs::path& log_path, double timeout_s = kTimeoutS) {
+  const int status = wait_for(pid, timeout_s);
+  return {status, read_text(log_path)};
 }
 
 Result run(int ranks, const std::vector<std::string>& args, const fs::path& log_path) {
-  return wait_for(spawn(kvroute_on(ranks, args), log_path), log_path);
+  return wait_and_read(spawn(kvroute_on(ranks, args), log_path, kJob), log_path);
 }
 
 // The kvroute processes mpirun started (its children), from /proc/<pid>/stat: "pid (comm) state ppid ...".
@@ -326,7 +288,7 @@ TEST(Distributed, KillingOneRankEndsTheJobNonZeroAndKeepsTheLastCheckpoint) {
   const RunSetup s = make_setup("kill");
   const fs::path run_dir = s.dir / "run", log = s.dir / "kill.log";
   const pid_t mpirun =
-      spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.checkpoint.interval=2"})), log);
+      spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.checkpoint.interval=2"})), log, kJob);
   // Wait for a checkpoint, then SIGKILL one rank (a child of mpirun running kvroute).
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -339,8 +301,8 @@ TEST(Distributed, KillingOneRankEndsTheJobNonZeroAndKeepsTheLastCheckpoint) {
   }
   ASSERT_GT(victim, 0) << "no rank found\n" << read_text(log);
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
-  const Result r = wait_for(mpirun, log, 60);
-  ASSERT_NE(r.status, -1) << "the job did not end within 60 s after a rank was killed\n" << r.output;
+  const Result r = wait_and_read(mpirun, log, 60);
+  ASSERT_NE(r.status, kTimedOut) << "the job did not end within 60 s after a rank was killed\n" << r.output;
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("signal 9")) << r.output;  // mpirun names the killed rank's signal
   // The newest checkpoint is complete and loads with its AdamW state.
@@ -364,9 +326,9 @@ TEST(Distributed, ARankThatFailsEndsTheWholeJobWithItsMessage) {
                                    "trap '' XFSZ; ulimit -f 400; exec \"$0\" \"$@\"", KVROUTE_BINARY};
   for (const std::string& a : train_args(s, s.dir / "run", {"train.steps=100000", "train.checkpoint.interval=2"}))
     argv.push_back(a);
-  const pid_t mpirun = spawn(argv, log);
-  const Result r = wait_for(mpirun, log, 60);
-  ASSERT_NE(r.status, -1) << "the job hung\n" << r.output;
+  const pid_t mpirun = spawn(argv, log, kJob);
+  const Result r = wait_and_read(mpirun, log, 60);
+  ASSERT_NE(r.status, kTimedOut) << "the job hung\n" << r.output;
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("rank 0: error: "));
   EXPECT_THAT(r.output, HasSubstr("step_00000002.h5"));
@@ -379,7 +341,7 @@ TEST(Distributed, SigtermToOneRankStopsAllAfterTheSameStepWithACheckpointAndTheR
   // rank's state belong to one step, and the job exits 0.
   const RunSetup s = make_setup("sigterm");
   const fs::path run_dir = s.dir / "run", log = s.dir / "term.log";
-  const pid_t mpirun = spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.zero=1"})), log);
+  const pid_t mpirun = spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.zero=1"})), log, kJob);
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   while (read_text(run_dir / "train.log").find("step      1/") == std::string::npos &&
@@ -394,8 +356,8 @@ TEST(Distributed, SigtermToOneRankStopsAllAfterTheSameStepWithACheckpointAndTheR
       rank1 = p;
   ASSERT_GT(rank1, 0);
   ASSERT_EQ(::kill(rank1, SIGTERM), 0);
-  const Result r = wait_for(mpirun, log, 60);
-  ASSERT_NE(r.status, -1) << "the job did not stop within 60 s of SIGTERM\n" << r.output;
+  const Result r = wait_and_read(mpirun, log, 60);
+  ASSERT_NE(r.status, kTimedOut) << "the job did not stop within 60 s of SIGTERM\n" << r.output;
   EXPECT_EQ(r.status, 0) << r.output;
   const std::string said = "another rank received SIGINT or SIGTERM: stopped after step ";
   const auto at = r.output.find(said);
