@@ -1,6 +1,15 @@
 // NCCL communicator for the CUDA backend. Rank 0 creates the NCCL unique id and
-// broadcasts it over MPI; each rank drives the GPU picked by its local rank.
-// Scalars (loss sums, stop flags) go over MPI, gradients over NCCL.
+// broadcasts it over MPI; each rank drives the GPU its CudaBackend picked (its local
+// rank modulo the GPUs it sees). Scalars (loss sums, stop flags) go over MPI, buffers
+// over NCCL.
+//
+// Ordering with the backend: its stream is non-blocking, so nothing on the legacy
+// default stream is ordered with it. Blocking collectives therefore run on the
+// backend's stream itself and then synchronise it. Started sums (allreduce_sum_start)
+// run on a second stream of their own, so backward kernels keep running beside them:
+// the comm stream first waits for an event recorded on the backend stream (the
+// gradients written so far), and wait() makes the backend stream wait for the sum's
+// completion event, without blocking the host.
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
@@ -8,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_backend.h"
 #include "kvroute/comm.h"
 
 namespace kvroute {
@@ -22,59 +32,109 @@ void cuda_check(cudaError_t rc, const char* what) {
   if (rc != cudaSuccess) throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(rc));
 }
 
+void mpi_check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) throw std::runtime_error(std::string(what) + " failed (MPI error " + std::to_string(rc) + ")");
+}
+
+// A sum running on the comm stream; `done` is recorded behind it.
+class NcclPending final : public PendingCollective {
+ public:
+  NcclPending(cudaEvent_t done, cudaStream_t backend_stream) : done_(done), backend_stream_(backend_stream) {}
+  ~NcclPending() override {
+    if (!done_) return;
+    // Never leave the sum in flight into a buffer its owner may free or reuse.
+    (void)cudaEventSynchronize(done_);
+    (void)cudaEventDestroy(done_);
+  }
+  bool test() override { return waited_ || cudaEventQuery(done_) == cudaSuccess; }
+  void wait() override {
+    if (waited_) return;
+    cuda_check(cudaStreamWaitEvent(backend_stream_, done_, 0), "cudaStreamWaitEvent");
+    waited_ = true;
+  }
+
+ private:
+  cudaEvent_t done_ = nullptr;
+  cudaStream_t backend_stream_;
+  bool waited_ = false;
+};
+
 class Nccl final : public Communicator {
  public:
-  Nccl(int rank, int world, int local_rank) : rank_(rank), world_(world), local_rank_(local_rank) {
-    int devices = 0;
-    cuda_check(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
-    if (devices == 0) throw std::runtime_error("NCCL: no CUDA device visible to rank " + std::to_string(rank));
-    cuda_check(cudaSetDevice(local_rank % devices), "cudaSetDevice");
+  Nccl(int rank, int world, int local_rank, CudaBackend& backend)
+      : rank_(rank), world_(world), local_rank_(local_rank), stream_(backend.stream()) {
+    cuda_check(cudaSetDevice(backend.device_ordinal()), "cudaSetDevice");
     ncclUniqueId id;
     if (rank == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-    MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+    mpi_check(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast of the NCCL id");
+    cuda_check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     nccl_check(ncclCommInitRank(&comm_, world, id, rank), "ncclCommInitRank");
   }
-  ~Nccl() override { ncclCommDestroy(comm_); }
+  ~Nccl() override {
+    if (comm_stream_) (void)cudaStreamSynchronize(comm_stream_);
+    if (comm_) (void)ncclCommDestroy(comm_);
+    if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
+  }
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   int local_rank() const override { return local_rank_; }
   std::string name() const override { return "NCCL"; }
 
-  // Collectives run on the default stream, which orders them after the backend's kernels.
   void allreduce_sum(float* data, std::size_t n) override {
-    nccl_check(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, nullptr), "ncclAllReduce");
-    cuda_check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+    nccl_check(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, stream_), "ncclAllReduce");
+    cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+  std::unique_ptr<PendingCollective> allreduce_sum_start(float* data, std::size_t n) override {
+    cudaEvent_t ready = nullptr, done = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), "cudaEventCreate");
+    try {
+      cuda_check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+      cuda_check(cudaEventRecord(ready, stream_), "cudaEventRecord");
+      cuda_check(cudaStreamWaitEvent(comm_stream_, ready, 0), "cudaStreamWaitEvent");
+      nccl_check(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, comm_stream_), "ncclAllReduce");
+      cuda_check(cudaEventRecord(done, comm_stream_), "cudaEventRecord");
+    } catch (...) {
+      (void)cudaEventDestroy(ready);
+      if (done) (void)cudaEventDestroy(done);
+      throw;
+    }
+    (void)cudaEventDestroy(ready);  // released once the comm stream has passed it
+    return std::make_unique<NcclPending>(done, stream_);
   }
   void allgather_inplace(float* data, std::size_t n_per_rank) override {
-    nccl_check(ncclAllGather(data + rank_ * n_per_rank, data, n_per_rank, ncclFloat, comm_, nullptr),
+    nccl_check(ncclAllGather(data + rank_ * n_per_rank, data, n_per_rank, ncclFloat, comm_, stream_),
                "ncclAllGather");
-    cuda_check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+    cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
   void broadcast(void* data, std::size_t bytes, int root) override {
-    nccl_check(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, nullptr), "ncclBroadcast");
-    cuda_check(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize");
+    nccl_check(ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_), "ncclBroadcast");
+    cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
-  void barrier() override { MPI_Barrier(MPI_COMM_WORLD); }
+  void barrier() override { mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
   double sum(double x) override {
     double out = 0;
-    MPI_Allreduce(&x, &out, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    mpi_check(MPI_Allreduce(&x, &out, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
     return out;
   }
   bool any(bool flag) override {
     int in = flag, out = 0;
-    MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD);
+    mpi_check(MPI_Allreduce(&in, &out, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD), "MPI_Allreduce");
     return out != 0;
   }
 
  private:
   int rank_, world_, local_rank_;
+  cudaStream_t stream_;                 // the backend's
+  cudaStream_t comm_stream_ = nullptr;  // started sums
   ncclComm_t comm_ = nullptr;
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(int rank, int world, int local_rank) {
-  return std::make_unique<Nccl>(rank, world, local_rank);
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int world, int local_rank, Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  if (!cuda) throw std::logic_error("NCCL communicator: the backend is not the CUDA backend");
+  return std::make_unique<Nccl>(rank, world, local_rank, *cuda);
 }
 
 }  // namespace kvroute

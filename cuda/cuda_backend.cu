@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "kvroute/comm.h"
+
 namespace kvroute {
 
 void cuda_fail(const char* expr, const char* message, const char* file, int line) {
@@ -35,6 +37,13 @@ CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
   if (options_.precision != "fp32" && options_.precision != "bf16")
     throw std::invalid_argument("CUDA backend: unknown precision '" + options_.precision + "' (fp32 or bf16)");
   try {
+    // Under mpirun each rank drives the GPU of its local rank (modulo the GPUs it can see). Chosen
+    // here, before the stream and handles exist, because they belong to the current device.
+    int devices = 0;
+    KVR_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    if (devices < 1) throw std::runtime_error("CUDA backend: no CUDA device is visible");
+    device_ = launcher_local_rank() % devices;
+    KVR_CUDA_CHECK(cudaSetDevice(device_));
     KVR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     KVR_CUBLAS_CHECK(cublasCreate(&cublas_));
     KVR_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));

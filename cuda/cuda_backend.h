@@ -149,6 +149,7 @@ class CudaBackend final : public Backend {
                   float beta2, float eps, float weight_decay, int step, float grad_scale) override;
 
   cudaStream_t stream() const { return stream_; }
+  int device_ordinal() const { return device_; }  // the CUDA device this backend runs on
 
  private:
   void release() noexcept;
@@ -188,6 +189,7 @@ class CudaBackend final : public Backend {
   static constexpr std::size_t kLtWorkspaceBytes = 32u << 20;  // NVIDIA's recommendation for Hopper
   std::map<LtKey, LtPlan> lt_plans_;
   int peak_n_ = 0;  // size of the operands in kScratchPeak
+  int device_ = 0;
 
   std::unordered_map<void*, std::size_t> allocations_;  // every device allocation and its size
   std::size_t in_use_bytes_ = 0, peak_bytes_ = 0;

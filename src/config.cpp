@@ -111,6 +111,8 @@ const std::vector<Field>& registry() {
       {FIELD(train.deterministic), .doc = "bitwise-reproducible GPU results; false lets CUDA attention backward use atomics"},
       {FIELD(train.zero), .doc = "ZeRO stage under mpirun: 0 = AdamW state on every rank, 1 = each rank keeps 1/N of it",
        .range = interval(0, 1, "[]")},
+      {FIELD(train.overlap_allreduce), .doc = "under mpirun: start each gradient bucket's all-reduce as soon as backward "
+                                              "finishes it (false: all of them after backward; the sums are the same)"},
       {FIELD(train.checkpoint.interval), .doc = "steps between checkpoints; 0 = only at the end",
        .range = at_least(0)},
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",

@@ -47,6 +47,7 @@ Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), be_(backend)
     throw std::invalid_argument("model: d_model / n_heads must be an even integer (RoPE pairs)");
   const int C = cfg.d_model, F = cfg.d_ff, D = head_dim();
   const int HD = cfg.n_heads * D, KD = cfg.n_kv_heads * D;
+  // This order is what makes backward finish the gradients a suffix at a time (GradsReady).
   off_embed_ = add_tensor("embed", {cfg.vocab_size, C}, true);
   for (int l = 0; l < cfg.n_layers; ++l) {
     LayerOffsets o;
@@ -202,10 +203,10 @@ float Model::forward(const int32_t* tokens, const int32_t* targets, int B, int T
 }
 
 float Model::forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
-                              const RouteTable& routes, float loss_scale) {
+                              const RouteTable& routes, float loss_scale, const GradsReady& on_grads_ready) {
   if (!targets) throw std::invalid_argument("forward_backward needs targets");
   const float loss = run_forward(tokens, targets, B, T, routes, true, loss_scale);
-  run_backward(B, T, routes);
+  run_backward(B, T, routes, on_grads_ready);
   return loss;
 }
 
@@ -373,7 +374,10 @@ float Model::run_forward(const int32_t* tokens, const int32_t* targets, int B, i
   return static_cast<float>(sum / n_valid);
 }
 
-void Model::run_backward(int B, int T, const RouteTable& routes) {
+void Model::run_backward(int B, int T, const RouteTable& routes, const GradsReady& on_grads_ready) {
+  auto grads_ready_from = [&](std::size_t begin) {
+    if (on_grads_ready) on_grads_ready(begin);
+  };
   Activations& a = act_;
   const int N = B * T, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim(), L = cfg_.n_layers;
   const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D, V = cfg_.vocab_size;
@@ -387,6 +391,7 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
   be_->fill_zero(a.dresid.get(), a.dresid.bytes());
   be_->rmsnorm_backward(a.dresid.get(), dW(off_final_norm_), a.dln.get(), a.resid.get() + L * NC,
                         W(off_final_norm_), a.rstdf.get(), N, C);
+  grads_ready_from(off_final_norm_);  // final norm and an untied head; a tied head's gradient is the embedding's
 
   be_->fill_zero(a.dk.get(), a.dk.bytes());
   be_->fill_zero(a.dv.get(), a.dv.bytes());
@@ -456,8 +461,10 @@ void Model::run_backward(int B, int T, const RouteTable& routes) {
     }
     be_->rmsnorm_backward(a.dresid.get(), dW(w.attn_norm), a.dln.get(), x, W(w.attn_norm),
                           buf.rstd1, N, C);
+    grads_ready_from(w.attn_norm);  // the layer's first tensor: all of layer l is final
   }
   be_->embedding_backward(dW(off_embed_), a.dresid.get(), a.tokens.get(), N, C);
+  grads_ready_from(0);
 }
 
 }  // namespace kvroute

@@ -216,6 +216,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
              " tokens per step; gradients averaged in " +
              std::to_string((model.num_params() * sizeof(float) + kGradBucketBytes - 1) / kGradBucketBytes) +
              " bucket(s) of up to " + human_bytes(double(kGradBucketBytes)) +
+             (tc.overlap_allreduce ? ", each summed as soon as backward finishes it" : ", summed after backward") +
              (opt.sharded() ? "; ZeRO-1: each rank holds 1/" + std::to_string(world) + " of the AdamW state"
                             : "; ZeRO-0: every rank holds the whole AdamW state") +
              "; validation sharded over the ranks");
@@ -292,6 +293,9 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   double interval_allreduce_s = 0;  // time in the gradient all-reduce since the last log line
   // Each rank's backward is scaled by 1 / (grad_accum * N), so the summed gradients are the mean.
   const float grad_scale = 1.f / (tc.grad_accum * world);
+  GradAllreduce grad_sum(*comm, model.grads(), model.num_params());
+  // On the last micro-batch each bucket's sum starts as soon as backward has finished it.
+  const Model::GradsReady start_grad_sums = [&](std::size_t begin) { grad_sum.ready_from(begin); };
   for (long step = state.step + 1; step <= tc.steps; ++step) {
     model.zero_grads();
     double loss = 0;
@@ -301,13 +305,18 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       // rank r's micro m draws what micro r * grad_accum + m of one rank accumulating would.
       const RouteTable routes =
           sample_routes(cfg.routing, B, L, tc.seed, step, static_cast<uint64_t>(rank) * tc.grad_accum + micro);
-      loss += model.forward_backward(b.inputs.data(), b.targets.data(), B, T, routes, grad_scale);
+      const bool overlap = world > 1 && tc.overlap_allreduce && micro == tc.grad_accum - 1;
+      loss += model.forward_backward(b.inputs.data(), b.targets.data(), B, T, routes, grad_scale,
+                                     overlap ? start_grad_sums : Model::GradsReady{});
     }
     loss /= tc.grad_accum;
     if (world > 1) {
-      backend->synchronize();  // on a GPU, time the all-reduce, not the backward kernels still running
+      // The share logged is the time the step waits for the sums after backward (on a GPU, from
+      // the end of the backward kernels to the end of the last sum): what overlap did not hide.
+      backend->synchronize();
       const auto ta = clock::now();
-      allreduce_in_buckets(*comm, model.grads(), model.num_params());
+      grad_sum.finish();
+      backend->synchronize();
       interval_allreduce_s += std::chrono::duration<double>(clock::now() - ta).count();
       loss = comm->sum(loss) / world;
     }

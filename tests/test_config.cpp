@@ -63,6 +63,7 @@ train:
   precision: bf16
   deterministic: false
   zero: 1
+  overlap_allreduce: false
   checkpoint:
     interval: 500
     keep_last: 7
@@ -220,6 +221,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(t.recompute, "layer");
   EXPECT_EQ(t.precision, "bf16");
   EXPECT_FALSE(t.deterministic);
+  EXPECT_FALSE(t.overlap_allreduce);
   EXPECT_EQ(t.zero, 1);
   EXPECT_EQ(t.checkpoint.interval, 500);
   EXPECT_EQ(t.checkpoint.keep_last, 7);

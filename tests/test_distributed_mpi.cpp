@@ -14,6 +14,7 @@
 #include "kvroute/grad_allreduce.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
+#include "kvroute/routing.h"
 
 using namespace kvroute;
 
@@ -75,6 +76,46 @@ TEST(GradAllreduce, TheDefaultBucketTakesOneCallUpTo25MiB) {
   EXPECT_EQ(y.front(), 2.f);
   EXPECT_EQ(y[y.size() - 2], 2.f);
   EXPECT_EQ(y.back(), 2.f);
+}
+
+// Sums started from backward's GradsReady hook (in small buckets, so most start while backward
+// still runs) give the bits of summing after backward, and of one blocking sum of the whole buffer.
+TEST(GradAllreduce, SumsStartedDuringBackwardEqualSumsAfterIt) {
+  ModelConfig mc = small_model(64);
+  mc.n_layers = 3;
+  Model model(mc, g_backend.get());
+  model.init_weights(5);
+  const int r = g_comm->rank(), B = 2, T = 6;
+  std::mt19937 gen(100 + r);  // each rank its own batch and routes
+  std::vector<int32_t> tokens(B * T), targets(B * T);
+  for (auto& t : tokens) t = gen() % mc.vocab_size;
+  for (auto& t : targets) t = gen() % mc.vocab_size;
+  RoutingConfig rc;
+  rc.mode = "stochastic";
+  rc.p = 0.8;
+  const RouteTable routes = sample_routes(rc, B, mc.n_layers, 9, 1, r);
+  const std::size_t P = model.num_params(), bucket_bytes = 64 * sizeof(float);
+
+  model.zero_grads();
+  model.forward_backward(tokens.data(), targets.data(), B, T, routes, 1.f);
+  std::vector<float> reference = model.grads_to_host();
+  g_comm->allreduce_sum(reference.data(), P);
+
+  model.zero_grads();
+  model.forward_backward(tokens.data(), targets.data(), B, T, routes, 1.f);
+  allreduce_in_buckets(*g_comm, model.grads(), P, bucket_bytes);
+  EXPECT_TRUE(same_bits(model.grads_to_host(), reference));
+
+  GradAllreduce sum(*g_comm, model.grads(), P, bucket_bytes);
+  ASSERT_GT(sum.buckets(), 10u);
+  for (int step = 0; step < 2; ++step) {  // and again, reusing it as the trainer does
+    model.zero_grads();
+    model.forward_backward(tokens.data(), targets.data(), B, T, routes, 1.f,
+                           [&](std::size_t begin) { sum.ready_from(begin); });
+    EXPECT_EQ(sum.finish(), sum.buckets());
+    EXPECT_EQ(sum.started_early(), sum.buckets());  // the hook's last call reports everything final
+    EXPECT_TRUE(same_bits(model.grads_to_host(), reference)) << "step " << step;
+  }
 }
 
 // ZeRO-1 keeps 1/N of the moments per rank and must give the same weights and (gathered)

@@ -111,6 +111,43 @@ TEST(ModelGradients, SampledStochasticRoutes) {
   }
 }
 
+// The GradsReady hook's promise: at each call, grads[begin, n) already hold their final values
+// for this forward_backward (so an all-reduce may start on them); begins fall, ending at 0.
+TEST(Model, GradsReadyReportsOnlyFinalGradients) {
+  auto be = make_backend("cpu");
+  for (const bool tied : {true, false}) {
+    const ModelConfig mc = tiny_model(2, tied);
+    // Layer 3 reads layer 0's K/V in row 1: a lower layer's gradient gets contributions from above.
+    const RouteTable routes = table(3, 4, {{0, 1, 2, 3}, {0, 1, 1, 0}, {0, 0, 2, 2}});
+    Model model(mc, be.get());
+    model.init_weights(21);
+    const Data d = make_batch(mc.vocab_size, 22);
+    const std::size_t n = model.num_params();
+    std::vector<std::size_t> begins;
+    std::vector<std::vector<float>> snapshots;
+    model.zero_grads();
+    model.forward_backward(d.tokens.data(), d.targets.data(), d.B, d.T, routes, 1.f, [&](std::size_t begin) {
+      begins.push_back(begin);
+      snapshots.push_back(model.grads_to_host());
+    });
+    const std::vector<float> final_grads = model.grads_to_host();
+    ASSERT_EQ(begins.size(), static_cast<std::size_t>(mc.n_layers) + 2) << "tied " << tied;
+    EXPECT_EQ(begins.front(), model.tensor("final_norm").offset);
+    for (int l = 0; l < mc.n_layers; ++l)
+      EXPECT_EQ(begins[1 + l], model.tensor("layers/" + std::to_string(mc.n_layers - 1 - l) + "/attn_norm").offset);
+    EXPECT_EQ(begins.back(), 0u);
+    for (std::size_t c = 0; c < begins.size(); ++c) {
+      if (c > 0) EXPECT_LT(begins[c], begins[c - 1]);
+      for (std::size_t i = begins[c]; i < n; ++i)
+        ASSERT_EQ(snapshots[c][i], final_grads[i]) << "tied " << tied << ", call " << c << ", element " << i;
+    }
+    // And the hook changes nothing: the same gradients without it.
+    model.zero_grads();
+    model.forward_backward(d.tokens.data(), d.targets.data(), d.B, d.T, routes, 1.f);
+    EXPECT_EQ(model.grads_to_host(), final_grads);
+  }
+}
+
 TEST(Model, NonSourceLayersComputeNoKv) {
   auto be = make_backend("cpu");
   const ModelConfig mc = tiny_model();

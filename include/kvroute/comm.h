@@ -2,7 +2,8 @@
 //   single process  (no launcher: every collective is the identity)
 //   MPI             (CPU backend under mpirun: MPI_Allreduce and friends)
 //   NCCL            (CUDA backend: the NCCL unique id is broadcast over MPI)
-// Buffers live on the backend's device. All collectives are blocking.
+// Buffers live on the backend's device. The collectives below are blocking, except
+// allreduce_sum_start, which starts a sum and returns a handle to finish it by.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +13,19 @@
 namespace kvroute {
 
 class Backend;
+
+// A collective that has been started but not waited for. The buffer it works on must not be
+// read or written until wait() returns.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  // Lets the collective advance without blocking (MPI progresses only inside MPI calls);
+  // true once it is complete.
+  virtual bool test() = 0;
+  // Returns when the result is in place: on the host for MPI; for NCCL, when every op the
+  // backend enqueues afterwards is ordered after the collective (the host does not wait).
+  virtual void wait() = 0;
+};
 
 class Communicator {
  public:
@@ -23,6 +37,10 @@ class Communicator {
 
   // data[i] = sum over ranks of data[i], in place.
   virtual void allreduce_sum(float* data, std::size_t n) = 0;
+  // The same sum, started without waiting: on a device, it runs behind the ops the backend has
+  // enqueued so far, beside the ones it enqueues next. Every rank must start its collectives in
+  // the same order. The default runs the blocking sum and returns a completed handle.
+  virtual std::unique_ptr<PendingCollective> allreduce_sum_start(float* data, std::size_t n);
   // Rank r contributes data[r*n_per_rank .. (r+1)*n_per_rank) in place; afterwards every
   // rank holds every rank's slice.
   virtual void allgather_inplace(float* data, std::size_t n_per_rank) = 0;
@@ -35,6 +53,11 @@ class Communicator {
 
 // True when this process was started by an MPI launcher (mpirun/srun).
 bool launched_under_mpi();
+
+// This process's rank among the job's processes on its machine, as the launcher's environment
+// tells it (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID); 0 without one. Known
+// before MPI starts, so the CUDA backend can pick its GPU (local rank mod GPU count) first.
+int launcher_local_rank();
 
 // Initialises MPI when launched under mpirun (once per process), then returns the
 // communicator for the backend: MPI for "cpu", NCCL for "cuda" (when built with CUDA),

@@ -63,6 +63,7 @@ struct TrainConfig {
   std::string precision = "fp32";    // fp32 | bf16 (CUDA only: bf16 GEMM/attention inputs, fp32 accumulation; backend.h)
   bool deterministic = true;         // bitwise-reproducible GPU results (CUDA attention backward without atomics)
   int zero = 0;                      // ZeRO stage: 0 = every rank holds all AdamW state; 1 = sharded over ranks
+  bool overlap_allreduce = true;     // under mpirun: start each gradient bucket's sum during backward
   CheckpointConfig checkpoint;
 };
 

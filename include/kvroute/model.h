@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -83,10 +84,16 @@ class Model {
   // tokens, targets: host arrays [B*T]. Routes: [B][n_layers]. Returns the mean
   // cross-entropy over targets >= 0. With targets == nullptr only logits are computed.
   float forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes);
+  // Called by backward each time more gradients are final: grads()[begin, num_params()) will not
+  // change again before forward_backward returns (begin only decreases, down to 0). Backward runs
+  // from the output head to the embedding, and the buffer is laid out embedding, layers 0..L-1,
+  // final norm (, untied head), so what is done is always a suffix. Data parallelism starts each
+  // gradient bucket's all-reduce from here.
+  using GradsReady = std::function<void(std::size_t begin)>;
   // Same forward, then backward: grads += d(loss * loss_scale)/d(params).
   // Activations are kept only for this call's backward.
   float forward_backward(const int32_t* tokens, const int32_t* targets, int B, int T,
-                         const RouteTable& routes, float loss_scale);
+                         const RouteTable& routes, float loss_scale, const GradsReady& on_grads_ready = {});
   // Logits [B*T, vocab] of the last forward (device memory); valid until the next call.
   const float* logits() const { return act_.logits.get(); }
 
@@ -125,7 +132,7 @@ class Model {
   };
   float run_forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes,
                     bool keep_grad, float loss_scale);
-  void run_backward(int B, int T, const RouteTable& routes);
+  void run_backward(int B, int T, const RouteTable& routes, const GradsReady& on_grads_ready);
   void ensure_activations(int B, int T);
   // The two halves of layer_forward; backward re-runs them to recompute activations.
   // attention_half: ln1, q, K/V (if compute_kv), attention -> att, lse.

@@ -8,7 +8,9 @@ namespace kvroute {
 std::unique_ptr<Communicator> make_single_process_communicator();
 std::unique_ptr<Communicator> make_mpi_communicator();
 #ifdef KVROUTE_WITH_CUDA
-std::unique_ptr<Communicator> make_nccl_communicator(int rank, int world, int local_rank);  // cuda/
+// Drives the GPU `backend` (a CudaBackend) runs on; collectives are ordered with its stream.
+std::unique_ptr<Communicator> make_nccl_communicator(int rank, int world, int local_rank,
+                                                     Backend& backend);  // cuda/
 #endif
 
 }  // namespace kvroute

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "comm_impl.h"
 
@@ -22,6 +24,33 @@ void check(int rc, const char* what) {
 }
 
 constexpr std::size_t kChunk = std::size_t(1) << 28;  // elements per MPI call
+
+// MPI_Iallreduce requests, one per chunk of the buffer.
+class MpiPending final : public PendingCollective {
+ public:
+  explicit MpiPending(std::vector<MPI_Request> requests) : requests_(std::move(requests)) {}
+  ~MpiPending() override {
+    // Never leave MPI writing into a buffer its owner is about to free.
+    if (!requests_.empty()) MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+  }
+  bool test() override {
+    if (requests_.empty()) return true;
+    int done = 0;
+    check(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done, MPI_STATUSES_IGNORE),
+          "MPI_Testall");
+    if (done) requests_.clear();
+    return done != 0;
+  }
+  void wait() override {
+    if (requests_.empty()) return;
+    const int rc = MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+    requests_.clear();
+    check(rc, "MPI_Iallreduce (wait)");
+  }
+
+ private:
+  std::vector<MPI_Request> requests_;
+};
 
 class Mpi final : public Communicator {
  public:
@@ -43,6 +72,21 @@ class Mpi final : public Communicator {
       const int count = static_cast<int>(std::min(kChunk, n - off));
       check(MPI_Allreduce(MPI_IN_PLACE, data + off, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
     }
+  }
+  std::unique_ptr<PendingCollective> allreduce_sum_start(float* data, std::size_t n) override {
+    std::vector<MPI_Request> requests;
+    for (std::size_t off = 0; off < n; off += kChunk) {
+      const int count = static_cast<int>(std::min(kChunk, n - off));
+      requests.push_back(MPI_REQUEST_NULL);
+      const int rc =
+          MPI_Iallreduce(MPI_IN_PLACE, data + off, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &requests.back());
+      if (rc != MPI_SUCCESS) {
+        requests.pop_back();
+        MpiPending started(std::move(requests));  // waits for the chunks already under way
+        check(rc, "MPI_Iallreduce");
+      }
+    }
+    return std::make_unique<MpiPending>(std::move(requests));
   }
   void allgather_inplace(float* data, std::size_t n_per_rank) override {
     if (n_per_rank > static_cast<std::size_t>(INT32_MAX)) throw std::runtime_error("allgather slice too large");

@@ -14,6 +14,17 @@ bool launched_under_mpi() {
   return false;
 }
 
+int launcher_local_rank() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    const char* v = std::getenv(var);
+    if (!v || !*v) continue;
+    char* end = nullptr;
+    const long r = std::strtol(v, &end, 10);
+    if (end != v && *end == '\0' && r >= 0) return static_cast<int>(r);
+  }
+  return 0;
+}
+
 namespace {
 bool g_mpi_initialised_here = false;
 }
@@ -32,7 +43,7 @@ std::unique_ptr<Communicator> make_communicator(Backend& backend) {
   auto mpi = make_mpi_communicator();
   if (backend.device() == Device::CUDA) {
 #ifdef KVROUTE_WITH_CUDA
-    return make_nccl_communicator(mpi->rank(), mpi->world_size(), mpi->local_rank());
+    return make_nccl_communicator(mpi->rank(), mpi->world_size(), mpi->local_rank(), backend);
 #endif
   }
   return mpi;
