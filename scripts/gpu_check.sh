@@ -41,6 +41,9 @@ budget() {
 
 stamp "GPU"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader
+# The driver must support the toolkit the build uses, or the runtime sees no device at all.
+nvidia-smi | grep -o "CUDA Version: [0-9.]*"
+{ /usr/local/cuda/bin/nvcc --version 2>/dev/null || nvcc --version 2>/dev/null; } | grep -o "release [0-9.]*"
 
 stamp "configure ($BUILD, KVROUTE_CUDA=ON, Release)"
 if [ "$BUILD" = "build-cuda" ]; then
@@ -59,8 +62,14 @@ if ! timeout "$(budget 270)" cmake --build "$BUILD" -j "$JOBS" --target kvroute 
 fi
 
 stamp "GPU tests: ctest -L gpu"
-if ! timeout "$(budget 120)" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 100; then
+# Every GPU test skips (and ctest counts it as passed) when the CUDA runtime sees no usable
+# device, e.g. a driver too old for this toolkit: that is a failure here, not a pass.
+if ! timeout "$(budget 120)" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 100 --no-tests=error \
+    2>&1 | tee "$LOGS.ctest.log"; then
   FAILED+=("ctest -L gpu")
+elif grep -q -e "\*\*\*Skipped" -e "Not Run" "$LOGS.ctest.log"; then
+  echo "gpu_check: GPU tests were skipped: the CUDA runtime sees no usable device (driver older than nvcc?)" >&2
+  FAILED+=("ctest -L gpu (tests skipped)")
 fi
 
 # GPT-2 124M's shape on the GPT-2-small-sized config (12 layers, d_model 768, 12 heads).
