@@ -9,7 +9,13 @@
 #
 # Exit status: 0 all passed; 1 a build, test or benchmark failed; 2 no NVIDIA GPU here.
 # Environment: KVROUTE_BUILD_DIR (default build-cuda, the cuda preset's directory),
-#              JOBS (default: nproc).
+#              JOBS (default: nproc),
+#              KVROUTE_PREBUILT: an archive from scripts/gpu_bundle.sh (or the folder it unpacks
+#              to): no configure or build here, for a GPU machine without kvroute's build
+#              dependencies; the tests then run as one test_cuda_ops process, not through ctest
+#              (whose files name the build machine's paths). The lent H200 image has nvcc,
+#              cmake and ninja but none of oneDNN, yaml-cpp, CLI11, HDF5, OpenMPI, sentencepiece
+#              or GTest, so there the configure step fails: bundle here, carry the archive.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,12 +23,15 @@ if ! command -v nvidia-smi > /dev/null 2>&1 || ! nvidia-smi -L > /dev/null 2>&1;
   echo "gpu_check: no NVIDIA GPU on this machine (nvidia-smi missing or lists no device); nothing checked." >&2
   exit 2
 fi
-for tool in cmake ninja; do
-  command -v "$tool" > /dev/null 2>&1 || { echo "gpu_check: '$tool' not found (install it, or run scripts/setup.sh)" >&2; exit 1; }
-done
-if [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc > /dev/null 2>&1; then
-  echo "gpu_check: nvcc not found (expected /usr/local/cuda/bin/nvcc)" >&2
-  exit 1
+PREBUILT="${KVROUTE_PREBUILT:-}"
+if [ -z "$PREBUILT" ]; then
+  for tool in cmake ninja; do
+    command -v "$tool" > /dev/null 2>&1 || { echo "gpu_check: '$tool' not found (install it, or run scripts/setup.sh)" >&2; exit 1; }
+  done
+  if [ ! -x /usr/local/cuda/bin/nvcc ] && ! command -v nvcc > /dev/null 2>&1; then
+    echo "gpu_check: nvcc not found (expected /usr/local/cuda/bin/nvcc)" >&2
+    exit 1
+  fi
 fi
 
 BUILD="${KVROUTE_BUILD_DIR:-build-cuda}"
@@ -45,37 +54,71 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv
 nvidia-smi | grep -o "CUDA Version: [0-9.]*"
 { /usr/local/cuda/bin/nvcc --version 2>/dev/null || nvcc --version 2>/dev/null; } | grep -o "release [0-9.]*"
 
-stamp "configure ($BUILD, KVROUTE_CUDA=ON, Release)"
-if [ "$BUILD" = "build-cuda" ]; then
-  configure=(cmake --preset cuda)
+if [ -n "$PREBUILT" ]; then
+  stamp "prebuilt binaries: $PREBUILT"
+  if [ -f "$PREBUILT" ]; then
+    rm -rf "$LOGS.bundle" && mkdir -p "$LOGS.bundle" && tar -xJf "$PREBUILT" -C "$LOGS.bundle" ||
+      { echo "gpu_check: cannot unpack $PREBUILT" >&2; exit 1; }
+    PREBUILT="$LOGS.bundle"
+  fi
+  # Only kvroute and test_cuda_ops see the bundled libraries (this script's own tools keep the system's).
+  KV_LD="$PREBUILT/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # NCCL is not part of the CUDA toolkit (nor, on some images, cuBLAS): a CUDA Python image has
+  # them as pip wheels (nvidia-nccl-cu13, nvidia-cublas); add the folder of each one missing.
+  kv_ldd() { env LD_LIBRARY_PATH="$KV_LD" ldd "$PREBUILT/bin/kvroute" "$PREBUILT/bin/test_cuda_ops" 2>&1; }
+  for lib in $(kv_ldd | awk '$3 == "not" {print $1}' | sort -u); do
+    found=$(find /usr /opt /root -name "$lib" 2>/dev/null | head -1)
+    [ -n "$found" ] && KV_LD="$KV_LD:$(dirname "$found")"
+  done
+  if kv_ldd | grep "not found"; then
+    echo "gpu_check: the prebuilt binaries miss the libraries above (LD_LIBRARY_PATH=$KV_LD)" >&2; exit 1
+  fi
+  KVROUTE_BIN="$PREBUILT/bin/kvroute"
 else
-  configure=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVROUTE_CUDA=ON)
-fi
-if ! timeout 90 "${configure[@]}" > "$LOGS.configure.log" 2>&1; then
-  tail -30 "$LOGS.configure.log"; echo "gpu_check: configure failed (log: $LOGS.configure.log)" >&2; exit 1
+  KV_LD="${LD_LIBRARY_PATH:-}"
+  stamp "configure ($BUILD, KVROUTE_CUDA=ON, Release)"
+  if [ "$BUILD" = "build-cuda" ]; then
+    configure=(cmake --preset cuda)
+  else
+    configure=(cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVROUTE_CUDA=ON)
+  fi
+  if ! timeout 90 "${configure[@]}" > "$LOGS.configure.log" 2>&1; then
+    tail -30 "$LOGS.configure.log"; echo "gpu_check: configure failed (log: $LOGS.configure.log)" >&2; exit 1
+  fi
+
+  stamp "build kvroute and test_cuda_ops (-j$JOBS)"
+  if ! timeout "$(budget 270)" cmake --build "$BUILD" -j "$JOBS" --target kvroute test_cuda_ops > "$LOGS.build.log" 2>&1; then
+    grep -E "error|Error" "$LOGS.build.log" | head -30; tail -5 "$LOGS.build.log"
+    echo "gpu_check: build failed or timed out (log: $LOGS.build.log)" >&2; exit 1
+  fi
+  KVROUTE_BIN="$BUILD/kvroute"
 fi
 
-stamp "build kvroute and test_cuda_ops (-j$JOBS)"
-if ! timeout "$(budget 270)" cmake --build "$BUILD" -j "$JOBS" --target kvroute test_cuda_ops > "$LOGS.build.log" 2>&1; then
-  grep -E "error|Error" "$LOGS.build.log" | head -30; tail -5 "$LOGS.build.log"
-  echo "gpu_check: build failed or timed out (log: $LOGS.build.log)" >&2; exit 1
-fi
-
-stamp "GPU tests: ctest -L gpu"
-# Every GPU test skips (and ctest counts it as passed) when the CUDA runtime sees no usable
-# device, e.g. a driver too old for this toolkit: that is a failure here, not a pass.
-if ! timeout "$(budget 120)" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 100 --no-tests=error \
-    2>&1 | tee "$LOGS.ctest.log"; then
-  FAILED+=("ctest -L gpu")
-elif grep -q -e "\*\*\*Skipped" -e "Not Run" "$LOGS.ctest.log"; then
-  echo "gpu_check: GPU tests were skipped: the CUDA runtime sees no usable device (driver older than nvcc?)" >&2
-  FAILED+=("ctest -L gpu (tests skipped)")
+if [ -n "$PREBUILT" ]; then
+  stamp "GPU tests: test_cuda_ops"
+  if ! timeout "$(budget 120)" env LD_LIBRARY_PATH="$KV_LD" "$PREBUILT/bin/test_cuda_ops" 2>&1 | tee "$LOGS.gtest.log"; then
+    FAILED+=("test_cuda_ops")
+  elif grep -q "^\[  SKIPPED \]" "$LOGS.gtest.log"; then
+    echo "gpu_check: GPU tests were skipped: the CUDA runtime sees no usable device (driver older than the toolkit?)" >&2
+    FAILED+=("test_cuda_ops (tests skipped)")
+  fi
+else
+  stamp "GPU tests: ctest -L gpu"
+  # Every GPU test skips (and ctest counts it as passed) when the CUDA runtime sees no usable
+  # device, e.g. a driver too old for this toolkit: that is a failure here, not a pass.
+  if ! timeout "$(budget 120)" ctest --test-dir "$BUILD" -L gpu --output-on-failure --timeout 100 --no-tests=error \
+      2>&1 | tee "$LOGS.ctest.log"; then
+    FAILED+=("ctest -L gpu")
+  elif grep -q -e "\*\*\*Skipped" -e "Not Run" "$LOGS.ctest.log"; then
+    echo "gpu_check: GPU tests were skipped: the CUDA runtime sees no usable device (driver older than nvcc?)" >&2
+    FAILED+=("ctest -L gpu (tests skipped)")
+  fi
 fi
 
 # GPT-2 124M's shape on the GPT-2-small-sized config (12 layers, d_model 768, 12 heads).
 GPT2=(--set train.backend=cuda --set model.vocab_size=50304 --set model.context=1024 --set train.seq_len=1024
       --set train.batch_size=16 --set train.grad_accum=1)
-BENCH=("$BUILD/kvroute" bench train configs/gpt2-small.yaml "${GPT2[@]}" --warmup 2)
+BENCH=(env LD_LIBRARY_PATH="$KV_LD" "$KVROUTE_BIN" bench train configs/gpt2-small.yaml "${GPT2[@]}" --warmup 2)
 SUMMARY=()
 bench() {  # bench NAME EXTRA_ARGS...
   local name="$1"; shift
