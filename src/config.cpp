@@ -113,6 +113,9 @@ const std::vector<Field>& registry() {
        .range = interval(0, 1, "[]")},
       {FIELD(train.overlap_allreduce), .doc = "under mpirun: start each gradient bucket's all-reduce as soon as backward "
                                               "finishes it (false: all of them after backward; the sums are the same)"},
+      {FIELD(train.allreduce_bucket_mb), .doc = "MiB of gradients per all-reduce call under mpirun: fewer calls when "
+                                                "larger, an earlier start during backward when smaller",
+       .range = interval(1e-3, 4096, "[]")},
       {FIELD(train.checkpoint.interval), .doc = "steps between checkpoints; 0 = only at the end",
        .range = at_least(0)},
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",

@@ -207,6 +207,8 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   }
 
   const double tokens_per_step = double(B) * T * tc.grad_accum * world;  // global batch
+  const auto bucket_bytes = static_cast<std::size_t>(tc.allreduce_bucket_mb * (1 << 20));
+  GradAllreduce grad_sum(*comm, model.grads(), model.num_params(), bucket_bytes);
   log.line("kvroute " KVROUTE_VERSION " | backend " + backend->name() + " | threads " +
            std::to_string(omp_get_max_threads()) + (world > 1 ? " per rank" : "") + " | run dir " + run_dir.string());
   if (world > 1)
@@ -214,8 +216,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
              std::to_string(world) + " ranks x " + std::to_string(tc.grad_accum) + " micro-batches x " +
              std::to_string(B) + " x " + std::to_string(T) + " = " + fmt("%.0f", tokens_per_step) +
              " tokens per step; gradients averaged in " +
-             std::to_string((model.num_params() * sizeof(float) + kGradBucketBytes - 1) / kGradBucketBytes) +
-             " bucket(s) of up to " + human_bytes(double(kGradBucketBytes)) +
+             std::to_string(grad_sum.buckets()) + " bucket(s) of up to " + human_bytes(double(bucket_bytes)) +
              (tc.overlap_allreduce ? ", each summed as soon as backward finishes it" : ", summed after backward") +
              (opt.sharded() ? "; ZeRO-1: each rank holds 1/" + std::to_string(world) + " of the AdamW state"
                             : "; ZeRO-0: every rank holds the whole AdamW state") +
@@ -293,7 +294,6 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   double interval_allreduce_s = 0;  // time in the gradient all-reduce since the last log line
   // Each rank's backward is scaled by 1 / (grad_accum * N), so the summed gradients are the mean.
   const float grad_scale = 1.f / (tc.grad_accum * world);
-  GradAllreduce grad_sum(*comm, model.grads(), model.num_params());
   // On the last micro-batch each bucket's sum starts as soon as backward has finished it.
   const Model::GradsReady start_grad_sums = [&](std::size_t begin) { grad_sum.ready_from(begin); };
   for (long step = state.step + 1; step <= tc.steps; ++step) {

@@ -64,6 +64,7 @@ train:
   deterministic: false
   zero: 1
   overlap_allreduce: false
+  allreduce_bucket_mb: 0.5
   checkpoint:
     interval: 500
     keep_last: 7
@@ -222,6 +223,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(t.precision, "bf16");
   EXPECT_FALSE(t.deterministic);
   EXPECT_FALSE(t.overlap_allreduce);
+  EXPECT_EQ(t.allreduce_bucket_mb, 0.5);
   EXPECT_EQ(t.zero, 1);
   EXPECT_EQ(t.checkpoint.interval, 500);
   EXPECT_EQ(t.checkpoint.keep_last, 7);
@@ -330,6 +332,7 @@ TEST_F(ConfigTest, OutOfRangeValuesNameTheBound) {
   EXPECT_THAT(yaml_error("model:\n  rope_theta: 0\n"), HasSubstr("model.rope_theta: must be > 0, got 0"));
   EXPECT_THAT(yaml_error("routing:\n  p: 1.5\n"), HasSubstr("routing.p: must be in [0, 1], got 1.5"));
   EXPECT_THAT(override_error("train.zero=2"), HasSubstr("train.zero: must be in [0, 1], got 2"));
+  EXPECT_THAT(override_error("train.allreduce_bucket_mb=0"), HasSubstr("train.allreduce_bucket_mb: must be in"));
   EXPECT_THAT(yaml_error("train:\n  beta2: 1\n"), HasSubstr("train.beta2: must be in [0, 1), got 1"));
   EXPECT_THAT(yaml_error("data:\n  val_fraction: 0\n"), HasSubstr("data.val_fraction: must be in (0, 1), got 0"));
   EXPECT_THAT(yaml_error("train:\n  checkpoint:\n    keep_last: 0\n"),

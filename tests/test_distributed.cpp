@@ -251,6 +251,28 @@ TEST(Distributed, ZeroOneMatchesZeroZeroBitForBitEvenWithPaddedShards) {
   }
 }
 
+// Summing each gradient bucket as soon as backward finishes it (the default) must train the same
+// model, bit for bit, as summing them all after backward: same buckets, same sums. Small buckets
+// (10 KiB: the model's gradients take 15) and 3 ranks, so most sums overlap backward.
+TEST(Distributed, OverlappingTheAllreduceWithBackwardChangesNoBit) {
+  const RunSetup s = make_setup("overlap", "{mode: stochastic, p: 0.5, scheme: any}");
+  const std::vector<std::string> common = {"train.grad_accum=2", "train.allreduce_bucket_mb=0.009765625"};
+  auto with = [&](const std::string& overlap) {
+    std::vector<std::string> extra = common;
+    extra.push_back("train.overlap_allreduce=" + overlap);
+    return extra;
+  };
+  const Result on = run(3, train_args(s, s.dir / "on", with("true")), s.dir / "on.log");
+  ASSERT_EQ(on.status, 0) << on.output;
+  const Result off = run(3, train_args(s, s.dir / "off", with("false")), s.dir / "off.log");
+  ASSERT_EQ(off.status, 0) << off.output;
+  EXPECT_THAT(on.output, HasSubstr("15 bucket(s) of up to 10.0 KiB, each summed as soon as backward finishes it"));
+  EXPECT_THAT(off.output, HasSubstr("15 bucket(s) of up to 10.0 KiB, summed after backward"));
+  EXPECT_EQ(losses_by_step(s.dir / "on"), losses_by_step(s.dir / "off"));
+  EXPECT_EQ(losses_by_step(s.dir / "on").size(), 6u);
+  EXPECT_EQ(weights_of(s.dir / "on" / "model.h5"), weights_of(s.dir / "off" / "model.h5"));
+}
+
 TEST(Distributed, ACheckpointWrittenByTwoRanksResumesWithTwoAndWithOne) {
   const RunSetup s = make_setup("resume");
   const std::vector<std::string> zero1 = {"train.zero=1", "train.checkpoint.interval=3"};

@@ -64,6 +64,7 @@ struct TrainConfig {
   bool deterministic = true;         // bitwise-reproducible GPU results (CUDA attention backward without atomics)
   int zero = 0;                      // ZeRO stage: 0 = every rank holds all AdamW state; 1 = sharded over ranks
   bool overlap_allreduce = true;     // under mpirun: start each gradient bucket's sum during backward
+  double allreduce_bucket_mb = 25;   // gradient all-reduce bucket size in MiB (as PyTorch DDP's bucket_cap_mb)
   CheckpointConfig checkpoint;
 };
 
