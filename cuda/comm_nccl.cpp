@@ -41,9 +41,10 @@ class NcclPending final : public PendingCollective {
  public:
   NcclPending(cudaEvent_t done, cudaStream_t backend_stream) : done_(done), backend_stream_(backend_stream) {}
   ~NcclPending() override {
-    if (!done_) return;
-    // Never leave the sum in flight into a buffer its owner may free or reuse.
-    (void)cudaEventSynchronize(done_);
+    // Once waited for, the backend's stream is ordered after the sum, which is all its owner
+    // needs (cudaEventDestroy of a pending event is fine). Never waited for, the host must not
+    // return while the sum may still write into a buffer its owner may free or reuse.
+    if (!waited_) (void)cudaEventSynchronize(done_);
     (void)cudaEventDestroy(done_);
   }
   bool test() override { return waited_ || cudaEventQuery(done_) == cudaSuccess; }
