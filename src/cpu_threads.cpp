@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "kvroute/comm.h"
+
 namespace kvroute {
 namespace {
 
@@ -16,18 +18,6 @@ int affinity_cpu_count() {
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
   return CPU_COUNT(&set);
-}
-
-// Ranks of this job on this machine, as the launcher tells them; 1 when none does.
-int local_rank_count() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
-    const char* v = std::getenv(var);
-    if (!v || !*v) continue;
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end != v && n >= 1) return static_cast<int>(n);
-  }
-  return 1;
 }
 
 }  // namespace
@@ -51,7 +41,7 @@ ThreadChoice configure_cpu_threads(int requested) {
   if (affinity <= 0) affinity = std::max(1, online);
   const ThreadChoice c =
       choose_cpu_threads(requested, std::getenv("OMP_NUM_THREADS"), omp_get_max_threads(), affinity, online,
-                         local_rank_count());
+                         launcher_local_size());
   omp_set_num_threads(c.threads);
   return c;
 }

@@ -58,6 +58,9 @@ bool launched_under_mpi();
 // tells it (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID); 0 without one. Known
 // before MPI starts, so the CUDA backend can pick its GPU (local rank mod GPU count) first.
 int launcher_local_rank();
+// The number of the job's processes on this machine, from the same launchers
+// (OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS, SLURM_NTASKS_PER_NODE); 1 without one.
+int launcher_local_size();
 
 // Initialises MPI when launched under mpirun (once per process), then returns the
 // communicator for the backend: MPI for "cpu", NCCL for "cuda" (when built with CUDA),

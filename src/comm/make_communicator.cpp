@@ -2,6 +2,7 @@
 #include <mpi.h>
 
 #include <cstdlib>
+#include <initializer_list>
 
 #include "comm_impl.h"
 #include "kvroute/backend.h"
@@ -14,15 +15,26 @@ bool launched_under_mpi() {
   return false;
 }
 
-int launcher_local_rank() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+namespace {
+// The first of `vars` that starts with an integer >= min_value, else fallback.
+int first_launcher_int(std::initializer_list<const char*> vars, long min_value, int fallback) {
+  for (const char* var : vars) {
     const char* v = std::getenv(var);
     if (!v || !*v) continue;
     char* end = nullptr;
-    const long r = std::strtol(v, &end, 10);
-    if (end != v && *end == '\0' && r >= 0) return static_cast<int>(r);
+    const long x = std::strtol(v, &end, 10);
+    if (end != v && x >= min_value) return static_cast<int>(x);  // the leading integer, as launchers write it
   }
-  return 0;
+  return fallback;
+}
+}  // namespace
+
+int launcher_local_rank() {
+  return first_launcher_int({"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}, 0, 0);
+}
+
+int launcher_local_size() {
+  return first_launcher_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}, 1, 1);
 }
 
 namespace {
