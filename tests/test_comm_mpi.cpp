@@ -51,6 +51,28 @@ TEST(CommMpi, BroadcastScalarsAndFlags) {
   g_comm->barrier();
 }
 
+TEST(CommMpi, TwoStartedSumsInFlightAtOnceBothComplete) {
+  const int r = g_comm->rank();
+  std::vector<float> a(3000), b(5);
+  for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i * (r + 1));
+  for (std::size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(r + i);
+  auto pa = g_comm->allreduce_sum_start(a.data(), a.size());
+  auto pb = g_comm->allreduce_sum_start(b.data(), b.size());
+  while (!pa->test()) {
+  }
+  pb->wait();
+  pa->wait();  // after test() said done: returns at once
+  EXPECT_TRUE(pb->test());
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], static_cast<float>(i * 3)) << i;
+  for (std::size_t i = 0; i < b.size(); ++i) ASSERT_EQ(b[i], static_cast<float>(1 + 2 * i)) << i;
+}
+
+// mpirun tells each process its rank on the node (both ranks of this test run on one machine).
+TEST(CommMpi, TheLauncherGivesTheLocalRankAndSizeBeforeMpiDoes) {
+  EXPECT_EQ(launcher_local_rank(), g_comm->local_rank());
+  EXPECT_EQ(launcher_local_size(), 2);
+}
+
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   if (!launched_under_mpi()) {
