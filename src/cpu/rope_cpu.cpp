@@ -8,37 +8,57 @@
 namespace kvroute {
 namespace {
 
-// Rotates x[B,T,H,D] in place; direction -1 applies the inverse rotation.
-void rope_rotate(float* x, int B, int T, int H, int D, int pos0, float theta, int direction, const char* op) {
+// cos/sin of pos * theta^(-2i/D) for positions pos0..pos0+T-1, [T, D/2]. Training rotates
+// q, k and their gradients with the same (theta, D, pos0, T) in every layer and step, so
+// the last table is kept (one per thread: ops may run on several threads at once).
+struct RopeTable {
+  float theta = 0.f;
+  int D = 0, pos0 = -1, T = -1;
+  std::vector<float> cos, sin;
+
+  const RopeTable& update(float theta_, int D_, int pos0_, int T_) {
+    if (theta_ == theta && D_ == D && pos0_ == pos0 && T_ == T) return *this;
+    const int half = D_ / 2;
+    cos.resize(static_cast<std::size_t>(T_) * half);
+    sin.resize(cos.size());
+    for (int i = 0; i < half; ++i) {
+      const double freq = std::pow(static_cast<double>(theta_), -2.0 * i / D_);
+      for (int t = 0; t < T_; ++t) {
+        const double angle = static_cast<double>(pos0_ + t) * freq;  // double: pos * freq can be large
+        cos[static_cast<std::size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
+        sin[static_cast<std::size_t>(t) * half + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    theta = theta_, D = D_, pos0 = pos0_, T = T_;
+    return *this;
+  }
+};
+
+// Rotates x[B,T,H,D] in place; inverse applies the inverse rotation (sin negated).
+void rope_rotate(float* x, int B, int T, int H, int D, int pos0, float theta, bool inverse, const char* op) {
   cpu::require(B >= 0 && T >= 0 && H >= 0 && D > 0, op, "bad shape");
   cpu::require(D % 2 == 0, op, "head_dim must be even, got " + std::to_string(D));
   cpu::require(pos0 >= 0, op, "pos0 must be >= 0");
   cpu::require(theta > 0.f, op, "theta must be > 0");
+  if (B == 0 || T == 0 || H == 0) return;
+  thread_local RopeTable cache;
+  const RopeTable& table = cache.update(theta, D, pos0, T);
   const int half = D / 2;
-  // cos/sin table [T, D/2]; angles in double since pos * freq can be large.
-  std::vector<float> cos_t(static_cast<std::size_t>(T) * half), sin_t(cos_t.size());
-  for (int i = 0; i < half; ++i) {
-    const double freq = std::pow(static_cast<double>(theta), -2.0 * i / D);
-    for (int t = 0; t < T; ++t) {
-      const double angle = static_cast<double>(pos0 + t) * freq;
-      cos_t[static_cast<std::size_t>(t) * half + i] = static_cast<float>(std::cos(angle));
-      sin_t[static_cast<std::size_t>(t) * half + i] = static_cast<float>(direction * std::sin(angle));
-    }
-  }
+  const float sign = inverse ? -1.0f : 1.0f;
   const long rows = static_cast<long>(B) * T;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (static_cast<std::size_t>(rows) * H * D >= cpu::kParallelMinElements)
   for (long row = 0; row < rows; ++row) {
     const int t = static_cast<int>(row % T);
-    const float* c = cos_t.data() + static_cast<std::size_t>(t) * half;
-    const float* s = sin_t.data() + static_cast<std::size_t>(t) * half;
+    const float* c = table.cos.data() + static_cast<std::size_t>(t) * half;
+    const float* s = table.sin.data() + static_cast<std::size_t>(t) * half;
     for (int h = 0; h < H; ++h) {
       float* x1 = x + (static_cast<std::size_t>(row) * H + h) * D;
       float* x2 = x1 + half;
 #pragma omp simd
       for (int i = 0; i < half; ++i) {
-        const float a = x1[i], b = x2[i];
-        x1[i] = a * c[i] - b * s[i];
-        x2[i] = a * s[i] + b * c[i];
+        const float a = x1[i], b = x2[i], si = sign * s[i];
+        x1[i] = a * c[i] - b * si;
+        x2[i] = a * si + b * c[i];
       }
     }
   }
@@ -47,11 +67,11 @@ void rope_rotate(float* x, int B, int T, int H, int D, int pos0, float theta, in
 }  // namespace
 
 void CpuBackend::rope_forward(float* x, int B, int T, int H, int D, int pos0, float theta) {
-  rope_rotate(x, B, T, H, D, pos0, theta, +1, "rope_forward");
+  rope_rotate(x, B, T, H, D, pos0, theta, false, "rope_forward");
 }
 
 void CpuBackend::rope_backward(float* dx, int B, int T, int H, int D, int pos0, float theta) {
-  rope_rotate(dx, B, T, H, D, pos0, theta, -1, "rope_backward");
+  rope_rotate(dx, B, T, H, D, pos0, theta, true, "rope_backward");
 }
 
 }  // namespace kvroute
