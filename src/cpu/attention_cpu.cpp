@@ -187,8 +187,9 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
           v_rows = v_tile.data();
           v_ld = Dp;
         }
-        cpu::tile_gemm<false>(scores.data(), kKeyBlock, q_tile.data(), D, k_t.data() + j0, kt_ld, rows, kKeyBlock,
-                              D);
+        // Only the key columns some query of the block sees (the diagonal tile is partly in the future).
+        const int cols = round_up(nk, cpu::kTileCols);
+        cpu::tile_gemm<false>(scores.data(), kKeyBlock, q_tile.data(), D, k_t.data() + j0, kt_ld, rows, cols, D);
 
         for (int i = 0; i < rows; ++i) {
           float* s = scores.data() + static_cast<std::size_t>(i) * kKeyBlock;
