@@ -17,6 +17,7 @@
 #              cmake and ninja but none of oneDNN, yaml-cpp, CLI11, HDF5, OpenMPI, sentencepiece
 #              or GTest, so there the configure step fails: bundle here, carry the archive.
 set -uo pipefail
+[ -n "${KVROUTE_PREBUILT:-}" ] && KVROUTE_PREBUILT=$(realpath -m "$KVROUTE_PREBUILT")  # relative to the caller's folder
 cd "$(dirname "$0")/.."
 
 if ! command -v nvidia-smi > /dev/null 2>&1 || ! nvidia-smi -L > /dev/null 2>&1; then
