@@ -26,6 +26,10 @@ constexpr int kQueryBlock = 32;
 constexpr int kKeyBlock = 64;
 static_assert(kQueryBlock % cpu::kTileRows == 0 && kKeyBlock % cpu::kTileRows == 0);
 static_assert(kKeyBlock % cpu::kTileCols == 0);
+// Backward tiles are [key, query]: queries are the GEMM columns.
+constexpr int kBackwardQueryBlock = 32;
+constexpr int kBackwardKeyBlock = 32;
+static_assert(kBackwardQueryBlock % cpu::kTileCols == 0 && kBackwardKeyBlock % cpu::kTileRows == 0);
 
 // Shape with its derived strides, validated once per call.
 struct Geometry {
@@ -113,12 +117,6 @@ void load_transposed(float* tile, int ld, const float* rows, std::size_t row_str
   }
 }
 
-// dst[c * rows + r] = src[r * cols + c]
-void transpose(float* dst, const float* src, int rows, int cols) {
-  for (int r = 0; r < rows; ++r)
-    for (int c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-}
-
 // dst rows [0, rows) += tile rows (first cols columns).
 void add_rows(float* dst, std::size_t dst_stride, const float* tile, int ld, int rows, int cols) {
   for (int r = 0; r < rows; ++r) {
@@ -195,7 +193,7 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
           float* s = scores.data() + static_cast<std::size_t>(i) * kKeyBlock;
           const int cnt = i < nq ? std::min(nk, g.keys_visible(i0 + i) - j0) : 0;
           if (cnt <= 0) {  // this tile is entirely in query i's future
-            std::fill(s, s + kKeyBlock, 0.f);
+            std::fill(s, s + nk, 0.f);
             continue;
           }
           float tile_max = -std::numeric_limits<float>::infinity();
@@ -204,7 +202,7 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
           const float new_max = std::max(row_max[i], tile_max);
           const float correction = cpu::fast_exp(row_max[i] - new_max);  // 0 on the first tile
           const float tile_sum = cpu::exp_shifted(s, s, cnt, new_max);
-          std::fill(s + cnt, s + kKeyBlock, 0.f);
+          std::fill(s + cnt, s + nk, 0.f);  // the P.V product reads nk columns
           row_sum[i] = row_sum[i] * correction + tile_sum;
           row_max[i] = new_max;
           float* o = acc.data() + static_cast<std::size_t>(i) * Dp;
@@ -229,8 +227,10 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
 // With P = exp(scale * q.k - lse) and Di = dot(dout_i, out_i):
 //   dV_j += sum_i P_ij dout_i,  dS_ij = scale * P_ij (dout_i . v_j - Di),
 //   dq_i += sum_j dS_ij k_j,  dK_j += sum_i dS_ij q_i.
-// Loops: key tile (its dK/dV accumulate in registers-sized tiles), then the
-// query heads of the group, then query blocks that can see the tile.
+// Everything runs on [key, query] tiles (P^T, dS^T), so no tile is ever transposed:
+// per query head the queries and output gradients are transposed once ([D, Tq]),
+// dq is accumulated transposed and added back at the end. Loops: query head of
+// the group, key tile (its dK/dV accumulate in tiles), query blocks that see it.
 void CpuBackend::attention_backward(const AttentionBackward& p) {
   const Geometry g = make_geometry(p.shape, p.src, p.k_layers, p.v_layers, "attention_backward");
   if (g.empty()) return;
@@ -239,21 +239,29 @@ void CpuBackend::attention_backward(const AttentionBackward& p) {
   for (int b = 0; b < g.B; ++b)
     cpu::require(p.dk_layers[p.src[b]] && p.dv_layers[p.src[b]], "attention_backward",
                  "null dK/dV for source layer " + std::to_string(p.src[b]));
+  constexpr int QB = kBackwardQueryBlock, KB = kBackwardKeyBlock;
+  using cpu::floatv;
+  using cpu::kLanes;
   const int D = g.D;
-  const int Dp = round_up(D, cpu::kTileCols);
+  const int Dp = round_up(D, cpu::kTileCols);  // columns of the dK/dV tiles
+  const int Dr = round_up(D, cpu::kTileRows);  // rows of the transposed dq
+  const int Tqp = round_up(g.Tq, QB);          // queries, padded to whole blocks
+  const bool rows_in_place = Dp == D;          // q/dout rows can feed tile_gemm straight from memory
   const long n_tasks = static_cast<long>(g.B) * g.Hkv;
   const int n_keys = g.keys_visible(g.Tq - 1);
-  constexpr int QB = kQueryBlock, KB = kKeyBlock;
 
 #pragma omp parallel
   {
     auto buffer = [](int rows, int cols) { return std::vector<float>(static_cast<std::size_t>(rows) * cols); };
-    std::vector<float> k_t = buffer(D, KB), v_t = buffer(D, KB), k_rows = buffer(KB, Dp);
+    // Per query head; padding columns (queries >= Tq) and rows (d >= D) stay zero.
+    std::vector<float> q_t = buffer(D, Tqp), do_t = buffer(D, Tqp), dq_t = buffer(Dr, Tqp);
+    std::vector<float> q_pad = buffer(rows_in_place ? 0 : g.Tq, Dp), do_pad = buffer(rows_in_place ? 0 : g.Tq, Dp);
+    // +inf log-sum-exp makes P exactly 0 for padding queries.
+    std::vector<float> lse(Tqp, std::numeric_limits<float>::infinity()), row_dot(Tqp, 0.f);
+    // Per key tile.
+    std::vector<float> k_rows = buffer(KB, D), v_rows = buffer(KB, D), k_t = buffer(Dr, KB);
     std::vector<float> dk_acc = buffer(KB, Dp), dv_acc = buffer(KB, Dp);
-    std::vector<float> q_blk = buffer(QB, Dp), do_blk = buffer(QB, Dp), dq_blk = buffer(QB, Dp);
-    std::vector<float> prob = buffer(QB, KB), dscore = buffer(QB, KB);  // P and dS, [query, key]
-    std::vector<float> prob_t = buffer(KB, QB), dscore_t = buffer(KB, QB);
-    std::vector<float> row_dot = buffer(g.group, g.Tq);  // Di per (head in group, query)
+    std::vector<float> prob_t = buffer(KB, QB), dscore_t = buffer(KB, QB);  // P^T and dS^T, [key, query]
 
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < n_tasks; ++task) {
@@ -269,68 +277,76 @@ void CpuBackend::attention_backward(const AttentionBackward& p) {
       for (int hh = 0; hh < g.group; ++hh) {
         const int h = kv_head * g.group + hh;
         for (int i = 0; i < g.Tq; ++i) {
+          const float* q = p.q + g.q_offset(b, i, h);
           const float* o = p.out + g.q_offset(b, i, h);
           const float* go = p.dout + g.q_offset(b, i, h);
-          float s = 0.f;
-#pragma omp simd reduction(+ : s)
-          for (int d = 0; d < D; ++d) s += o[d] * go[d];
-          row_dot[static_cast<std::size_t>(hh) * g.Tq + i] = s;
-        }
-      }
-
-      for (int j0 = 0; j0 < n_keys; j0 += KB) {
-        const int nk = std::min(KB, n_keys - j0);
-        const int key_rows = round_up(nk, cpu::kTileRows);
-        load_transposed(k_t.data(), KB, K + j0 * g.kv_row, g.kv_row, nk, D);
-        load_transposed(v_t.data(), KB, V + j0 * g.kv_row, g.kv_row, nk, D);
-        load_rows(k_rows.data(), Dp, K + j0 * g.kv_row, g.kv_row, nk, D, KB);
-        std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
-        std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
-        const int first_query = static_cast<int>(std::max<long>(0, j0 - g.q_pos0));
-
-        for (int hh = 0; hh < g.group; ++hh) {
-          const int h = kv_head * g.group + hh;
-          for (int i0 = first_query / QB * QB; i0 < g.Tq; i0 += QB) {
-            const int nq = std::min(QB, g.Tq - i0);
-            const int rows = round_up(nq, cpu::kTileRows);
-            load_rows(q_blk.data(), Dp, p.q + g.q_offset(b, i0, h), g.q_row, nq, D, QB);
-            load_rows(do_blk.data(), Dp, p.dout + g.q_offset(b, i0, h), g.q_row, nq, D, QB);
-            std::fill(prob.begin(), prob.end(), 0.f);
-            std::fill(dscore.begin(), dscore.end(), 0.f);
-            cpu::tile_gemm(prob.data(), KB, q_blk.data(), Dp, k_t.data(), KB, rows, KB, D);
-            cpu::tile_gemm(dscore.data(), KB, do_blk.data(), Dp, v_t.data(), KB, rows, KB, D);  // dout . v
-
-            for (int i = 0; i < rows; ++i) {
-              float* pr = prob.data() + static_cast<std::size_t>(i) * KB;
-              float* ds = dscore.data() + static_cast<std::size_t>(i) * KB;
-              const int cnt = i < nq ? std::min(nk, g.keys_visible(i0 + i) - j0) : 0;
-              if (cnt <= 0) {
-                std::fill(pr, pr + KB, 0.f);
-                std::fill(ds, ds + KB, 0.f);
-                continue;
-              }
-              const float lse = p.lse[g.lse_offset(b, h, i0 + i)];
-              const float di = row_dot[static_cast<std::size_t>(hh) * g.Tq + i0 + i];
-#pragma omp simd
-              for (int j = 0; j < cnt; ++j) pr[j] *= g.scale;
-              cpu::exp_shifted(pr, pr, cnt, lse);
-              std::fill(pr + cnt, pr + KB, 0.f);
-#pragma omp simd
-              for (int j = 0; j < KB; ++j) ds[j] = pr[j] * (ds[j] - di) * g.scale;
-            }
-
-            transpose(prob_t.data(), prob.data(), QB, KB);
-            transpose(dscore_t.data(), dscore.data(), QB, KB);
-            cpu::tile_gemm(dv_acc.data(), Dp, prob_t.data(), QB, do_blk.data(), Dp, key_rows, Dp, nq);
-            cpu::tile_gemm(dk_acc.data(), Dp, dscore_t.data(), QB, q_blk.data(), Dp, key_rows, Dp, nq);
-            std::fill(dq_blk.begin(), dq_blk.end(), 0.f);
-            cpu::tile_gemm(dq_blk.data(), Dp, dscore.data(), KB, k_rows.data(), Dp, rows, Dp, nk);
-            add_rows(p.dq + g.q_offset(b, i0, h), g.q_row, dq_blk.data(), Dp, nq, D);
+          float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+          for (int d = 0; d < D; ++d) dot += o[d] * go[d];
+          row_dot[i] = dot;
+          lse[i] = p.lse[g.lse_offset(b, h, i)];
+          for (int d = 0; d < D; ++d) {
+            q_t[static_cast<std::size_t>(d) * Tqp + i] = q[d] * g.scale;  // scaled as in the forward
+            do_t[static_cast<std::size_t>(d) * Tqp + i] = go[d];
+          }
+          if (!rows_in_place) {
+            std::copy(q, q + D, q_pad.data() + static_cast<std::size_t>(i) * Dp);
+            std::copy(go, go + D, do_pad.data() + static_cast<std::size_t>(i) * Dp);
           }
         }
+        const float* q_rows = rows_in_place ? p.q + g.q_offset(b, 0, h) : q_pad.data();
+        const float* do_rows = rows_in_place ? p.dout + g.q_offset(b, 0, h) : do_pad.data();
+        const std::size_t rows_ld = rows_in_place ? g.q_row : Dp;
+        std::fill(dq_t.begin(), dq_t.end(), 0.f);
 
-        add_rows(dK + j0 * g.kv_row, g.kv_row, dk_acc.data(), Dp, nk, D);
-        add_rows(dV + j0 * g.kv_row, g.kv_row, dv_acc.data(), Dp, nk, D);
+        for (int j0 = 0; j0 < n_keys; j0 += KB) {
+          const int nk = std::min(KB, n_keys - j0);
+          const int key_rows = round_up(nk, cpu::kTileRows);
+          load_rows(k_rows.data(), D, K + j0 * g.kv_row, g.kv_row, nk, D, KB);
+          load_rows(v_rows.data(), D, V + j0 * g.kv_row, g.kv_row, nk, D, KB);
+          load_transposed(k_t.data(), KB, K + j0 * g.kv_row, g.kv_row, nk, D);
+          std::fill(dk_acc.begin(), dk_acc.end(), 0.f);
+          std::fill(dv_acc.begin(), dv_acc.end(), 0.f);
+          const int first_query = static_cast<int>(std::max<long>(0, j0 - g.q_pos0));
+
+          for (int i0 = first_query / QB * QB; i0 < g.Tq; i0 += QB) {
+            const int nq = std::min(QB, g.Tq - i0);
+            cpu::tile_gemm<false>(prob_t.data(), QB, k_rows.data(), D, q_t.data() + i0, Tqp, key_rows, QB, D);
+            cpu::tile_gemm<false>(dscore_t.data(), QB, v_rows.data(), D, do_t.data() + i0, Tqp, key_rows, QB,
+                                  D);  // v . dout
+
+            // Rows past nk (padding keys) are left as they are: only dK/dV rows < nk are kept and
+            // the dq product stops at key nk.
+            for (int r = 0; r < nk; ++r) {
+              float* pr = prob_t.data() + static_cast<std::size_t>(r) * QB;
+              float* ds = dscore_t.data() + static_cast<std::size_t>(r) * QB;
+              // Query i0 + c sees key j0 + r from c = j0 + r - q_pos0 - i0 on.
+              const long first = std::clamp<long>(j0 + r - g.q_pos0 - i0, 0, QB);
+              for (int c = 0; c < QB; c += kLanes) {
+                const floatv prob = cpu::fast_exp(cpu::load_vec(pr + c) - cpu::load_vec(lse.data() + i0 + c));
+                cpu::store_vec(pr + c, prob);
+                cpu::store_vec(ds + c, prob * (cpu::load_vec(ds + c) - cpu::load_vec(row_dot.data() + i0 + c)) *
+                                           g.scale);
+              }
+              std::fill(pr, pr + first, 0.f);
+              std::fill(ds, ds + first, 0.f);
+            }
+
+            cpu::tile_gemm(dv_acc.data(), Dp, prob_t.data(), QB, do_rows + i0 * rows_ld, static_cast<int>(rows_ld),
+                           key_rows, Dp, nq);
+            cpu::tile_gemm(dk_acc.data(), Dp, dscore_t.data(), QB, q_rows + i0 * rows_ld, static_cast<int>(rows_ld),
+                           key_rows, Dp, nq);
+            cpu::tile_gemm(dq_t.data() + i0, Tqp, k_t.data(), KB, dscore_t.data(), QB, Dr, QB, nk);
+          }
+
+          add_rows(dK + j0 * g.kv_row, g.kv_row, dk_acc.data(), Dp, nk, D);
+          add_rows(dV + j0 * g.kv_row, g.kv_row, dv_acc.data(), Dp, nk, D);
+        }
+
+        for (int i = 0; i < g.Tq; ++i) {
+          float* dq = p.dq + g.q_offset(b, i, h);
+          for (int d = 0; d < D; ++d) dq[d] += dq_t[static_cast<std::size_t>(d) * Tqp + i];
+        }
       }
     }
   }
