@@ -680,6 +680,9 @@ TEST(CpuAttentionBackward, TwoLayersAccumulateIntoSharedSource) {
 
 TEST(CpuAttentionBackward, MultipleTiles) { check_backward(attn_shape(1, 70, 70, 2, 1, 4), 1, {{0}}, 25); }
 
+// head_dim a multiple of the tile width: q and dout rows feed the tile GEMMs straight from memory.
+TEST(CpuAttentionBackward, HeadDimReadInPlace) { check_backward(attn_shape(1, 45, 45, 2, 1, 16), 1, {{0}}, 27); }
+
 TEST(CpuAttentionBackward, ChunkWithPaddedCache) {
   const int Tmax = 80, Tk = 68, Hkv = 1, D = 4;
   check_backward(attn_shape(2, 6, Tk, 2, Hkv, D, Tk - 6, static_cast<long>(Tmax) * Hkv * D), 2, {{1, 1}}, 26);
