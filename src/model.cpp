@@ -343,6 +343,13 @@ float Model::run_forward(const int32_t* tokens, const int32_t* targets, int B, i
                                 std::to_string(cfg_.context));
   if (routes.B != B || routes.L != cfg_.n_layers) throw std::invalid_argument("route table shape mismatch");
   check_tokens(tokens, static_cast<std::size_t>(B) * T);
+  // Checked here, on the host, so every backend refuses the same input (a device kernel cannot throw).
+  if (targets)
+    for (int i = 0; i < B * T; ++i)
+      if (targets[i] >= cfg_.vocab_size)
+        throw std::invalid_argument("target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) +
+                                    " outside vocabulary of " + std::to_string(cfg_.vocab_size) +
+                                    " (negative targets are ignored)");
   ensure_activations(B, T);
   Activations& a = act_;
   const int N = B * T, C = cfg_.d_model, L = cfg_.n_layers, V = cfg_.vocab_size;

@@ -244,6 +244,17 @@ TEST(Model, RejectsBadInput) {
   std::vector<int32_t> ok(3 * 9, 1);
   EXPECT_THROW(model.forward(ok.data(), nullptr, 3, 9, identity_routes(3, 4)), std::invalid_argument);  // > context
   EXPECT_THROW(model.forward(ok.data(), nullptr, 3, 6, identity_routes(2, 4)), std::invalid_argument);
+  std::vector<int32_t> targets(3 * 6, -1);  // negative targets are ignored...
+  targets[0] = 2;
+  EXPECT_NO_THROW(model.forward(ok.data(), targets.data(), 3, 6, identity_routes(3, 4)));
+  targets[7] = 11;  // ...one at vocab_size is refused before any op runs, on every backend
+  try {
+    model.forward_backward(ok.data(), targets.data(), 3, 6, identity_routes(3, 4), 1.f);
+    ADD_FAILURE() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("target id 11 at position 7 outside vocabulary of 11"), std::string::npos)
+        << e.what();
+  }
   ModelConfig bad = mc;
   bad.n_kv_heads = 3;
   EXPECT_THROW(Model(bad, be.get()), std::invalid_argument);
