@@ -49,8 +49,6 @@ std::string fmt(const char* f, double a) {
   return buf;
 }
 
-std::string human_bytes(double bytes);
-
 // A device backend's own allocations (parameters, gradients, AdamW state, activations, op
 // scratch), or "" on the CPU (its memory is the process RSS). Logged after the first step and
 // at the end: equal allocation counts show that nothing was allocated in the steady state.
@@ -60,15 +58,6 @@ std::string device_memory_line(const Backend& backend, const std::string& when) 
   return "device memory " + when + ": " + human_bytes(double(m.in_use_bytes)) + " in use, peak " +
          human_bytes(double(m.peak_bytes)) + ", " + std::to_string(m.allocations) + " allocations so far, device " +
          human_bytes(double(m.device_total_bytes));
-}
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
-  return buf;
 }
 
 // Exact text of a double ("0x1.8p+1"), so logged losses can be compared bit for bit.

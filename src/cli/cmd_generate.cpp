@@ -8,22 +8,10 @@
 #include "kvroute/cpu_threads.h"
 #include "kvroute/inference.h"
 #include "kvroute/model.h"
+#include "kvroute/run_log.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
-
-namespace {
-
-std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
-  return buf;
-}
-
-}  // namespace
 
 void add_generate_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text from a checkpoint with a depth-wise shared KV cache");
