@@ -16,6 +16,7 @@
 #include "checksum.h"
 #include "durable_file.h"
 #include "hdf5_util.h"
+#include "kvroute/run_log.h"
 
 namespace kvroute {
 
@@ -57,19 +58,10 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-std::string human_size(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) bytes /= 1024, ++u;
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
-  return buf;
-}
-
 std::string free_space_note(const fs::path& dir) {
   struct statvfs st {};
   if (::statvfs(dir.empty() ? "." : dir.c_str(), &st) != 0) return "";
-  return "; " + human_size(double(st.f_bavail) * st.f_frsize) + " free on its filesystem";
+  return "; " + human_bytes(double(st.f_bavail) * st.f_frsize) + " free on its filesystem";
 }
 
 // ---------------------------------------------------------------- writing

@@ -57,9 +57,9 @@ std::string format_duration(double seconds) {
 }
 
 std::string human_bytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB"};
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
-  while (bytes >= 1024 && u < 3) bytes /= 1024, ++u;
+  while (bytes >= 1024 && u < 4) bytes /= 1024, ++u;
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.1f %s", bytes, units[u]);
   return buf;

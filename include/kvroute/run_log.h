@@ -26,7 +26,7 @@ class RunLog {
 };
 
 std::string format_duration(double seconds);
-// "1.5 KiB", "330.1 MiB": one decimal, binary units up to GiB.
+// "1.5 KiB", "330.1 MiB": one decimal, binary units up to TiB.
 std::string human_bytes(double bytes);
 
 }  // namespace kvroute
