@@ -1,5 +1,5 @@
-// Shared by the data tests: a per-process temporary directory and a small
-// generated corpus of blank-line-separated documents.
+// Shared by the tests: a per-process temporary directory, whole-file reads and writes, and a
+// small generated corpus of blank-line-separated documents.
 #pragma once
 
 #include <unistd.h>

@@ -31,6 +31,7 @@
 #include "kvroute/model.h"
 #include "kvroute/run_checkpoints.h"
 #include "kvroute/trainer.h"
+#include "data_fixtures.h"
 #include "run_kvroute.h"
 
 namespace fs = std::filesystem;
@@ -41,19 +42,8 @@ namespace {
 
 // ---------------------------------------------------------------- helpers
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::path(::testing::TempDir()) / ("kvroute_ckpt_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path temp_dir(const std::string& name) { return testing_data::fresh_temp_dir("kvroute_ckpt_" + name); }
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
-
-void write_text(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary) << s; }
 
 ModelConfig tiny_model(int d_model = 32) {
   ModelConfig m;
@@ -265,13 +255,13 @@ TEST_F(Checkpoint, TruncatedFilesAreRefusedAndNothingIsLoaded) {
   const fs::path dir = temp_dir("truncated");
   const fs::path good = dir / "good.h5";
   const Saved s = save_random_checkpoint(good, be_.get());
-  const std::string bytes = read_text(good);
+  const std::string bytes = testing_data::read_file_bytes(good);
   Model model(s.cfg.model, be_.get());
   model.init_weights(99);
   const std::vector<float> before = model.params_to_host();
   for (std::size_t keep : {std::size_t(0), std::size_t(100), bytes.size() / 2, bytes.size() - 1}) {
     const fs::path cut = dir / ("cut_" + std::to_string(keep) + ".h5");
-    write_text(cut, bytes.substr(0, keep));
+    testing_data::write_file_bytes(cut, bytes.substr(0, keep));
     try {
       load_weights(cut.string(), model);
       ADD_FAILURE() << "a file cut to " << keep << " of " << bytes.size() << " bytes was loaded";
@@ -297,9 +287,9 @@ TEST_F(Checkpoint, CorruptedTensorBytesFailTheirCrcAndNothingIsLoaded) {
     H5Fclose(file);
   }
   ASSERT_NE(offset, HADDR_UNDEF);
-  std::string bytes = read_text(path);
+  std::string bytes = testing_data::read_file_bytes(path);
   bytes[offset + 5] ^= 0x10;  // one bit of one float
-  write_text(path, bytes);
+  testing_data::write_file_bytes(path, bytes);
 
   Model model(s.cfg.model, be_.get());
   const std::vector<float> before = model.params_to_host();
@@ -318,9 +308,9 @@ TEST_F(Checkpoint, CorruptedTensorBytesFailTheirCrcAndNothingIsLoaded) {
 TEST_F(Checkpoint, CorruptedMetadataIsRefused) {
   const fs::path path = temp_dir("metadata") / "c.h5";
   save_random_checkpoint(path, be_.get());
-  std::string bytes = read_text(path);
+  std::string bytes = testing_data::read_file_bytes(path);
   bytes[12] ^= 0x5a;  // inside the checksummed superblock
-  write_text(path, bytes);
+  testing_data::write_file_bytes(path, bytes);
   try {
     read_checkpoint_info(path.string());
     ADD_FAILURE() << "a checkpoint with a damaged superblock was opened";
@@ -340,9 +330,9 @@ TEST_F(Checkpoint, MissingEmptyForeignAndNonCheckpointFilesAreRefused) {
     return "(accepted)";
   };
   EXPECT_THAT(message(dir / "absent.h5"), HasSubstr("does not exist"));
-  write_text(dir / "empty.h5", "");
+  testing_data::write_file_bytes(dir / "empty.h5", "");
   EXPECT_THAT(message(dir / "empty.h5"), HasSubstr("is empty"));
-  write_text(dir / "text.h5", "model: {d_model: 32}\n");
+  testing_data::write_file_bytes(dir / "text.h5", "model: {d_model: 32}\n");
   EXPECT_THAT(message(dir / "text.h5"), HasSubstr("is not an HDF5 file"));
   EXPECT_THAT(message(dir), HasSubstr("is not a regular file"));
   const hid_t f = H5Fcreate((dir / "other.h5").c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -400,8 +390,8 @@ TEST_F(Checkpoint, RotationKeepsLatestAndTheNewestBeforeIt) {
   fs::create_directories(dir);
   auto make = [&](std::initializer_list<long> steps, long latest) {
     for (const auto& e : fs::directory_iterator(dir)) fs::remove(e.path());
-    for (long s : steps) write_text(dir / checkpoint_file_name(s), "x");
-    write_text(dir / "latest", checkpoint_file_name(latest) + "\n");
+    for (long s : steps) testing_data::write_file_bytes(dir / checkpoint_file_name(s), "x");
+    testing_data::write_file_bytes(dir / "latest", checkpoint_file_name(latest) + "\n");
   };
   auto remaining = [&] {
     std::set<std::string> names;
@@ -438,9 +428,9 @@ TEST_F(Checkpoint, AnInterruptedSaveLeavesThePreviousCheckpointLoadable) {
   EXPECT_EQ(find_latest_checkpoint(run.string()), first);
 
   // Killed while writing step 8: a partial temporary, and a partial new pointer.
-  const std::string bytes = read_text(first);
-  write_text(run / "checkpoints" / "step_00000008.h5.tmp", bytes.substr(0, bytes.size() / 3));
-  write_text(run / "checkpoints" / "latest.tmp", "step_0000");
+  const std::string bytes = testing_data::read_file_bytes(first);
+  testing_data::write_file_bytes(run / "checkpoints" / "step_00000008.h5.tmp", bytes.substr(0, bytes.size() / 3));
+  testing_data::write_file_bytes(run / "checkpoints" / "latest.tmp", "step_0000");
   std::string note;
   EXPECT_EQ(find_latest_checkpoint(run.string(), &note), first);
   EXPECT_EQ(note, "");
@@ -485,7 +475,7 @@ TEST(Resume, AKilledRunResumesToTheSameLossesBitForBit) {
   }
   ASSERT_EQ(::kill(pid, SIGKILL), 0);
   ASSERT_EQ(wait_for(pid), 128 + SIGKILL) << "the run ended before it could be killed:\n"
-                                          << read_text(s.dir / "killed.log");
+                                          << testing_data::read_file_bytes(s.dir / "killed.log");
   ckpt = latest_step(killed);  // the checkpoint the resume will use
   ASSERT_GT(ckpt, 0);
   ASSERT_LT(ckpt, 24);
@@ -565,8 +555,8 @@ TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
   ASSERT_EQ(first.status, 0) << first.output;
   const fs::path newest = run_dir / "checkpoints" / "step_00000008.h5";
   const fs::path older = run_dir / "checkpoints" / "step_00000004.h5";
-  const std::string bytes = read_text(newest);
-  write_text(newest, bytes.substr(0, bytes.size() / 2));
+  const std::string bytes = testing_data::read_file_bytes(newest);
+  testing_data::write_file_bytes(newest, bytes.substr(0, bytes.size() / 2));
 
   const Result refused = run("train --resume " + run_dir.string() + " --set train.steps=12");
   EXPECT_EQ(refused.status, 1);
@@ -593,8 +583,8 @@ TEST(Faults, SigintAndSigtermFinishTheStepCheckpointAndExitZero) {
     while (losses_by_step(run_dir).size() < 3 && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     ASSERT_EQ(::kill(pid, sig), 0);
-    ASSERT_EQ(wait_for(pid), 0) << read_text(s.dir / "preempt.log");
-    const std::string log = read_text(s.dir / "preempt.log");
+    ASSERT_EQ(wait_for(pid), 0) << testing_data::read_file_bytes(s.dir / "preempt.log");
+    const std::string log = testing_data::read_file_bytes(s.dir / "preempt.log");
     const long stopped = latest_step(run_dir);
     const std::string name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
     EXPECT_THAT(log, HasSubstr(name + " received: stopped after step " + std::to_string(stopped) + "/100000"));
@@ -654,7 +644,7 @@ TEST(Faults, AFullDiskDuringACheckpointKeepsThePreviousOneAndSaysSo) {
   const Result first = run("train " + s.config.string() + " --set train.steps=8 --set train.out_dir=" + run_dir.string());
   ASSERT_EQ(first.status, 0) << first.output;
   const fs::path previous = run_dir / "checkpoints" / "step_00000008.h5";
-  const std::string previous_bytes = read_text(previous);
+  const std::string previous_bytes = testing_data::read_file_bytes(previous);
   ASSERT_GT(previous_bytes.size(), 200000u);  // larger than the limit below
 
   // Files may not grow beyond 128 KiB (logs stay below it, a checkpoint does not): a write
@@ -662,7 +652,7 @@ TEST(Faults, AFullDiskDuringACheckpointKeepsThePreviousOneAndSaysSo) {
   const pid_t pid = spawn(kvroute_argv({"train", "--resume", run_dir.string(), "--set", "train.steps=16"}),
                           s.dir / "full.log", SpawnOptions{.fsize_limit = 128 * 1024});
   EXPECT_EQ(wait_for(pid), 1);
-  const std::string log = read_text(s.dir / "full.log");
+  const std::string log = testing_data::read_file_bytes(s.dir / "full.log");
   EXPECT_THAT(log, HasSubstr("writing checkpoint '" + (run_dir / "checkpoints" / "step_00000012.h5").string() +
                              "' failed"));
   EXPECT_THAT(log, HasSubstr("File too large"));
@@ -670,7 +660,7 @@ TEST(Faults, AFullDiskDuringACheckpointKeepsThePreviousOneAndSaysSo) {
   EXPECT_THAT(log, HasSubstr("The previous checkpoint '" + previous.string() +
                              "' is intact and 'latest' still points to it"));
   EXPECT_EQ(latest_step(run_dir), 8);
-  EXPECT_EQ(read_text(previous), previous_bytes);
+  EXPECT_EQ(testing_data::read_file_bytes(previous), previous_bytes);
   EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000012.h5"));
   EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000012.h5.tmp"));
   // ...and the run resumes from it once there is space again.
@@ -702,7 +692,7 @@ TEST(Cli, CkptInfoPrintsStepConfigShapesAndRouting) {
   EXPECT_THAT(r.output, HasSubstr("verified    every tensor and AdamW moment matches its CRC-32"));
   EXPECT_THAT(r.output, HasSubstr("    d_model: 32"));
 
-  write_text(s.dir / "broken.h5", read_text(ckpt).substr(0, 4000));
+  testing_data::write_file_bytes(s.dir / "broken.h5", testing_data::read_file_bytes(ckpt).substr(0, 4000));
   const Result broken = run("ckpt info " + (s.dir / "broken.h5").string());
   EXPECT_EQ(broken.status, 1);
   EXPECT_THAT(broken.output, HasSubstr("truncated"));

@@ -25,6 +25,7 @@
 #include "kvroute/checkpoint.h"
 #include "kvroute/model.h"
 #include "kvroute/run_checkpoints.h"
+#include "data_fixtures.h"
 #include "run_kvroute.h"
 
 namespace fs = std::filesystem;
@@ -45,17 +46,7 @@ const bool kEnvironment = [] {
 
 constexpr double kTimeoutS = 180;  // generous: the machine is shared; a hang is what this catches
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::path(::testing::TempDir()) / ("kvroute_dist_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), {});
-}
+fs::path temp_dir(const std::string& name) { return testing_data::fresh_temp_dir("kvroute_dist_" + name); }
 
 // The command line of `kvroute args...` on `ranks` ranks (1: the binary alone, no launcher).
 std::vector<std::string> kvroute_on(int ranks, const std::vector<std::string>& args) {
@@ -79,7 +70,7 @@ constexpr SpawnOptions kJob{.new_process_group = true, .search_path = true};
 // Waits for a job (killed after timeout_s: status kTimedOut), then reads its log.
 Result wait_and_read(pid_t pid, const fs::path& log_path, double timeout_s = kTimeoutS) {
   const int status = wait_for(pid, timeout_s);
-  return {status, read_text(log_path)};
+  return {status, testing_data::read_file_bytes(log_path)};
 }
 
 Result run(int ranks, const std::vector<std::string>& args, const fs::path& log_path) {
@@ -92,7 +83,7 @@ std::vector<pid_t> ranks_of(pid_t mpirun) {
   for (const auto& e : fs::directory_iterator("/proc")) {
     const std::string name = e.path().filename().string();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;  // not a process
-    const std::string stat = read_text(e.path() / "stat");
+    const std::string stat = testing_data::read_file_bytes(e.path() / "stat");
     const auto close = stat.rfind(')');
     if (close == std::string::npos || stat.find("(kvroute)") == std::string::npos) continue;
     std::istringstream rest(stat.substr(close + 2));
@@ -321,7 +312,7 @@ TEST(Distributed, KillingOneRankEndsTheJobNonZeroAndKeepsTheLastCheckpoint) {
     const std::vector<pid_t> ranks = ranks_of(mpirun);
     if (!ranks.empty()) victim = ranks.back();
   }
-  ASSERT_GT(victim, 0) << "no rank found\n" << read_text(log);
+  ASSERT_GT(victim, 0) << "no rank found\n" << testing_data::read_file_bytes(log);
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
   const Result r = wait_and_read(mpirun, log, 60);
   ASSERT_NE(r.status, kTimedOut) << "the job did not end within 60 s after a rank was killed\n" << r.output;
@@ -366,14 +357,14 @@ TEST(Distributed, SigtermToOneRankStopsAllAfterTheSameStepWithACheckpointAndTheR
   const pid_t mpirun = spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.zero=1"})), log, kJob);
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  while (read_text(run_dir / "train.log").find("step      1/") == std::string::npos &&
+  while (testing_data::read_file_bytes(run_dir / "train.log").find("step      1/") == std::string::npos &&
          std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const std::vector<pid_t> ranks = ranks_of(mpirun);
-  ASSERT_EQ(ranks.size(), 2u) << read_text(log);
+  ASSERT_EQ(ranks.size(), 2u) << testing_data::read_file_bytes(log);
   pid_t rank1 = -1;  // the process whose environment says OMPI_COMM_WORLD_RANK=1
   for (pid_t p : ranks)
-    if (read_text(fs::path("/proc") / std::to_string(p) / "environ").find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') !=
+    if (testing_data::read_file_bytes(fs::path("/proc") / std::to_string(p) / "environ").find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') !=
         std::string::npos)
       rank1 = p;
   ASSERT_GT(rank1, 0);

@@ -25,11 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path temp_dir() {
-  fs::path d = fs::path(testing::TempDir()) / ("kvroute_probe_" + std::to_string(getpid()));
-  fs::create_directories(d);
-  return d;
-}
+fs::path temp_dir() { return kvroute::testing_data::fresh_temp_dir("kvroute_probe"); }
 
 std::string error_of(const std::function<void()>& f) {
   try {
