@@ -7,13 +7,10 @@
 
 #include "kvroute/backend.h"
 #include "kvroute/comm.h"
+#include "mpi_test_main.h"
 
 using namespace kvroute;
-
-namespace {
-std::unique_ptr<Backend> g_backend;
-std::unique_ptr<Communicator> g_comm;
-}  // namespace
+using testing_mpi::g_comm;
 
 TEST(CommMpi, WorldHasTwoRanks) {
   EXPECT_EQ(g_comm->name(), "MPI");
@@ -73,22 +70,4 @@ TEST(CommMpi, TheLauncherGivesTheLocalRankAndSizeBeforeMpiDoes) {
   EXPECT_EQ(launcher_local_size(), 2);
 }
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (!launched_under_mpi()) {
-    std::fprintf(stderr, "test_comm_mpi must be started by mpirun (ctest does this)\n");
-    return 1;
-  }
-  g_backend = make_backend("cpu");
-  g_comm = make_communicator(*g_backend);
-  // Only rank 0 prints gtest's report, so the ctest log is readable.
-  if (g_comm->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int failed = RUN_ALL_TESTS();
-  const bool any_failed = g_comm->any(failed != 0);
-  g_comm.reset();
-  finalize_communication();
-  return any_failed ? 1 : 0;
-}
+int main(int argc, char** argv) { return testing_mpi::run_tests_on_two_ranks(argc, argv, "test_comm_mpi"); }

@@ -15,13 +15,13 @@
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
+#include "mpi_test_main.h"
 
 using namespace kvroute;
+using testing_mpi::g_backend;
+using testing_mpi::g_comm;
 
 namespace {
-
-std::unique_ptr<Backend> g_backend;
-std::unique_ptr<Communicator> g_comm;
 
 std::vector<float> rank_values(std::size_t n, int rank) {
   std::vector<float> x(n);
@@ -181,26 +181,4 @@ TEST(ZeroOne, AWrongSizedMomentVectorIsRefused) {
   }
 }
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  if (!launched_under_mpi()) {
-    std::fprintf(stderr, "test_distributed_mpi must be started by mpirun (ctest does this)\n");
-    return 1;
-  }
-  g_backend = make_backend("cpu");
-  g_comm = make_communicator(*g_backend);
-  if (g_comm->world_size() != 2) {
-    std::fprintf(stderr, "test_distributed_mpi expects 2 ranks, got %d\n", g_comm->world_size());
-    return 1;
-  }
-  // Only rank 0 prints gtest's report, so the ctest log is readable.
-  if (g_comm->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int failed = RUN_ALL_TESTS();
-  const bool any_failed = g_comm->any(failed != 0);
-  g_comm.reset();
-  finalize_communication();
-  return any_failed ? 1 : 0;
-}
+int main(int argc, char** argv) { return testing_mpi::run_tests_on_two_ranks(argc, argv, "test_distributed_mpi"); }
