@@ -90,12 +90,10 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
   const int threads = resolve_threads(o.threads);
   const std::vector<int32_t> separator = tok->document_separator();
 
-  const std::string tmp = o.out_dir + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
   EncodeReport report;
   report.input_bytes = total_bytes;
-  try {
+  build_output_dir(o.out_dir, [&](const fs::path& tmp_dir) {
+    const std::string tmp = tmp_dir.string();
     SplitOutput splits[2];
     splits[0].name = "train";
     splits[1].name = "val";
@@ -193,12 +191,7 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
           fs::copy_file(fs::path(o.tokenizer) / f, fs::path(tmp) / "tokenizer" / f);
     }
     write_manifest(info);
-    commit_output_dir(tmp, o.out_dir);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
   return report;
 }
 

@@ -1,5 +1,7 @@
 #include "input_files.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -43,12 +45,22 @@ void check_output_dir(const std::string& out_dir, bool force, const std::string&
                              "' already exists and is not empty; pass --force to replace it");
 }
 
-void commit_output_dir(const std::string& tmp_dir, const std::string& out_dir) {
-  std::error_code ec;
-  if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
-  const fs::path parent = fs::path(out_dir).parent_path();
-  if (!parent.empty()) fs::create_directories(parent);
-  fs::rename(tmp_dir, out_dir);
+void build_output_dir(const std::string& out_dir, const std::function<void(const fs::path& tmp)>& fill) {
+  const fs::path tmp = out_dir + ".partial-" + std::to_string(::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  try {
+    fill(tmp);
+    std::error_code ec;
+    if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
+    const fs::path parent = fs::path(out_dir).parent_path();
+    if (!parent.empty()) fs::create_directories(parent);
+    fs::rename(tmp, out_dir);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
 }
 
 uint64_t file_fingerprint(const std::string& path) {

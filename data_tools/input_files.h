@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,8 +16,10 @@ uint64_t check_input_files(const std::vector<std::string>& paths, const std::str
 // Refuses an existing out_dir (a file, or a non-empty directory) unless force.
 void check_output_dir(const std::string& out_dir, bool force, const std::string& what);
 
-// Moves the finished tmp_dir to out_dir, replacing out_dir when it exists.
-void commit_output_dir(const std::string& tmp_dir, const std::string& out_dir);
+// Makes out_dir all at once: fill(tmp) writes into a fresh sibling "<out_dir>.partial-<pid>", which
+// then replaces out_dir (when it exists). If fill or the move throws, the partial directory is
+// removed, out_dir is left as it was, and the error propagates.
+void build_output_dir(const std::string& out_dir, const std::function<void(const std::filesystem::path& tmp)>& fill);
 
 // FNV-1a 64 of a file's bytes. Throws naming the file when it cannot be read.
 uint64_t file_fingerprint(const std::string& path);

@@ -198,11 +198,7 @@ TokenizerTrainReport train_tokenizer(const TokenizerTrainOptions& o) {
   }
   if (!status.ok()) throw std::runtime_error(explain_failure(status.ToString(), o));
 
-  // Write into a sibling temporary directory, then move it into place.
-  const fs::path tmp = o.out_dir + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  try {
+  build_output_dir(o.out_dir, [&](const fs::path& tmp) {
     {
       std::ofstream model(tmp / "tokenizer.model", std::ios::binary);
       model.write(proto.data(), static_cast<std::streamsize>(proto.size()));
@@ -212,12 +208,7 @@ TokenizerTrainReport train_tokenizer(const TokenizerTrainOptions& o) {
     report.identity = tok->identity();
     write_vocab(proto, tmp / "tokenizer.vocab");
     write_metadata(*tok, o, args, report, tmp / "tokenizer.yaml");
-    commit_output_dir(tmp.string(), o.out_dir);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  });
   return report;
 }
 
