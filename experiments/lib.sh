@@ -70,7 +70,7 @@ run() {
   t0=$(date +%s.%N)
   "$@" > "$log" 2>&1 || rc=$?
   t1=$(date +%s.%N)
-  printf -- '- `%s` (%.1f s%s)\n' "$q" "$(echo "$t1 - $t0" | bc)" "$([ $rc = 0 ] || echo ", FAILED with exit $rc")" >> "$PROV"
+  printf -- '- `%s` (%.1f s%s)\n' "$q" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$([ $rc = 0 ] || echo ", FAILED with exit $rc")" >> "$PROV"
   if [ $rc != 0 ]; then
     echo "error: command failed (exit $rc); last lines of $log:" >&2
     tail -n 20 "$log" >&2

@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# ocl-icd-opencl-dev: Debian's oneDNN CMake config calls find_package(OpenCL REQUIRED), but the
+# package is only a Recommends of libdnnl-dev, which --no-install-recommends skips.
 PACKAGES=(build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libcli11-dev libhdf5-dev libopenmpi-dev openmpi-bin libdnnl-dev
-  libgtest-dev libgmock-dev libsentencepiece-dev bible-kjv gnuplot-nox)
+  libgtest-dev libgmock-dev libsentencepiece-dev bible-kjv gnuplot-nox
+  ocl-icd-opencl-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
