@@ -290,7 +290,11 @@ void save_checkpoint(const std::string& path, const Model& model, const Config& 
     fail(e.what());
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("renaming the temporary file: " + std::string(std::strerror(errno)));
-  fsync_directory(dir);
+  try {
+    fsync_directory(dir);
+  } catch (const std::exception& e) {
+    throw CheckpointError("checkpoint '" + path + "' was written but is not durable: " + e.what());
+  }
 }
 
 void save_checkpoint(const std::string& path, const Model& model, const Config& cfg, long step) {

@@ -22,10 +22,17 @@ void fsync_file(const fs::path& path) {
 }
 
 void fsync_directory(const fs::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0) return;
-  ::fsync(fd);
+  const fs::path d = dir.empty() ? fs::path(".") : dir;
+  const int fd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0)
+    throw std::runtime_error("cannot open directory '" + d.string() + "' to fsync it: " + std::strerror(errno) +
+                             " (a file renamed into it may not survive a power loss)");
+  const int rc = ::fsync(fd);
+  const int err = errno;
   ::close(fd);
+  if (rc != 0)
+    throw std::runtime_error("fsync of directory '" + d.string() + "' failed: " + std::strerror(err) +
+                             " (a file renamed into it may not survive a power loss)");
 }
 
 void write_file_atomically(const fs::path& path, const std::string& text) {
@@ -45,7 +52,11 @@ void write_file_atomically(const fs::path& path, const std::string& text) {
     fail(e.what());
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) fail(std::strerror(errno));
-  fsync_directory(path.parent_path());
+  try {
+    fsync_directory(path.parent_path());
+  } catch (const std::exception& e) {
+    throw std::runtime_error("'" + path.string() + "' was written but is not durable: " + e.what());
+  }
 }
 
 }  // namespace kvroute

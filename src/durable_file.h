@@ -9,7 +9,8 @@ namespace kvroute {
 
 // Throws std::runtime_error with the system's reason when the file cannot be synced.
 void fsync_file(const std::filesystem::path& path);
-// Best effort: a rename is durable once its directory is synced.
+// A rename is durable once its directory is synced: throws std::runtime_error naming the
+// directory when it cannot be opened or synced, so nothing is reported durable that is not.
 void fsync_directory(const std::filesystem::path& dir);
 // Writes text to "<path>.tmp", fsyncs it, renames it over path, fsyncs the directory.
 // Throws std::runtime_error naming the path; path keeps its old content on failure.

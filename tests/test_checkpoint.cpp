@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "checksum.h"
+#include "durable_file.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/config.h"
 #include "kvroute/model.h"
@@ -247,6 +248,31 @@ TEST(Checksum, EqualsZlibCrc32ForAnySizeAndThreadCount) {
   for (auto& b : bytes) b = static_cast<unsigned char>(gen());
   for (std::size_t n : {std::size_t(1), std::size_t(4 << 20), std::size_t(4 << 20) + 1, bytes.size()})
     EXPECT_EQ(crc32_of(bytes.data(), n), uint32_t(crc32_z(0, bytes.data(), n))) << n << " bytes";
+}
+
+// A rename is durable only once its directory is synced: a directory that cannot be opened
+// or synced is an error naming it, never a silent success.
+TEST(DurableFile, ADirectoryThatCannotBeSyncedIsAnErrorNamingIt) {
+  const fs::path dir = testing_data::fresh_temp_dir("fsync_dir");
+  EXPECT_NO_THROW(fsync_directory(dir));
+  const fs::path missing = dir / "no_such_dir";
+  try {
+    fsync_directory(missing);
+    FAIL() << "syncing a missing directory succeeded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr(missing.string()));
+    EXPECT_THAT(e.what(), HasSubstr("No such file or directory"));
+  }
+  const fs::path file = dir / "a_file";
+  std::ofstream(file) << "x";
+  try {
+    fsync_directory(file);
+    FAIL() << "syncing a regular file as a directory succeeded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr(file.string()));
+    EXPECT_THAT(e.what(), HasSubstr("Not a directory"));
+  }
+  fs::remove_all(dir);
 }
 
 // ---------------------------------------------------------------- 6. refusals
