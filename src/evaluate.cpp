@@ -70,8 +70,13 @@ std::vector<StrategyResult> evaluate_strategies(Model& model, const std::string&
   }
 
   std::vector<StrategyResult> out;
+  bool said_peak_is_cumulative = false;
   for (const Pending& p : pending) {
-    reset_peak_rss();
+    if (!reset_peak_rss() && !said_peak_is_cumulative) {
+      log << "note: /proc/self/clear_refs cannot be written here, so each row's peak memory is the process's "
+             "peak so far, not the row's own\n";
+      said_peak_is_cumulative = true;
+    }
     StrategyResult r;
     r.checkpoint = checkpoint;
     r.step = step;
