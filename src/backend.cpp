@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 
+#include "cpu/bf16_matmul_cpu.h"
 #include "cpu/cpu_backend.h"
 
 namespace kvroute {
@@ -20,29 +21,37 @@ bool cuda_available() {
 #endif
 }
 
+ResolvedPrecision resolve_precision(const std::string& backend, const std::string& requested) {
+  if (requested != "fp32" && requested != "bf16" && requested != "auto")
+    throw std::runtime_error("train.precision: unknown precision '" + requested + "' (expected fp32, bf16 or auto)");
+  const bool cpu = backend == "cpu";
+  const std::string isa = cpu ? "oneDNN ISA " + cpu::onednn_cpu_isa() : "";
+  if (requested == "fp32") return {"fp32", "fp32 as configured"};
+  if (requested == "bf16") {
+    if (!cpu) return {"bf16", "bf16 as configured"};
+    return {"bf16", cpu::native_bf16_available()
+                        ? "bf16 as configured; " + isa + " multiplies bf16 natively"
+                        : "bf16 as configured; " + isa + " has no native bf16: sgemm on bf16-rounded operands "
+                          "(same products, slower than fp32)"};
+  }
+  if (!cpu) return {"bf16", "auto: CUDA tensor cores multiply bf16"};
+  if (cpu::native_bf16_available()) return {"bf16", "auto: " + isa + " multiplies bf16 natively"};
+  return {"fp32", "auto: " + isa + " has no native bf16 (needs AMX or AVX512-BF16)"};
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& name) { return make_backend(name, BackendOptions{}); }
 
 std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOptions& options) {
-  if (options.precision != "fp32" && options.precision != "bf16")
-    throw std::runtime_error("train.precision: unknown precision '" + options.precision + "' (expected fp32 or bf16)");
-  if (name == "cpu") {
-    // The CPU backend is fp32 throughout and bitwise deterministic (cpu_backend.h).
-    if (options.precision != "fp32")
-      throw std::runtime_error("train.precision: " + options.precision +
-                               " needs train.backend: cuda; the CPU backend computes in fp32 only "
-                               "(set train.precision: fp32)");
-    return std::make_unique<CpuBackend>();
-  }
-  if (name == "cuda") {
+  if (name != "cpu" && name != "cuda") throw std::runtime_error("unknown backend '" + name + "' (expected cpu or cuda)");
+  BackendOptions resolved = options;
+  resolved.precision = resolve_precision(name, options.precision).precision;
+  if (name == "cpu") return std::make_unique<CpuBackend>(resolved);
 #ifdef KVROUTE_WITH_CUDA
-    if (!cuda_device_present())
-      throw std::runtime_error("backend 'cuda': no CUDA device is visible on this machine");
-    return make_cuda_backend(options);
+  if (!cuda_device_present()) throw std::runtime_error("backend 'cuda': no CUDA device is visible on this machine");
+  return make_cuda_backend(resolved);
 #else
-    throw std::runtime_error("backend 'cuda': kvroute was built without CUDA (configure with -DKVROUTE_CUDA=ON)");
+  throw std::runtime_error("backend 'cuda': kvroute was built without CUDA (configure with -DKVROUTE_CUDA=ON)");
 #endif
-  }
-  throw std::runtime_error("unknown backend '" + name + "' (expected cpu or cuda)");
 }
 
 }  // namespace kvroute

@@ -66,6 +66,8 @@ Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), be_(backend)
   off_head_ = cfg.tie_embeddings ? off_embed_ : add_tensor("lm_head", {cfg.vocab_size, C}, true);
   params_ = DeviceBuffer<float>(be_, n_params_);
   grads_ = DeviceBuffer<float>(be_, n_params_);
+  // A bf16 backend keeps one rounded copy of the weights per optimizer step (backend.h).
+  be_->register_weights(params_.get(), n_params_);
 }
 
 Model::~Model() = default;

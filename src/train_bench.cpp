@@ -97,6 +97,12 @@ TrainBenchResult benchmark_training(const Config& cfg, Backend* backend, const T
   AdamW opt(tc, model);
   std::unique_ptr<MatmulProbe> probe;
   if (spec.peak_size > 0) probe = std::make_unique<MatmulProbe>(backend, spec.peak_size);
+  std::unique_ptr<Backend> fp32_backend;
+  std::unique_ptr<MatmulProbe> fp32_probe;
+  if (spec.peak_size > 0 && resolve_precision(tc.backend, tc.precision).precision == "bf16") {
+    fp32_backend = make_backend(tc.backend, BackendOptions{"fp32", tc.deterministic});
+    fp32_probe = std::make_unique<MatmulProbe>(fp32_backend.get(), spec.peak_size);
+  }
 
   TrainBenchResult r;
   r.params = static_cast<long>(model.num_params());
@@ -120,6 +126,7 @@ TrainBenchResult benchmark_training(const Config& cfg, Backend* backend, const T
 
   long step = 0;
   if (probe) probe->flops_per_second();  // untimed: first-call setup
+  if (fp32_probe) fp32_probe->flops_per_second();
   for (int i = 0; i < spec.warmup_steps; ++i) train_step(++step);
   if (profiler) profiler->set_enabled(true);
   for (int i = 0; i < spec.steps; ++i) {
@@ -127,6 +134,7 @@ TrainBenchResult benchmark_training(const Config& cfg, Backend* backend, const T
     r.losses.push_back(train_step(++step));
     r.step_seconds.push_back(seconds_since(t0));
     if (probe) r.peak_flops.push_back(probe->flops_per_second());  // on the unwrapped backend: not profiled
+    if (fp32_probe) r.fp32_peak_flops.push_back(fp32_probe->flops_per_second());
   }
   if (profiler) profiler->set_enabled(false);
 
@@ -135,6 +143,7 @@ TrainBenchResult benchmark_training(const Config& cfg, Backend* backend, const T
   r.achieved_flops = r.flops_per_token * r.tokens_per_second;
   r.peak_flops_median = median(r.peak_flops);
   r.mfu = r.peak_flops_median > 0 ? r.achieved_flops / r.peak_flops_median : 0;
+  if (!r.fp32_peak_flops.empty()) r.fp32_peak_flops_median = median(r.fp32_peak_flops);
   r.activation_bytes = model.activation_bytes();
   r.activation_bytes_per_token = double(r.activation_bytes) / (double(B) * T);
   r.peak_rss_kib = peak_rss_kib();

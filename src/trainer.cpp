@@ -156,6 +156,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   AdamW opt(tc, model, comm.get());
   const TokenizerIdentity tokenizer{corpus.tokenizer, corpus.vocab_size, corpus.tokenizer_fingerprint};
   std::vector<std::string> notes = options.notes;
+  notes.push_back("precision " + resolve_precision(tc.backend, tc.precision).reason);
   TrainingState state;
   state.seed = tc.seed;
   if (!options.resume_from.empty()) {

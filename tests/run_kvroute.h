@@ -12,6 +12,8 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,6 +109,21 @@ inline int wait_for(pid_t pid, double timeout_s = 0) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+// step -> exact loss text ("loss_hex") from a run directory's metrics.jsonl; a later line
+// for a step (a rerun after a resume) replaces an earlier one.
+inline std::map<long, std::string> losses_by_step(const std::filesystem::path& run_dir) {
+  std::map<long, std::string> out;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto hex = line.find("\"loss_hex\": \"");
+    const auto step = line.find("\"step\": ");
+    if (hex == std::string::npos || step == std::string::npos) continue;
+    const auto start = hex + 13;
+    out[std::stol(line.substr(step + 8))] = line.substr(start, line.find('"', start) - start);
+  }
+  return out;
 }
 
 }  // namespace kvroute::testing_cli

@@ -104,6 +104,7 @@ const bool kPassiveOpenMp = (::setenv("OMP_WAIT_POLICY", "PASSIVE", 0), true);
 using kvroute::testing_cli::Result;
 using kvroute::testing_cli::kvroute_argv;
 using kvroute::testing_cli::run;
+using kvroute::testing_cli::losses_by_step;
 using kvroute::testing_cli::spawn;
 using kvroute::testing_cli::SpawnOptions;
 using kvroute::testing_cli::wait_for;
@@ -129,21 +130,6 @@ RunSetup make_run_setup(const std::string& name, const std::string& train_extra 
       << "        eval_batches: 2, checkpoint: {interval: 4, keep_last: 2}" << train_extra << "}\n"
       << "data: {train_path: " << (s.dir / "corpus.txt").string() << "}\n";
   return s;
-}
-
-// step -> exact loss text ("loss_hex") from metrics.jsonl; a later line for a
-// step (a rerun after a resume) replaces an earlier one.
-std::map<long, std::string> losses_by_step(const fs::path& run_dir) {
-  std::map<long, std::string> out;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    const auto hex = line.find("\"loss_hex\": \"");
-    const auto step = line.find("\"step\": ");
-    if (hex == std::string::npos || step == std::string::npos) continue;
-    const auto start = hex + 13;
-    out[std::stol(line.substr(step + 8))] = line.substr(start, line.find('"', start) - start);
-  }
-  return out;
 }
 
 long latest_step(const fs::path& run_dir) {

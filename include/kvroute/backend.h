@@ -22,12 +22,13 @@ enum class Device { CPU, CUDA };
 
 // Numerics and reproducibility of a backend (train.precision, train.deterministic).
 struct BackendOptions {
-  // "fp32": every op in fp32. "bf16" (CUDA only): matmul rounds its operands to bf16 and
-  // multiplies on tensor cores with fp32 accumulation and fp32 output; attention (head_dim
-  // 64, 128; forward and backward) rounds Q/K/V, dout and the probabilities to bf16 with fp32
-  // softmax and sums.
+  // "fp32": every op in fp32. "bf16": matmul rounds its operands to bf16 (nearest even) and
+  // multiplies with fp32 accumulation and fp32 output: on tensor cores (CUDA), on AMX or
+  // AVX512-BF16 through oneDNN (CPU), or as an fp32 sgemm of the rounded operands on CPUs
+  // without native bf16. CUDA attention (head_dim 64, 128; forward and backward) also rounds
+  // Q/K/V, dout and the probabilities to bf16 with fp32 softmax and sums; CPU attention stays fp32.
   // Buffers stay fp32, and every other op, the weights, gradients and optimizer state too.
-  // The CPU backend refuses "bf16".
+  // "auto" is resolved by make_backend (resolve_precision below) before a backend sees it.
   std::string precision = "fp32";
   // true: results are bitwise identical run to run. false lets the CUDA attention backward
   // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run).
@@ -63,6 +64,11 @@ class Backend {
   // (bench train then times matmul() on fp32 buffers: an sgemm).
   virtual double peak_gemm_flops(int n) { (void)n; return 0; }
   virtual std::string peak_gemm_label() const { return "sgemm"; }
+  // The model's weights: one contiguous buffer, written only through the memory ops below
+  // (copies, fill_zero, accumulate, add, scale) and adamw_step. A backend that multiplies in
+  // bf16 may keep a rounded copy of it, refreshed after such a write, instead of rounding
+  // the weights on every matmul. A hint: ignoring it changes no result.
+  virtual void register_weights(const float* w, std::size_t n) { (void)w; (void)n; }
 
   // ---- dense algebra ----
   // C[M,N] = alpha * op(A) * op(B) + beta * C, where op(A) is [M,K] and op(B) is [K,N].
@@ -113,6 +119,14 @@ class Backend {
                           float beta1, float beta2, float eps, float weight_decay, int step,
                           float grad_scale) = 0;
 };
+
+// train.precision as a backend computes it: "fp32" and "bf16" as asked; "auto" is bf16 where
+// the hardware multiplies bf16 natively (CUDA; a CPU with AMX or AVX512-BF16), else fp32.
+struct ResolvedPrecision {
+  std::string precision;  // "fp32" or "bf16"
+  std::string reason;     // one line for the log, e.g. "auto: oneDNN ISA avx512_core_bf16 has native bf16"
+};
+ResolvedPrecision resolve_precision(const std::string& backend, const std::string& requested);
 
 // "cpu" or "cuda". A build without CUDA refuses "cuda" with a clear message.
 std::unique_ptr<Backend> make_backend(const std::string& name);

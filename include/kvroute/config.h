@@ -60,7 +60,7 @@ struct TrainConfig {
   std::string out_dir = "runs/default";
   std::string on_nonfinite = "stop"; // stop | skip
   std::string recompute = "none";    // activation recomputation in backward: none | attention | layer
-  std::string precision = "fp32";    // fp32 | bf16 (CUDA only: bf16 GEMM/attention inputs, fp32 accumulation; backend.h)
+  std::string precision = "fp32";    // fp32 | bf16 | auto (bf16 matmul inputs, fp32 accumulation; backend.h)
   bool deterministic = true;         // bitwise-reproducible GPU results (CUDA attention backward without atomics)
   int zero = 0;                      // ZeRO stage: 0 = every rank holds all AdamW state; 1 = sharded over ranks
   bool overlap_allreduce = true;     // under mpirun: start each gradient bucket's sum during backward

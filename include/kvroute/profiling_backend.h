@@ -46,6 +46,7 @@ class ProfilingBackend final : public Backend {
   BackendMemory memory() const override { return inner_->memory(); }
   double peak_gemm_flops(int n) override { return inner_->peak_gemm_flops(n); }  // not timed as an op
   std::string peak_gemm_label() const override { return inner_->peak_gemm_label(); }
+  void register_weights(const float* w, std::size_t n) override { inner_->register_weights(w, n); }
 
   void matmul(const float* A, const float* B, float* C, int M, int N, int K, bool trans_a, bool trans_b,
               float alpha, float beta) override;

@@ -43,6 +43,10 @@ struct TrainBenchResult {
   double achieved_flops = 0;           // flops_per_token * tokens_per_second (FLOP/s)
   double peak_flops_median = 0;        // 0 when peak_size == 0
   double mfu = 0;                      // achieved_flops / peak_flops_median
+  // With bf16 precision: an fp32 sgemm peak too, on an fp32 backend of the same kind (the
+  // MFU stays against the bf16 peak; this shows what bf16 bought).
+  std::vector<double> fp32_peak_flops;
+  double fp32_peak_flops_median = 0;
   std::size_t activation_bytes = 0;    // Model::activation_bytes() at (batch_size, seq_len)
   double activation_bytes_per_token = 0;
   long peak_rss_kib = 0;               // VmHWM after the run

@@ -102,7 +102,8 @@ void add_bench_train(CLI::App& bench) {
          << ", \"onednn_runtime\": " << json_string(onednn_threading_runtime()) << ", \"batch_size\": " << tc.batch_size
          << ", \"seq_len\": " << tc.seq_len << ", \"grad_accum\": " << tc.grad_accum
          << ", \"tokens_per_step\": " << r.tokens_per_step << ", \"routing\": " << json_string(routing)
-         << ", \"recompute\": " << json_string(tc.recompute) << ", \"precision\": " << json_string(tc.precision)
+         << ", \"recompute\": " << json_string(tc.recompute) << ", \"precision\": " << json_string(tc.precision) << ", \"precision_resolved\": "
+         << json_string(resolve_precision(tc.backend, tc.precision).reason)
          << ", \"deterministic\": " << (tc.deterministic ? "true" : "false")
          << ", \"peak_gemm\": " << json_string(backend->peak_gemm_label()) << ", \"warmup_steps\": " << spec.warmup_steps
          << ", \"steps\": " << spec.steps << ", \"peak_size\": " << spec.peak_size
@@ -111,7 +112,8 @@ void add_bench_train(CLI::App& bench) {
          << ", \"tokens_per_s_median\": " << json_number(r.tokens_per_second)
          << ", \"flops_per_token\": " << json_number(r.flops_per_token)
          << ", \"achieved_flops\": " << json_number(r.achieved_flops)
-         << ", \"peak_flops_median\": " << json_number(r.peak_flops_median) << ", \"mfu\": " << json_number(r.mfu)
+         << ", \"peak_flops_median\": " << json_number(r.peak_flops_median)
+         << ", \"fp32_peak_flops_median\": " << json_number(r.fp32_peak_flops_median) << ", \"mfu\": " << json_number(r.mfu)
          << ", \"activation_bytes\": " << r.activation_bytes
          << ", \"activation_bytes_per_token\": " << json_number(r.activation_bytes_per_token)
          << ", \"peak_rss_kib\": " << r.peak_rss_kib << ", \"device_memory_peak_bytes\": " << r.device_memory.peak_bytes
@@ -138,7 +140,7 @@ void add_bench_train(CLI::App& bench) {
     os << "model: " << mc.n_layers << " layers, d_model " << mc.d_model << ", heads " << mc.n_heads << "/"
        << mc.n_kv_heads << " kv, d_ff " << mc.d_ff << ", vocab " << mc.vocab_size << ", "
        << format("%.2f", r.params / 1e6) << "M parameters; routing " << routing << "; recompute " << tc.recompute
-       << "\nprecision " << tc.precision << (tc.deterministic ? ", deterministic" : ", non-deterministic (atomics)")
+       << "\nprecision " << resolve_precision(tc.backend, tc.precision).reason << (tc.deterministic ? ", deterministic" : ", non-deterministic (atomics)")
        << "\nstep: " << tc.batch_size << " x " << tc.seq_len << " tokens x grad_accum " << tc.grad_accum << " = "
        << r.tokens_per_step << " tokens (synthetic), AdamW included; backend " << backend->name() << ", "
        << n_threads << " threads (" << tchoice.reason << "; oneDNN on " << onednn_threading_runtime()
@@ -152,6 +154,9 @@ void add_bench_train(CLI::App& bench) {
       os << "| " << backend->peak_gemm_label() << " peak (" << spec.peak_size << "^3, median of " << r.peak_flops.size() << ", one after each step) | "
          << format("%.2f G", r.peak_flops_median / 1e9) << " |\n"
          << "| MFU | " << format("%.1f%%", 100 * r.mfu) << " |\n";
+    if (r.fp32_peak_flops_median > 0)
+      os << "| sgemm peak (fp32, same size; not the MFU denominator) | "
+         << format("%.2f G", r.fp32_peak_flops_median / 1e9) << " |\n";
     os << "| activations | " << format("%.1f MiB", r.activation_bytes / 1048576.0) << " ("
        << format("%.0f", r.activation_bytes_per_token) << " B/token) |\n"
        << "| peak RSS (VmHWM) | " << format("%.1f MiB", r.peak_rss_kib / 1024.0) << " |\n";

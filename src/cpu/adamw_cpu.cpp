@@ -9,6 +9,7 @@ namespace kvroute {
 void CpuBackend::adamw_step(float* param, const float* grad, float* m, float* v, std::size_t n, float lr,
                             float beta1, float beta2, float eps, float weight_decay, int step,
                             float grad_scale) {
+  written(param, n * sizeof(float));
   cpu::require(step >= 1, "adamw_step", "step starts at 1, got " + std::to_string(step));
   cpu::require(beta1 >= 0.f && beta1 < 1.f && beta2 >= 0.f && beta2 < 1.f, "adamw_step",
                "betas must be in [0, 1)");

@@ -13,6 +13,20 @@ constexpr std::size_t kAlignment = 64;  // one cache line, enough for any SIMD w
 
 }  // namespace
 
+CpuBackend::CpuBackend(const BackendOptions& options)
+    : CpuBackend(options, cpu::native_bf16_available() ? cpu::Bf16Path::Native : cpu::Bf16Path::Emulated) {}
+
+CpuBackend::CpuBackend(const BackendOptions& options, cpu::Bf16Path bf16_path) : options_(options) {
+  if (options_.precision == "bf16")
+    bf16_ = std::make_unique<cpu::Bf16Matmul>(bf16_path);
+  else if (options_.precision != "fp32")
+    throw std::invalid_argument("CpuBackend: precision must be fp32 or bf16, not '" + options_.precision + "'");
+}
+
+void CpuBackend::register_weights(const float* w, std::size_t n) {
+  if (bf16_) bf16_->register_weights(w, n);
+}
+
 void* CpuBackend::alloc_bytes(std::size_t bytes) {
   if (bytes == 0) return nullptr;
   const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
@@ -22,7 +36,10 @@ void* CpuBackend::alloc_bytes(std::size_t bytes) {
   return p;
 }
 
-void CpuBackend::free_bytes(void* p) { std::free(p); }
+void CpuBackend::free_bytes(void* p) {
+  if (bf16_) bf16_->freed(p);
+  std::free(p);
+}
 
 void CpuBackend::copy_to_device(void* dst, const void* host_src, std::size_t bytes) {
   copy(dst, host_src, bytes);
@@ -35,26 +52,31 @@ void CpuBackend::copy_to_host(void* host_dst, const void* src, std::size_t bytes
 void CpuBackend::copy(void* dst, const void* src, std::size_t bytes) {
   if (bytes == 0) return;
   cpu::require(dst && src, "copy", "null pointer");
+  written(dst, bytes);
   std::memmove(dst, src, bytes);
 }
 
 void CpuBackend::fill_zero(void* p, std::size_t bytes) {
   if (bytes == 0) return;
   cpu::require(p != nullptr, "fill_zero", "null pointer");
+  written(p, bytes);
   std::memset(p, 0, bytes);
 }
 
 void CpuBackend::accumulate(float* y, const float* x, std::size_t n) {
+  written(y, n * sizeof(float));
 #pragma omp parallel for simd schedule(static) if (parallel : n >= cpu::kParallelMinElements)
   for (std::size_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 void CpuBackend::add(float* y, const float* a, const float* b, std::size_t n) {
+  written(y, n * sizeof(float));
 #pragma omp parallel for simd schedule(static) if (parallel : n >= cpu::kParallelMinElements)
   for (std::size_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
 }
 
 void CpuBackend::scale(float* x, std::size_t n, float s) {
+  written(x, n * sizeof(float));
 #pragma omp parallel for simd schedule(static) if (parallel : n >= cpu::kParallelMinElements)
   for (std::size_t i = 0; i < n; ++i) x[i] *= s;
 }

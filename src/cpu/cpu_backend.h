@@ -1,19 +1,30 @@
-// The CPU backend: oneDNN sgemm for matmul, OpenMP loops for everything else.
+// The CPU backend: oneDNN sgemm for matmul (or, with precision bf16, oneDNN's bf16 matmul:
+// bf16_matmul_cpu.h), OpenMP loops for everything else.
 // Every op is deterministic: each output element is written by one thread in a
 // fixed order, so results do not depend on the thread count or schedule.
 #pragma once
 
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "cpu/bf16_matmul_cpu.h"
 #include "kvroute/backend.h"
 
 namespace kvroute {
 
 class CpuBackend final : public Backend {
  public:
+  // options.precision: "fp32" or "bf16" ("auto" is resolved by make_backend).
+  explicit CpuBackend(const BackendOptions& options = {});
+  // With bf16, a chosen path (tests: the emulated path on a CPU that has the native one).
+  CpuBackend(const BackendOptions& options, cpu::Bf16Path bf16_path);
   Device device() const override { return Device::CPU; }
   std::string name() const override { return "cpu"; }
+  const BackendOptions& options() const { return options_; }
+  // Which bf16 path matmul takes; nullptr with fp32.
+  const cpu::Bf16Matmul* bf16() const { return bf16_.get(); }
 
   // cpu_backend.cpp
   void* alloc_bytes(std::size_t bytes) override;
@@ -23,6 +34,7 @@ class CpuBackend final : public Backend {
   void copy(void* dst, const void* src, std::size_t bytes) override;
   void fill_zero(void* p, std::size_t bytes) override;
   void synchronize() override {}
+  void register_weights(const float* w, std::size_t n) override;
   void accumulate(float* y, const float* x, std::size_t n) override;
   void add(float* y, const float* a, const float* b, std::size_t n) override;
   void scale(float* x, std::size_t n, float s) override;
@@ -31,6 +43,9 @@ class CpuBackend final : public Backend {
   // matmul_cpu.cpp
   void matmul(const float* A, const float* B, float* C, int M, int N, int K, bool trans_a, bool trans_b,
               float alpha, float beta) override;
+  // With bf16: the bf16 GEMM's own FLOP/s on operands kept between calls, and its kernel.
+  double peak_gemm_flops(int n) override;
+  std::string peak_gemm_label() const override;
 
   // embedding_cpu.cpp
   void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int C) override;
@@ -62,6 +77,16 @@ class CpuBackend final : public Backend {
   // adamw_cpu.cpp
   void adamw_step(float* param, const float* grad, float* m, float* v, std::size_t n, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int step, float grad_scale) override;
+
+ private:
+  // Tells the bf16 matmul that bytes at dst were written (its copy of the weights may be stale).
+  void written(const void* dst, std::size_t bytes) {
+    if (bf16_) bf16_->written(dst, bytes);
+  }
+
+  BackendOptions options_;
+  std::unique_ptr<cpu::Bf16Matmul> bf16_;
+  std::vector<float> peak_operands_;  // peak_gemm_flops' n x n operands
 };
 
 namespace cpu {

@@ -1,6 +1,7 @@
-// Dense matmul through oneDNN's row-major sgemm.
+// Dense matmul: oneDNN's row-major sgemm (fp32), or its bf16 matmul (bf16_matmul_cpu.h).
 #include <oneapi/dnnl/dnnl.h>
 
+#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -23,6 +24,11 @@ void CpuBackend::matmul(const float* A, const float* B, float* C, int M, int N, 
     return;
   }
   cpu::require(A && B, "matmul", "null A or B");
+  written(C, static_cast<std::size_t>(M) * N * sizeof(float));
+  if (bf16_) {
+    bf16_->matmul(A, B, C, M, N, K, trans_a, trans_b, alpha, beta);
+    return;
+  }
   const dnnl_dim_t lda = trans_a ? M : K;
   const dnnl_dim_t ldb = trans_b ? K : N;
   const dnnl_dim_t ldc = N;
@@ -30,6 +36,33 @@ void CpuBackend::matmul(const float* A, const float* B, float* C, int M, int N, 
                                           B, ldb, beta, C, ldc);
   if (status != dnnl_success)
     throw std::runtime_error("matmul: dnnl_sgemm failed with status " + std::to_string(status));
+}
+
+double CpuBackend::peak_gemm_flops(int n) {
+  if (!bf16_ || n <= 0) return 0;  // fp32: bench train times matmul() itself (an sgemm)
+  // The weights-like operand B is registered, as the model's weights are, so the probe times
+  // the GEMM and the rounding of one operand, as a training matmul does.
+  const std::size_t nn = static_cast<std::size_t>(n) * n;
+  if (peak_operands_.size() != 3 * nn) {
+    peak_operands_.assign(3 * nn, 0.f);
+    for (std::size_t i = 0; i < 2 * nn; ++i) peak_operands_[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.f - 0.5f;
+  }
+  float* a = peak_operands_.data();
+  float* b = a + nn;
+  float* c = b + nn;
+  cpu::Bf16Matmul probe(bf16_->path());
+  probe.register_weights(b, nn);
+  probe.matmul(a, b, c, n, n, n, false, false, 1.f, 0.f);  // untimed: creates the primitive
+  const auto t0 = std::chrono::steady_clock::now();
+  probe.matmul(a, b, c, n, n, n, false, false, 1.f, 0.f);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return 2.0 * n * n * n / s;
+}
+
+std::string CpuBackend::peak_gemm_label() const {
+  if (!bf16_) return "sgemm";
+  return bf16_->path() == cpu::Bf16Path::Native ? "bf16 GEMM (oneDNN, " + cpu::onednn_cpu_isa() + ")"
+                                                : "bf16-rounded sgemm";
 }
 
 }  // namespace kvroute
