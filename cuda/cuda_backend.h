@@ -3,8 +3,9 @@
 // sum_squares (which returns a host value) synchronise with it, the rest are
 // asynchronous. With options.deterministic (the default) every op is
 // deterministic: no atomics, and every reduction runs in a fixed order for a
-// given problem size. deterministic = false only changes attention backward
-// (dQ accumulated with float atomics, see attention_cuda.cu).
+// given problem size (bf16 GEMMs: no cuBLASLt split-K reduction, matmul_cuda.cu).
+// deterministic = false changes attention backward (dQ accumulated with float
+// atomics, see attention_cuda.cu) and lets cuBLASLt split K.
 //
 // Precision (BackendOptions::precision): "fp32" multiplies with cublasSgemm (no
 // TF32). "bf16" rounds both matmul operands to bf16 (round to nearest even) into

@@ -1,7 +1,8 @@
 // CPU tests of the host/device helpers the CUDA backend's bf16 path runs on the GPU:
 // the float -> bf16 rounding of every matmul operand (kvroute/bf16.h, used by
 // cuda/bf16_cuda.cu) and the row-major -> column-major GEMM mapping and alignment
-// hint given to cuBLAS(Lt) (cuda/gemm_layout.h, used by cuda/matmul_cuda.cu).
+// hint given to cuBLAS(Lt), and the split-K reduction schemes train.deterministic allows
+// (cuda/gemm_layout.h, used by cuda/matmul_cuda.cu).
 // References are written differently: rounding by comparing distances to the two
 // neighbouring bf16 values in double; the GEMM by a plain triple loop.
 #include <gtest/gtest.h>
@@ -172,5 +173,24 @@ TEST(GemmLayout, PointerAlignment) {
   EXPECT_EQ(pointer_alignment(1024 + 48), 16);
 }
 
+// train.deterministic allows only algorithms without a split-K reduction; otherwise any.
+TEST(GemmLayout, ReductionSchemeMaskFollowsDeterminism) {
+  const uint32_t det = lt_reduction_scheme_mask(true), any = lt_reduction_scheme_mask(false);
+  EXPECT_EQ(det, 0u);     // CUBLASLT_REDUCTION_SCHEME_NONE
+  EXPECT_EQ(any, 0x7u);   // CUBLASLT_REDUCTION_SCHEME_MASK: INPLACE | COMPUTE_TYPE | OUTPUT_TYPE
+  // A plan that sums in one sequence fits both masks.
+  EXPECT_TRUE(lt_reduction_scheme_allowed(0, det));
+  EXPECT_TRUE(lt_reduction_scheme_allowed(0, any));
+  // Every split-K reduction (in place 1, compute type 2, output type 4) is refused when
+  // deterministic and accepted otherwise; unknown bits never are.
+  for (uint32_t scheme : {1u, 2u, 4u}) {
+    EXPECT_FALSE(lt_reduction_scheme_allowed(scheme, det)) << scheme;
+    EXPECT_TRUE(lt_reduction_scheme_allowed(scheme, any)) << scheme;
+  }
+  EXPECT_FALSE(lt_reduction_scheme_allowed(2, 1));  // not in a narrower mask
+  EXPECT_FALSE(lt_reduction_scheme_allowed(8, any));
+}
+
 }  // namespace
 }  // namespace kvroute
+

@@ -858,19 +858,26 @@ TEST(CudaOps, MatmulBf16RoundsOperandsToNearestEven) {
   }
 }
 
+// train.deterministic restricts cuBLASLt to algorithms without a split-K reduction (gemm_layout.h):
+// the second shape, a small output with a long K, is where a heuristic would otherwise split K.
 TEST(CudaOps, MatmulBf16IsBitwiseDeterministic) {
   KVR_REQUIRE_CUDA();
   auto gpu = make_backend("cuda", BackendOptions{"bf16", true});
   std::mt19937 rng(42);
-  const int M = 512, N = 768, K = 2048;
-  DeviceBuffer<float> A(gpu.get(), static_cast<std::size_t>(M) * K), B(gpu.get(), static_cast<std::size_t>(K) * N);
-  DeviceBuffer<float> C(gpu.get(), static_cast<std::size_t>(M) * N);
-  A.upload(random_floats(A.size(), rng));
-  B.upload(random_floats(B.size(), rng));
-  gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);  // a dW-shaped GEMM (long K)
-  const auto first = C.download();
-  gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);
-  EXPECT_TRUE(bitwise_equal(first, C.download()));
+  const int shapes[][3] = {{512, 768, 2048}, {64, 64, 16384}, {768, 768, 16384}};
+  for (const auto& s : shapes) {
+    const int M = s[0], N = s[1], K = s[2];
+    DeviceBuffer<float> A(gpu.get(), static_cast<std::size_t>(M) * K), B(gpu.get(), static_cast<std::size_t>(K) * N);
+    DeviceBuffer<float> C(gpu.get(), static_cast<std::size_t>(M) * N);
+    A.upload(random_floats(A.size(), rng));
+    B.upload(random_floats(B.size(), rng));
+    gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);  // a dW-shaped GEMM (long K)
+    const auto first = C.download();
+    for (int run = 0; run < 3; ++run) {
+      gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);
+      EXPECT_TRUE(bitwise_equal(first, C.download())) << "M=" << M << " N=" << N << " K=" << K << " run " << run;
+    }
+  }
 }
 
 TEST(CudaOps, PeakGemmProbe) {

@@ -30,7 +30,8 @@ struct BackendOptions {
   // The CPU backend refuses "bf16".
   std::string precision = "fp32";
   // true: results are bitwise identical run to run. false lets the CUDA attention backward
-  // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run).
+  // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run), and
+  // the CUDA bf16 GEMMs use cuBLASLt algorithms that split K.
   bool deterministic = true;
 };
 
