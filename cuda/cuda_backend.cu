@@ -44,6 +44,9 @@ CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
     if (devices < 1) throw std::runtime_error("CUDA backend: no CUDA device is visible");
     device_ = launcher_local_rank() % devices;
     KVR_CUDA_CHECK(cudaSetDevice(device_));
+    int smem_optin = 0;
+    KVR_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+    smem_optin_ = static_cast<std::size_t>(smem_optin);
     KVR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     KVR_CUBLAS_CHECK(cublasCreate(&cublas_));
     KVR_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
