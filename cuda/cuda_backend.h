@@ -142,7 +142,8 @@ class CudaBackend final : public Backend {
   void attention_forward(const AttentionForward& p) override;
   void attention_backward(const AttentionBackward& p) override;
 
-  // cross_entropy_cuda.cu
+  // cross_entropy_cuda.cu. A target >= V is reported by the next copy_to_host, synchronize or
+  // sum_squares (throw_device_errors).
   void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* dlogits, int N, int V,
                      float grad_scale) override;
 
@@ -183,6 +184,9 @@ class CudaBackend final : public Backend {
   using LtKey = std::tuple<int, int, int, bool, bool, int, int, int>;
   const LtPlan& lt_plan(const LtKey& key);
   void track_alloc(void* p, std::size_t bytes);
+  // cross_entropy_cuda.cu: after the stream has been synchronised, throws (and clears) the
+  // first target >= V a cross_entropy call since the last check has met, as the CPU backend would.
+  void throw_device_errors();
   void track_free(void* p);
   // attention_cuda.cu: whether attention at head_dim runs the bf16 tensor-core kernels (bf16
   // precision, head_dim 64/128, and their shared memory fits this device: attention_plan.h).
@@ -196,6 +200,11 @@ class CudaBackend final : public Backend {
   std::map<LtKey, LtPlan> lt_plans_;
   int peak_n_ = 0;  // size of the operands in kScratchPeak
   int device_ = 0;
+  // Bad cross_entropy targets: device words [call's smallest (row << 32 | target), latched
+  // key, its V] (~0 = none), and a pinned host copy of the last two, refreshed after every call.
+  unsigned long long* ce_error_ = nullptr;
+  unsigned long long* ce_error_host_ = nullptr;
+  bool ce_error_pending_ = false;  // a cross_entropy ran since the last check
   std::size_t smem_optin_ = 0;          // cudaDevAttrMaxSharedMemoryPerBlockOptin of device_
   std::set<int> attention_fallback_said_;  // head dims whose fp32 fallback was announced
 

@@ -42,6 +42,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -361,6 +362,49 @@ TEST(CudaOps, CrossEntropy) {
       for (int j = 0; j < V; ++j) ASSERT_EQ(aliased[static_cast<std::size_t>(n) * V + j], 0.f) << "ignored row " << n;
     }
   }
+}
+
+// A target >= V: the CPU backend throws from cross_entropy; the CUDA backend reads its targets
+// only on the device, so it throws the same std::invalid_argument at the next wait for its stream
+// (here copy_to_host), naming the first bad row of the first failing call, and then works on.
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(CudaOps, CrossEntropyReportsTargetsOutsideTheVocabulary) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(11);
+  const int N = 5, V = 10;
+  const std::vector<int32_t> bad = {1, -1, 12, 3, 10};  // rows 2 and 4 are out of range
+  Mirror<int32_t> tgt(be, bad);
+  Mirror<float> logits(be, random_floats(static_cast<std::size_t>(N) * V, rng));
+  Mirror<float> losses(be, std::vector<float>(N, 1.f));
+  const std::string cpu_error = error_of([&] {
+    be.cpu->cross_entropy(logits.cpu.get(), tgt.cpu.get(), losses.cpu.get(), nullptr, N, V, 1.f);
+  });
+  EXPECT_EQ(cpu_error, cross_entropy_target_error(2, 12, V));
+  be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  std::vector<float> host(N);
+  EXPECT_EQ(error_of([&] { be.gpu->copy_to_host(host.data(), losses.gpu.get(), N * sizeof(float)); }), cpu_error);
+  // Reported once: the backend goes on, and a good call after it succeeds.
+  const std::vector<int32_t> good = {1, -1, 9, 3, 0};
+  Mirror<int32_t> ok(be, good);
+  be.gpu->cross_entropy(logits.gpu.get(), ok.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  be.cpu->cross_entropy(logits.cpu.get(), ok.cpu.get(), losses.cpu.get(), nullptr, N, V, 1.f);
+  EXPECT_EQ(error_of([&] { be.gpu->synchronize(); }), "(no error)");
+  expect_close(losses, kLossTol, "cross_entropy after a reported error");
+  // Several calls before one wait: the first failing call is reported, with its own V.
+  be.gpu->cross_entropy(logits.gpu.get(), ok.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, 8, 1.f);  // 12, 10 >= 8
+  be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  EXPECT_EQ(error_of([&] { be.gpu->synchronize(); }), cross_entropy_target_error(2, 12, 8));
+  EXPECT_EQ(error_of([&] { be.gpu->synchronize(); }), "(no error)");
 }
 
 TEST(CudaOps, AdamW) {
