@@ -32,6 +32,7 @@
 
 #ifdef KVROUTE_WITH_CUDA
 
+#include "comm/comm_impl.h"
 #include "kvroute/bf16.h"
 #include "kvroute/config.h"
 #include "kvroute/model.h"
@@ -922,6 +923,43 @@ TEST(CudaOps, MatmulBf16IsBitwiseDeterministic) {
       EXPECT_TRUE(bitwise_equal(first, C.download())) << "M=" << M << " N=" << N << " K=" << K << " run " << run;
     }
   }
+}
+
+// The NCCL communicator on one device (a world of one: every sum is the identity, so this checks
+// plumbing, not arithmetic): started sums on the overlap stream and its split communicator,
+// blocking collectives issued while they are still pending (each must queue behind them, not
+// fail or hang), and the buffers unchanged at the end. Ordering across ranks needs two GPUs.
+TEST(CudaOps, NcclStartedSumsAndBlockingCollectivesOnOneRank) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda");
+  auto comm = make_nccl_communicator_one_rank(*gpu);
+  EXPECT_EQ(comm->name(), "NCCL");
+  EXPECT_EQ(comm->world_size(), 1);
+  std::mt19937 rng(60);
+  const std::size_t n = 1 << 20;
+  const auto ha = random_floats(n, rng), hb = random_floats(n, rng), hc = random_floats(n, rng);
+  DeviceBuffer<float> a(gpu.get(), n), b(gpu.get(), n), c(gpu.get(), n);
+  a.upload(ha);
+  b.upload(hb);
+  c.upload(hc);
+  for (int round = 0; round < 3; ++round) {
+    auto pa = comm->allreduce_sum_start(a.get(), n);
+    auto pb = comm->allreduce_sum_start(b.get(), n / 2);
+    comm->allgather_inplace(c.get(), n);  // while pa and pb may still run
+    comm->broadcast(c.get(), n * sizeof(float), 0);
+    comm->allreduce_sum(c.get(), n);
+    pb->test();
+    pa->wait();
+    pb->wait();
+  }
+  {
+    auto never_waited = comm->allreduce_sum_start(a.get(), n);  // its destructor waits on the host
+  }
+  EXPECT_DOUBLE_EQ(comm->sum(2.5), 2.5);
+  EXPECT_TRUE(comm->any(true));
+  EXPECT_TRUE(bitwise_equal(a.download(), ha));
+  EXPECT_TRUE(bitwise_equal(b.download(), hb));
+  EXPECT_TRUE(bitwise_equal(c.download(), hc));
 }
 
 TEST(CudaOps, PeakGemmProbe) {
