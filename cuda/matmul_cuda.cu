@@ -101,10 +101,12 @@ const CudaBackend::LtPlan& CudaBackend::lt_plan(const LtKey& key) {
                                                     results, &count));
     int chosen = -1;
     for (int i = 0; i < count && chosen < 0; ++i) {
+      // An algorithm whose scheme cannot be read is taken on the preference's word (the filter above).
       uint32_t scheme = kLtReductionSchemeNone;
       std::size_t written = 0;
-      KVR_CUBLAS_CHECK(cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                                                            &scheme, sizeof scheme, &written));
+      if (cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                               sizeof scheme, &written) != CUBLAS_STATUS_SUCCESS)
+        scheme = kLtReductionSchemeNone;
       if (results[i].state == CUBLAS_STATUS_SUCCESS && lt_reduction_scheme_allowed(scheme, reductions)) chosen = i;
     }
     if (chosen < 0)
