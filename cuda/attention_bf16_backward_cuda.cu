@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "attention_plan.h"
 #include "bf16_tile.cuh"
 #include "cuda_backend.h"
 #include "kvroute/bf16.h"
@@ -60,6 +61,9 @@ struct Layout {
   static constexpr std::size_t bytes = row_off + round128(2 * sizeof(float) * kTile);
   static_assert(sizeof(float) * kTile * kLdO <= 2 * tile_f, "the staging tile must fit in f0..f1");
 };
+static_assert(Layout<64>::bytes == attention_bf16_backward_smem_bytes(64) &&
+                  Layout<128>::bytes == attention_bf16_backward_smem_bytes(128),
+              "attention_plan.h must size these kernels' shared memory as it is laid out here");
 
 template <int D>
 struct Tiles {

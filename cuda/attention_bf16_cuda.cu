@@ -20,6 +20,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "attention_plan.h"
 #include "bf16_tile.cuh"
 #include "cuda_backend.h"
 #include "kvroute/bf16.h"
@@ -53,6 +54,9 @@ struct Layout {
   static constexpr std::size_t o_off = p_off + round128(sizeof(__nv_bfloat16) * kRows * kLdP);
   static constexpr std::size_t bytes = o_off + round128(sizeof(float) * kRows * kLdO);
 };
+static_assert(Layout<64>::bytes == attention_bf16_forward_smem_bytes(64) &&
+                  Layout<128>::bytes == attention_bf16_forward_smem_bytes(128),
+              "attention_plan.h must size this kernel's shared memory as it is laid out here");
 
 template <int D>
 __global__ void __launch_bounds__(kThreads)
@@ -192,8 +196,6 @@ void launch(const AttentionBf16Dims& a, const float* q, float* const* table, flo
 }
 
 }  // namespace
-
-bool attention_forward_bf16_supports(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
                                    float* lse, cudaStream_t stream) {

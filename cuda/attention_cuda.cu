@@ -38,8 +38,10 @@
 // the routing only changes which buffer a (b, key tile) block adds into.
 //
 // In bf16 precision with head_dim 64 or 128 both directions run on tensor cores
-// instead (attention_bf16_cuda.cu, attention_bf16_backward_cuda.cu); these fp32
-// kernels serve fp32 precision and other head dims.
+// instead (attention_bf16_cuda.cu, attention_bf16_backward_cuda.cu) where the
+// device gives them the shared memory they need (attention_plan.h); these fp32
+// kernels serve fp32 precision, other head dims, and bf16 at head_dim 128 on GPUs
+// with 99 KiB of shared memory per block (sm_86, sm_89).
 //
 // deterministic = false drops the dQ kernel: the dK/dV kernel, which already
 // holds dS for each (key tile, query tile) pair, adds scale * dS^T K into dq
@@ -49,10 +51,12 @@
 // deterministic because a resumed run must continue bit-exactly (train
 // --resume) and because the atomic path is not yet measured on hardware.
 #include <cmath>
+#include <iostream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "attention_plan.h"
 #include "cuda_backend.h"
 
 namespace kvroute {
@@ -92,17 +96,19 @@ __device__ __forceinline__ void load_tile(float* dst, const float* src, int stri
   }
 }
 
+// Shared memory per kernel: attention_plan.h (which the backend checks against the device).
+static_assert(kBQ == 32, "attention_plan.h sizes the fp32 kernels for 32-row tiles");
 template <int DM>
 constexpr std::size_t forward_smem_bytes() {
-  return sizeof(float) * (2 * 32 * (DM + 1) + kBQ * (kBK + 1));
+  return attention_fp32_forward_smem_bytes(DM);
 }
 template <int DM>
 constexpr std::size_t dq_smem_bytes() {
-  return sizeof(float) * (4 * 32 * (DM + 1) + kBQ * (kBK + 1));
+  return attention_fp32_dq_smem_bytes(DM);
 }
 template <int DM>
 constexpr std::size_t dkdv_smem_bytes() {
-  return sizeof(float) * (4 * 32 * (DM + 1) + 2 * kBK * (kBQ + 1) + 2 * kBQ);
+  return attention_fp32_dkdv_smem_bytes(DM);
 }
 
 // table: [K base of b = 0..B-1, V base of b = 0..B-1]. grid: (ceil(Tq / kBQ), H, B).
@@ -546,6 +552,13 @@ void launch_backward(const Dims& a, const float* q, float* const* table, const f
 
 }  // namespace
 
+bool CudaBackend::attention_on_tensor_cores(int head_dim) {
+  const AttentionKernelChoice c = choose_attention_kernel(options_.precision == "bf16", head_dim, smem_optin_);
+  if (!c.error.empty()) throw std::runtime_error(c.error);
+  if (!c.fallback.empty() && attention_fallback_said_.insert(head_dim).second) std::cerr << "kvroute: " << c.fallback << "\n";
+  return c.tensor_cores;
+}
+
 void CudaBackend::attention_forward(const AttentionForward& p) {
   const char* op = "attention_forward";
   long seq_stride = 0;
@@ -558,7 +571,7 @@ void CudaBackend::attention_forward(const AttentionForward& p) {
   gather(ptrs, p.k_layers, p.src, a.B, seq_stride, op, "K");
   gather(ptrs, p.v_layers, p.src, a.B, seq_stride, op, "V");
   auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
-  if (options_.precision == "bf16" && attention_forward_bf16_supports(a.D)) {
+  if (attention_on_tensor_cores(a.D)) {
     const AttentionBf16Dims d{a.B, a.Tq, a.Tk, a.H, a.Hkv, a.D, a.group, a.q_pos0, a.scale, a.q_row, a.kv_row};
     launch_attention_forward_bf16(d, p.q, table, p.out, p.lse, stream_);
     return;
@@ -596,7 +609,7 @@ void CudaBackend::attention_backward(const AttentionBackward& p) {
   KVR_KERNEL_CHECK();
 
   // The forward ran on tensor cores exactly when this holds (attention_forward).
-  if (options_.precision == "bf16" && attention_forward_bf16_supports(a.D)) {
+  if (attention_on_tensor_cores(a.D)) {
     const AttentionBf16Dims d{a.B, a.Tq, a.Tk, a.H, a.Hkv, a.D, a.group, a.q_pos0, a.scale, a.q_row, a.kv_row};
     launch_attention_backward_bf16(d, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
     return;

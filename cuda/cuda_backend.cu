@@ -44,12 +44,20 @@ CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
     if (devices < 1) throw std::runtime_error("CUDA backend: no CUDA device is visible");
     device_ = launcher_local_rank() % devices;
     KVR_CUDA_CHECK(cudaSetDevice(device_));
+    int smem_optin = 0;
+    KVR_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));
+    smem_optin_ = static_cast<std::size_t>(smem_optin);
     KVR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     KVR_CUBLAS_CHECK(cublasCreate(&cublas_));
     KVR_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // Plain fp32 GEMMs (no TF32), so results match the CPU backend closely.
     KVR_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
     for (auto& ev : ptr_events_) KVR_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    KVR_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ce_error_), 3 * sizeof(unsigned long long)));
+    track_alloc(ce_error_, 3 * sizeof(unsigned long long));
+    KVR_CUDA_CHECK(cudaMemsetAsync(ce_error_, 0xff, 3 * sizeof(unsigned long long), stream_));  // ~0: none
+    KVR_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ce_error_host_), 2 * sizeof(unsigned long long)));
+    ce_error_host_[0] = ce_error_host_[1] = ~0ull;
     if (options_.precision == "bf16") {
       KVR_CUBLAS_CHECK(cublasLtCreate(&lt_));
       KVR_CUDA_CHECK(cudaMalloc(&lt_workspace_, kLtWorkspaceBytes));
@@ -81,6 +89,10 @@ void CudaBackend::release() noexcept {
     if (p) (void)cudaFree(p);
     p = nullptr;
   }
+  if (ce_error_) (void)cudaFree(ce_error_);
+  if (ce_error_host_) (void)cudaFreeHost(ce_error_host_);
+  ce_error_ = nullptr;
+  ce_error_host_ = nullptr;
   if (ptr_dev_) (void)cudaFree(ptr_dev_);
   if (ptr_host_) (void)cudaFreeHost(ptr_host_);
   ptr_dev_ = nullptr;
@@ -161,6 +173,7 @@ void CudaBackend::copy_to_host(void* host_dst, const void* src, std::size_t byte
   if (bytes == 0) return;
   KVR_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   KVR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  throw_device_errors();
 }
 
 void CudaBackend::copy(void* dst, const void* src, std::size_t bytes) {
@@ -173,7 +186,10 @@ void CudaBackend::fill_zero(void* p, std::size_t bytes) {
   KVR_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
 }
 
-void CudaBackend::synchronize() { KVR_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaBackend::synchronize() {
+  KVR_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  throw_device_errors();
+}
 
 void* CudaBackend::scratch(ScratchSlot slot, std::size_t bytes) {
   if (bytes > scratch_bytes_[slot]) {

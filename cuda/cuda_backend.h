@@ -3,16 +3,18 @@
 // sum_squares (which returns a host value) synchronise with it, the rest are
 // asynchronous. With options.deterministic (the default) every op is
 // deterministic: no atomics, and every reduction runs in a fixed order for a
-// given problem size. deterministic = false only changes attention backward
-// (dQ accumulated with float atomics, see attention_cuda.cu).
+// given problem size (bf16 GEMMs: no cuBLASLt split-K reduction, matmul_cuda.cu).
+// deterministic = false changes attention backward (dQ accumulated with float
+// atomics, see attention_cuda.cu) and lets cuBLASLt split K.
 //
 // Precision (BackendOptions::precision): "fp32" multiplies with cublasSgemm (no
 // TF32). "bf16" rounds both matmul operands to bf16 (round to nearest even) into
 // scratch and runs cublasLtMatmul with fp32 accumulation and an fp32 output,
 // alpha/beta as in fp32 (matmul_cuda.cu), and runs attention forward and backward
 // on tensor cores for head_dim 64 and 128 (attention_bf16_cuda.cu,
-// attention_bf16_backward_cuda.cu). Weights, gradients, AdamW state, activations
-// and all other ops stay fp32.
+// attention_bf16_backward_cuda.cu) where the device has the shared memory for them
+// (attention_plan.h; else the fp32 kernels, said once on stderr). Weights,
+// gradients, AdamW state, activations and all other ops stay fp32.
 //
 // Each op's kernels live in their own file (matmul_cuda.cu, elementwise_cuda.cu,
 // embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, cross_entropy_cuda.cu,
@@ -27,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -74,7 +77,6 @@ struct AttentionBf16Dims {
   int q_row;   // elements between time steps in q/out: H * D
   int kv_row;  // elements between time steps in K/V: Hkv * D
 };
-bool attention_forward_bf16_supports(int head_dim);
 // table: [K base of b = 0..B-1, V base of b = 0..B-1] on the device, as the fp32 kernel.
 void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
                                    float* lse, cudaStream_t stream);
@@ -140,7 +142,8 @@ class CudaBackend final : public Backend {
   void attention_forward(const AttentionForward& p) override;
   void attention_backward(const AttentionBackward& p) override;
 
-  // cross_entropy_cuda.cu
+  // cross_entropy_cuda.cu. A target >= V is reported by the next copy_to_host, synchronize or
+  // sum_squares (throw_device_errors).
   void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* dlogits, int N, int V,
                      float grad_scale) override;
 
@@ -181,7 +184,14 @@ class CudaBackend final : public Backend {
   using LtKey = std::tuple<int, int, int, bool, bool, int, int, int>;
   const LtPlan& lt_plan(const LtKey& key);
   void track_alloc(void* p, std::size_t bytes);
+  // cross_entropy_cuda.cu: after the stream has been synchronised, throws (and clears) the
+  // first target >= V a cross_entropy call since the last check has met, as the CPU backend would.
+  void throw_device_errors();
   void track_free(void* p);
+  // attention_cuda.cu: whether attention at head_dim runs the bf16 tensor-core kernels (bf16
+  // precision, head_dim 64/128, and their shared memory fits this device: attention_plan.h).
+  // Says once per head_dim on stderr when bf16 falls back to the fp32 kernels.
+  bool attention_on_tensor_cores(int head_dim);
 
   BackendOptions options_;
   cublasLtHandle_t lt_ = nullptr;
@@ -190,6 +200,13 @@ class CudaBackend final : public Backend {
   std::map<LtKey, LtPlan> lt_plans_;
   int peak_n_ = 0;  // size of the operands in kScratchPeak
   int device_ = 0;
+  // Bad cross_entropy targets: device words [call's smallest (row << 32 | target), latched
+  // key, its V] (~0 = none), and a pinned host copy of the last two, refreshed after every call.
+  unsigned long long* ce_error_ = nullptr;
+  unsigned long long* ce_error_host_ = nullptr;
+  bool ce_error_pending_ = false;  // a cross_entropy ran since the last check
+  std::size_t smem_optin_ = 0;          // cudaDevAttrMaxSharedMemoryPerBlockOptin of device_
+  std::set<int> attention_fallback_said_;  // head dims whose fp32 fallback was announced
 
   std::unordered_map<void*, std::size_t> allocations_;  // every device allocation and its size
   std::size_t in_use_bytes_ = 0, peak_bytes_ = 0;

@@ -51,4 +51,26 @@ inline int pointer_alignment(std::uintptr_t address) {
   return a;
 }
 
+// cuBLASLt's reduction schemes for a dot product split over K ("split-K"), as
+// cublasLtReductionScheme_t numbers them (matmul_cuda.cu static_asserts the values).
+// NONE: each output element is summed in one sequence over K. The other three add
+// partial sums computed in parallel (in place with counters, or through workspace).
+inline constexpr uint32_t kLtReductionSchemeNone = 0;
+inline constexpr uint32_t kLtReductionSchemeAll = 0x7;
+
+// CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK for the bf16 GEMMs. With
+// train.deterministic (the default) only NONE: one summation order per output element,
+// which no scheduling of split-K parts can change, whatever algorithm the heuristic
+// picks. Otherwise every scheme (cuBLASLt's default).
+inline uint32_t lt_reduction_scheme_mask(bool deterministic) {
+  return deterministic ? kLtReductionSchemeNone : kLtReductionSchemeAll;
+}
+
+// Whether an algorithm whose CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME is `scheme` fits the
+// mask: NONE always does; any other scheme only when its bit is in the mask. The heuristic
+// should offer nothing else; matmul_cuda.cu checks what it offers instead of trusting it.
+inline bool lt_reduction_scheme_allowed(uint32_t scheme, uint32_t mask) {
+  return scheme == kLtReductionSchemeNone || ((scheme & ~kLtReductionSchemeAll) == 0 && (scheme & mask) == scheme);
+}
+
 }  // namespace kvroute

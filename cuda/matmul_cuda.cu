@@ -5,7 +5,9 @@
 // scratch buffers, then one cublasLtMatmul with bf16 operands, fp32 accumulation
 // (CUBLAS_COMPUTE_32F) and fp32 C, so callers keep fp32 buffers and the op's
 // contract. Each problem shape's descriptors and algorithm (the heuristic's
-// first choice) are cached: a training step reuses a handful of shapes. There
+// first choice) are cached: a training step reuses a handful of shapes. With
+// train.deterministic (the default) the heuristic may only choose algorithms
+// without a split-K reduction (CUBLASLT_REDUCTION_SCHEME_NONE, gemm_layout.h). There
 // is no epilogue: the model has no biases, and the activation (SwiGLU) takes two
 // GEMM outputs, so there is nothing to fuse into one GEMM.
 #include <stdexcept>
@@ -15,6 +17,9 @@
 #include "gemm_layout.h"
 
 namespace kvroute {
+
+static_assert(kLtReductionSchemeNone == CUBLASLT_REDUCTION_SCHEME_NONE, "gemm_layout.h: reduction scheme numbers");
+static_assert(kLtReductionSchemeAll == CUBLASLT_REDUCTION_SCHEME_MASK, "gemm_layout.h: reduction scheme numbers");
 
 void CudaBackend::matmul(const float* A, const float* B, float* C, int M, int N, int K, bool trans_a,
                          bool trans_b, float alpha, float beta) {
@@ -82,15 +87,34 @@ const CudaBackend::LtPlan& CudaBackend::lt_plan(const LtKey& key) {
                                                           &lt_align_c, sizeof lt_align_c));
     KVR_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
                                                           &lt_align_c, sizeof lt_align_c));
-    cublasLtMatmulHeuristicResult_t result{};
+    // train.deterministic: no split-K reduction (gemm_layout.h), so each output is summed in
+    // one fixed sequence.
+    const uint32_t reductions = lt_reduction_scheme_mask(options_.deterministic);
+    KVR_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                          &reductions, sizeof reductions));
+    // The first of the heuristic's choices whose reduction scheme fits the mask (it should
+    // offer no other; checked rather than trusted).
+    constexpr int kCandidates = 8;
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
     int count = 0;
-    KVR_CUBLAS_CHECK(
-        cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.a, plan.b, plan.c, plan.c, pref, 1, &result, &count));
-    if (count < 1)
+    KVR_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_, plan.op, plan.a, plan.b, plan.c, plan.c, pref, kCandidates,
+                                                    results, &count));
+    int chosen = -1;
+    for (int i = 0; i < count && chosen < 0; ++i) {
+      // An algorithm whose scheme cannot be read is taken on the preference's word (the filter above).
+      uint32_t scheme = kLtReductionSchemeNone;
+      std::size_t written = 0;
+      if (cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                               sizeof scheme, &written) != CUBLAS_STATUS_SUCCESS)
+        scheme = kLtReductionSchemeNone;
+      if (results[i].state == CUBLAS_STATUS_SUCCESS && lt_reduction_scheme_allowed(scheme, reductions)) chosen = i;
+    }
+    if (chosen < 0)
       throw std::runtime_error("matmul (bf16): cuBLASLt offers no algorithm for M=" + std::to_string(M) +
                                " N=" + std::to_string(N) + " K=" + std::to_string(K) +
-                               " with C aligned to " + std::to_string(align_c) + " bytes");
-    plan.algo = result.algo;
+                               " with C aligned to " + std::to_string(align_c) + " bytes" +
+                               (options_.deterministic ? " without a split-K reduction (train.deterministic)" : ""));
+    plan.algo = results[chosen].algo;
     (void)cublasLtMatmulPreferenceDestroy(pref);
     pref = nullptr;
   } catch (...) {

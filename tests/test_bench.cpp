@@ -14,6 +14,7 @@
 #include <omp.h>
 #include <unistd.h>
 
+#include "kvroute/attention_bench.h"
 #include "kvroute/cpu_threads.h"
 #include "kvroute/model.h"
 #include "kvroute/profiling_backend.h"
@@ -177,6 +178,44 @@ TEST(BenchTrainCli, BadInputIsRefusedClearly) {
   r = run("bench train /nonexistent/cfg.yaml");
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("/nonexistent/cfg.yaml"));
+}
+
+TEST(AttentionBench, CountsFlopsAndTimesBothDirections) {
+  auto be = make_backend("cpu");
+  AttentionBenchSpec spec;
+  spec.batch = 2, spec.seq_len = 16, spec.d_model = 32, spec.warmup = 1, spec.repeats = 3;
+  const AttentionBenchRow r = benchmark_attention(be.get(), spec, 16);
+  EXPECT_EQ(r.heads, 2);
+  // Causal: query i sees i + 1 keys, 16 * 17 / 2 = 136 pairs per (sequence, head).
+  EXPECT_DOUBLE_EQ(r.forward_flops, 4.0 * 16 * 2 * 2 * 136);
+  EXPECT_DOUBLE_EQ(r.backward_flops, 2.5 * r.forward_flops);
+  ASSERT_EQ(r.forward_seconds.size(), 3u);
+  ASSERT_EQ(r.backward_seconds.size(), 3u);
+  for (double s : r.forward_seconds) EXPECT_GT(s, 0);
+  EXPECT_GT(r.forward_median_seconds, 0);
+  EXPECT_NEAR(r.forward_tflops, r.forward_flops / r.forward_median_seconds / 1e12, 1e-9 * r.forward_tflops);
+  EXPECT_NEAR(r.backward_tflops, r.backward_flops / r.backward_median_seconds / 1e12, 1e-9 * r.backward_tflops);
+  EXPECT_THROW(benchmark_attention(be.get(), spec, 24), std::invalid_argument);  // 24 does not divide 32
+  spec.repeats = 0;
+  EXPECT_THROW(benchmark_attention(be.get(), spec, 16), std::invalid_argument);
+}
+
+TEST(BenchAttentionCli, TableRowPerHeadDimAndJson) {
+  const std::string args = "bench attention --backend cpu --precision fp32 --threads 1 --batch 1 --seq-len 32 "
+                           "--d-model 64 --warmup 1 --repeats 2 --head-dims 16,32";
+  Result r = run(args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("| head_dim | heads | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s |"));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("\\| 16 \\| 4 \\| [0-9.]+ \\| [0-9.]+ \\| [0-9.]+ \\| [0-9.]+ \\|"));
+  EXPECT_THAT(r.output, ::testing::ContainsRegex("\\| 32 \\| 2 \\| [0-9.]+ \\| [0-9.]+ \\| [0-9.]+ \\| [0-9.]+ \\|"));
+  r = run(args + " --json");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(json_field(r.output, "seq_len"), 32) << r.output;
+  EXPECT_GT(json_field(r.output, "forward_tflops"), 0) << r.output;
+  EXPECT_GT(json_field(r.output, "backward_tflops"), 0) << r.output;
+  r = run("bench attention --backend cpu --precision fp32 --head-dims 64,x");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--head-dims"));
 }
 
 TEST(CpuThreads, OneDnnSharesTheOpenMpPool) {

@@ -1,7 +1,9 @@
 // CPU tests of the host/device helpers the CUDA backend's bf16 path runs on the GPU:
 // the float -> bf16 rounding of every matmul operand (kvroute/bf16.h, used by
 // cuda/bf16_cuda.cu) and the row-major -> column-major GEMM mapping and alignment
-// hint given to cuBLAS(Lt) (cuda/gemm_layout.h, used by cuda/matmul_cuda.cu).
+// hint given to cuBLAS(Lt), and the split-K reduction schemes train.deterministic allows
+// (cuda/gemm_layout.h, used by cuda/matmul_cuda.cu), and which attention kernels run for a
+// device's shared-memory limit and head_dim (cuda/attention_plan.h, cuda/attention_cuda.cu).
 // References are written differently: rounding by comparing distances to the two
 // neighbouring bf16 values in double; the GEMM by a plain triple loop.
 #include <gtest/gtest.h>
@@ -12,6 +14,7 @@
 #include <random>
 #include <vector>
 
+#include "../cuda/attention_plan.h"
 #include "../cuda/gemm_layout.h"
 #include "kvroute/bf16.h"
 
@@ -170,6 +173,100 @@ TEST(GemmLayout, PointerAlignment) {
   EXPECT_EQ(pointer_alignment(4096 + 2), 2);
   EXPECT_EQ(pointer_alignment(4097), 1);
   EXPECT_EQ(pointer_alignment(1024 + 48), 16);
+}
+
+// train.deterministic allows only algorithms without a split-K reduction; otherwise any.
+TEST(GemmLayout, ReductionSchemeMaskFollowsDeterminism) {
+  const uint32_t det = lt_reduction_scheme_mask(true), any = lt_reduction_scheme_mask(false);
+  EXPECT_EQ(det, 0u);     // CUBLASLT_REDUCTION_SCHEME_NONE
+  EXPECT_EQ(any, 0x7u);   // CUBLASLT_REDUCTION_SCHEME_MASK: INPLACE | COMPUTE_TYPE | OUTPUT_TYPE
+  // A plan that sums in one sequence fits both masks.
+  EXPECT_TRUE(lt_reduction_scheme_allowed(0, det));
+  EXPECT_TRUE(lt_reduction_scheme_allowed(0, any));
+  // Every split-K reduction (in place 1, compute type 2, output type 4) is refused when
+  // deterministic and accepted otherwise; unknown bits never are.
+  for (uint32_t scheme : {1u, 2u, 4u}) {
+    EXPECT_FALSE(lt_reduction_scheme_allowed(scheme, det)) << scheme;
+    EXPECT_TRUE(lt_reduction_scheme_allowed(scheme, any)) << scheme;
+  }
+  EXPECT_FALSE(lt_reduction_scheme_allowed(2, 1));  // not in a narrower mask
+  EXPECT_FALSE(lt_reduction_scheme_allowed(8, any));
+}
+
+}  // namespace
+}  // namespace kvroute
+
+namespace kvroute {
+namespace {
+
+// Shared memory per block that cudaDevAttrMaxSharedMemoryPerBlockOptin reports (CUDA
+// programming guide, compute capabilities table): 163 KiB on sm_80, 99 KiB on sm_86/sm_89,
+// 227 KiB on sm_90.
+constexpr std::size_t kSm80Smem = 163 * 1024, kSm86Smem = 99 * 1024, kSm90Smem = 227 * 1024;
+
+TEST(AttentionPlan, SharedMemoryOfEachKernel) {
+  // Tensor-core forward at D = 128: Q, K, V bf16 64 x 136 (17408 bytes each), scores fp32
+  // 64 x 68 (17408), probabilities bf16 64 x 72 (9216), output fp32 64 x 132 (33792).
+  EXPECT_EQ(attention_bf16_forward_smem_bytes(128), 3u * 17408 + 17408 + 9216 + 33792);  // 110 KiB
+  // D = 64: 64 x 72 bf16 = 9216; output 64 x 68 fp32 = 17408.
+  EXPECT_EQ(attention_bf16_forward_smem_bytes(64), 3u * 9216 + 17408 + 9216 + 17408);
+  // Backward: four bf16 tiles, two fp32 score tiles, two bf16 tiles, 512 bytes of lse/delta.
+  EXPECT_EQ(attention_bf16_backward_smem_bytes(128), 4u * 17408 + 2 * 17408 + 2 * 9216 + 512);  // 120.5 KiB
+  EXPECT_EQ(attention_bf16_backward_smem_bytes(64), 4u * 9216 + 2 * 17408 + 2 * 9216 + 512);
+  // fp32 kernels: the dK/dV kernel is the largest, 4 rows-of-32 tiles of DM + 1 floats, two
+  // 32 x 33 tiles and 64 floats.
+  EXPECT_EQ(attention_fp32_smem_bytes(128), 4u * (4 * 32 * 129 + 2 * 32 * 33 + 64));
+  EXPECT_EQ(attention_fp32_smem_bytes(100), attention_fp32_smem_bytes(128));  // instance 128
+  EXPECT_EQ(attention_fp32_smem_bytes(48), 4u * (4 * 32 * 65 + 2 * 32 * 33 + 64));
+  EXPECT_EQ(attention_fp32_smem_bytes(16), 4u * (4 * 32 * 33 + 2 * 32 * 33 + 64));
+  EXPECT_GT(attention_fp32_dkdv_smem_bytes(128), attention_fp32_dq_smem_bytes(128));
+  EXPECT_GT(attention_fp32_dq_smem_bytes(128), attention_fp32_forward_smem_bytes(128));
+}
+
+TEST(AttentionPlan, TensorCoresWhereTheyFitElseFp32WithAMessage) {
+  for (std::size_t limit : {kSm80Smem, kSm90Smem})
+    for (int d : {64, 128}) {
+      const AttentionKernelChoice c = choose_attention_kernel(true, d, limit);
+      EXPECT_TRUE(c.tensor_cores) << "head_dim " << d << " limit " << limit;
+      EXPECT_TRUE(c.fallback.empty());
+      EXPECT_TRUE(c.error.empty());
+    }
+  // sm_86/sm_89: head_dim 64 fits (70 and 88.5 KiB), 128 does not (110 and 120.5 KiB).
+  EXPECT_TRUE(choose_attention_kernel(true, 64, kSm86Smem).tensor_cores);
+  const AttentionKernelChoice c = choose_attention_kernel(true, 128, kSm86Smem);
+  EXPECT_FALSE(c.tensor_cores);
+  EXPECT_TRUE(c.error.empty());
+  EXPECT_NE(c.fallback.find("head_dim 128"), std::string::npos) << c.fallback;
+  EXPECT_NE(c.fallback.find("fp32 kernels"), std::string::npos) << c.fallback;
+  EXPECT_NE(c.fallback.find(std::to_string(kSm86Smem)), std::string::npos) << c.fallback;
+  // One byte short of either direction is enough to fall back (both directions run the same kind).
+  const std::size_t fwd = attention_bf16_forward_smem_bytes(128), bwd = attention_bf16_backward_smem_bytes(128);
+  EXPECT_TRUE(choose_attention_kernel(true, 128, bwd).tensor_cores);
+  EXPECT_FALSE(choose_attention_kernel(true, 128, bwd - 1).tensor_cores);
+  EXPECT_FALSE(choose_attention_kernel(true, 128, fwd - 1).tensor_cores);
+}
+
+TEST(AttentionPlan, Fp32PrecisionAndOtherHeadDimsNeverFallBack) {
+  for (int d : {16, 48, 64, 100, 128}) {
+    const AttentionKernelChoice fp32 = choose_attention_kernel(false, d, kSm86Smem);
+    EXPECT_FALSE(fp32.tensor_cores) << d;
+    EXPECT_TRUE(fp32.fallback.empty()) << d;  // nothing to say: fp32 was asked for
+    EXPECT_TRUE(fp32.error.empty()) << d;
+  }
+  for (int d : {32, 48, 96}) {  // bf16 precision, no tensor-core kernel at this head_dim
+    const AttentionKernelChoice c = choose_attention_kernel(true, d, kSm90Smem);
+    EXPECT_FALSE(c.tensor_cores) << d;
+    EXPECT_TRUE(c.fallback.empty()) << d;
+  }
+}
+
+TEST(AttentionPlan, AGpuWithoutRoomForTheFp32KernelsIsAnError) {
+  // 48 KiB (pre-sm_70 GPUs): the fp32 kernels fit up to head_dim 64, not at 128 (73 KiB).
+  constexpr std::size_t k48 = 48 * 1024;
+  EXPECT_TRUE(choose_attention_kernel(false, 64, k48).error.empty());
+  const AttentionKernelChoice c = choose_attention_kernel(true, 128, k48);
+  EXPECT_FALSE(c.tensor_cores);
+  EXPECT_NE(c.error.find("sm_80"), std::string::npos) << c.error;
 }
 
 }  // namespace

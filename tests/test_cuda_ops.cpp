@@ -32,6 +32,7 @@
 
 #ifdef KVROUTE_WITH_CUDA
 
+#include "comm/comm_impl.h"
 #include "kvroute/bf16.h"
 #include "kvroute/config.h"
 #include "kvroute/model.h"
@@ -42,6 +43,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <random>
@@ -361,6 +363,49 @@ TEST(CudaOps, CrossEntropy) {
       for (int j = 0; j < V; ++j) ASSERT_EQ(aliased[static_cast<std::size_t>(n) * V + j], 0.f) << "ignored row " << n;
     }
   }
+}
+
+// A target >= V: the CPU backend throws from cross_entropy; the CUDA backend reads its targets
+// only on the device, so it throws the same std::invalid_argument at the next wait for its stream
+// (here copy_to_host), naming the first bad row of the first failing call, and then works on.
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(CudaOps, CrossEntropyReportsTargetsOutsideTheVocabulary) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(11);
+  const int N = 5, V = 10;
+  const std::vector<int32_t> bad = {1, -1, 12, 3, 10};  // rows 2 and 4 are out of range
+  Mirror<int32_t> tgt(be, bad);
+  Mirror<float> logits(be, random_floats(static_cast<std::size_t>(N) * V, rng));
+  Mirror<float> losses(be, std::vector<float>(N, 1.f));
+  const std::string cpu_error = error_of([&] {
+    be.cpu->cross_entropy(logits.cpu.get(), tgt.cpu.get(), losses.cpu.get(), nullptr, N, V, 1.f);
+  });
+  EXPECT_EQ(cpu_error, cross_entropy_target_error(2, 12, V));
+  be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  std::vector<float> host(N);
+  EXPECT_EQ(error_of([&] { be.gpu->copy_to_host(host.data(), losses.gpu.get(), N * sizeof(float)); }), cpu_error);
+  // Reported once: the backend goes on, and a good call after it succeeds.
+  const std::vector<int32_t> good = {1, -1, 9, 3, 0};
+  Mirror<int32_t> ok(be, good);
+  be.gpu->cross_entropy(logits.gpu.get(), ok.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  be.cpu->cross_entropy(logits.cpu.get(), ok.cpu.get(), losses.cpu.get(), nullptr, N, V, 1.f);
+  EXPECT_EQ(error_of([&] { be.gpu->synchronize(); }), "(no error)");
+  expect_close(losses, kLossTol, "cross_entropy after a reported error");
+  // Several calls before one wait: the first failing call is reported, with its own V.
+  be.gpu->cross_entropy(logits.gpu.get(), ok.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, 8, 1.f);  // 12, 10 >= 8
+  be.gpu->cross_entropy(logits.gpu.get(), tgt.gpu.get(), losses.gpu.get(), nullptr, N, V, 1.f);
+  EXPECT_EQ(error_of([&] { be.gpu->synchronize(); }), cross_entropy_target_error(2, 12, 8));
+  EXPECT_EQ(error_of([&] { be.gpu->synchronize(); }), "(no error)");
 }
 
 TEST(CudaOps, AdamW) {
@@ -858,19 +903,63 @@ TEST(CudaOps, MatmulBf16RoundsOperandsToNearestEven) {
   }
 }
 
+// train.deterministic restricts cuBLASLt to algorithms without a split-K reduction (gemm_layout.h):
+// the second shape, a small output with a long K, is where a heuristic would otherwise split K.
 TEST(CudaOps, MatmulBf16IsBitwiseDeterministic) {
   KVR_REQUIRE_CUDA();
   auto gpu = make_backend("cuda", BackendOptions{"bf16", true});
   std::mt19937 rng(42);
-  const int M = 512, N = 768, K = 2048;
-  DeviceBuffer<float> A(gpu.get(), static_cast<std::size_t>(M) * K), B(gpu.get(), static_cast<std::size_t>(K) * N);
-  DeviceBuffer<float> C(gpu.get(), static_cast<std::size_t>(M) * N);
-  A.upload(random_floats(A.size(), rng));
-  B.upload(random_floats(B.size(), rng));
-  gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);  // a dW-shaped GEMM (long K)
-  const auto first = C.download();
-  gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);
-  EXPECT_TRUE(bitwise_equal(first, C.download()));
+  const int shapes[][3] = {{512, 768, 2048}, {64, 64, 16384}, {768, 768, 16384}};
+  for (const auto& s : shapes) {
+    const int M = s[0], N = s[1], K = s[2];
+    DeviceBuffer<float> A(gpu.get(), static_cast<std::size_t>(M) * K), B(gpu.get(), static_cast<std::size_t>(K) * N);
+    DeviceBuffer<float> C(gpu.get(), static_cast<std::size_t>(M) * N);
+    A.upload(random_floats(A.size(), rng));
+    B.upload(random_floats(B.size(), rng));
+    gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);  // a dW-shaped GEMM (long K)
+    const auto first = C.download();
+    for (int run = 0; run < 3; ++run) {
+      gpu->matmul(A.get(), B.get(), C.get(), M, N, K, true, false, 1.f, 0.f);
+      EXPECT_TRUE(bitwise_equal(first, C.download())) << "M=" << M << " N=" << N << " K=" << K << " run " << run;
+    }
+  }
+}
+
+// The NCCL communicator on one device (a world of one: every sum is the identity, so this checks
+// plumbing, not arithmetic): started sums on the overlap stream and its split communicator,
+// blocking collectives issued while they are still pending (each must queue behind them, not
+// fail or hang), and the buffers unchanged at the end. Ordering across ranks needs two GPUs.
+TEST(CudaOps, NcclStartedSumsAndBlockingCollectivesOnOneRank) {
+  KVR_REQUIRE_CUDA();
+  auto gpu = make_backend("cuda");
+  auto comm = make_nccl_communicator_one_rank(*gpu);
+  EXPECT_EQ(comm->name(), "NCCL");
+  EXPECT_EQ(comm->world_size(), 1);
+  std::mt19937 rng(60);
+  const std::size_t n = 1 << 20;
+  const auto ha = random_floats(n, rng), hb = random_floats(n, rng), hc = random_floats(n, rng);
+  DeviceBuffer<float> a(gpu.get(), n), b(gpu.get(), n), c(gpu.get(), n);
+  a.upload(ha);
+  b.upload(hb);
+  c.upload(hc);
+  for (int round = 0; round < 3; ++round) {
+    auto pa = comm->allreduce_sum_start(a.get(), n);
+    auto pb = comm->allreduce_sum_start(b.get(), n / 2);
+    comm->allgather_inplace(c.get(), n);  // while pa and pb may still run
+    comm->broadcast(c.get(), n * sizeof(float), 0);
+    comm->allreduce_sum(c.get(), n);
+    pb->test();
+    pa->wait();
+    pb->wait();
+  }
+  {
+    auto never_waited = comm->allreduce_sum_start(a.get(), n);  // its destructor waits on the host
+  }
+  EXPECT_DOUBLE_EQ(comm->sum(2.5), 2.5);
+  EXPECT_TRUE(comm->any(true));
+  EXPECT_TRUE(bitwise_equal(a.download(), ha));
+  EXPECT_TRUE(bitwise_equal(b.download(), hb));
+  EXPECT_TRUE(bitwise_equal(c.download(), hc));
 }
 
 TEST(CudaOps, PeakGemmProbe) {

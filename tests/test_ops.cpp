@@ -377,9 +377,15 @@ TEST(CpuCrossEntropy, IgnoredTargetsAliasingAndBadTargets) {
   EXPECT_EQ(losses2, losses);
   EXPECT_EQ(inplace, dlogits);
 
-  const std::vector<int32_t> bad = {7, 50, 0};
-  EXPECT_THROW(be.cross_entropy(logits.data(), bad.data(), losses.data(), nullptr, N, V, 1.f),
-               std::invalid_argument);
+  // A target >= V is refused, naming the first one (the CUDA backend reports the same text).
+  const std::vector<int32_t> bad = {7, 50, 51};
+  try {
+    be.cross_entropy(logits.data(), bad.data(), losses.data(), nullptr, N, V, 1.f);
+    ADD_FAILURE() << "expected an error for target 50";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "cross_entropy: target 50 at row 1 is out of range for vocabulary size 50");
+    EXPECT_EQ(e.what(), cross_entropy_target_error(1, 50, 50));
+  }
 }
 
 // ---------------------------------------------------------------- adamw

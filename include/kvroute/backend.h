@@ -31,7 +31,8 @@ struct BackendOptions {
   // "auto" is resolved by make_backend (resolve_precision below) before a backend sees it.
   std::string precision = "fp32";
   // true: results are bitwise identical run to run. false lets the CUDA attention backward
-  // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run).
+  // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run), and
+  // the CUDA bf16 GEMMs use cuBLASLt algorithms that split K.
   bool deterministic = true;
 };
 
@@ -111,6 +112,9 @@ class Backend {
   // ---- fused softmax cross-entropy over the vocabulary ----
   // losses[n] = -log softmax(logits[n])[targets[n]]. If dlogits is non-null it receives
   // grad_scale * (softmax - onehot); dlogits may alias logits. targets < 0 are ignored (loss 0, grad 0).
+  // A target >= V is an error, std::invalid_argument(cross_entropy_target_error(...)): the CPU
+  // backend throws it from this call; the CUDA backend, whose targets are on the device, at
+  // the next call that waits for the device (copy_to_host, synchronize, sum_squares).
   virtual void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* dlogits,
                              int N, int V, float grad_scale) = 0;
 
@@ -127,6 +131,12 @@ struct ResolvedPrecision {
   std::string reason;     // one line for the log, e.g. "auto: oneDNN ISA avx512_core_bf16 has native bf16"
 };
 ResolvedPrecision resolve_precision(const std::string& backend, const std::string& requested);
+
+// The message of Backend::cross_entropy's error for target id `target` >= V at row `row`.
+inline std::string cross_entropy_target_error(long row, long target, long V) {
+  return "cross_entropy: target " + std::to_string(target) + " at row " + std::to_string(row) +
+         " is out of range for vocabulary size " + std::to_string(V);
+}
 
 // "cpu" or "cuda". A build without CUDA refuses "cuda" with a clear message.
 std::unique_ptr<Backend> make_backend(const std::string& name);

@@ -1,6 +1,7 @@
 // kvroute bench <what> ...: benchmarks, each a median of several runs.
 //   bench generate CFG-or-CKPT --strategy full,cla:2   prefill latency (TTFT) and decode tokens/s
 //   bench train CFG [--profile]                        training tokens/s, FLOP/s, MFU (cmd_bench_train.cpp)
+//   bench attention [--head-dims 64,128]               attention forward/backward TFLOP/s (cmd_bench_attention.cpp)
 // Each benchmark is one add_bench_* function registered in add_bench_command.
 #include <omp.h>
 
@@ -19,7 +20,8 @@
 
 namespace kvroute::cli {
 
-void add_bench_train(CLI::App& bench);  // cmd_bench_train.cpp
+void add_bench_train(CLI::App& bench);      // cmd_bench_train.cpp
+void add_bench_attention(CLI::App& bench);  // cmd_bench_attention.cpp
 
 namespace {
 
@@ -120,6 +122,7 @@ void add_bench_command(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (medians of several runs)");
   add_bench_generate(*bench);
   add_bench_train(*bench);
+  add_bench_attention(*bench);
   bench->callback([bench] {
     if (bench->get_subcommands().empty())
       throw std::invalid_argument("bench needs a benchmark, e.g. `kvroute bench generate configs/gpt2-small.yaml` "

@@ -14,9 +14,7 @@ void CpuBackend::cross_entropy(const float* logits, const int32_t* targets, floa
   cpu::require(N == 0 || (logits && targets), "cross_entropy", "null logits or targets");
   // Validate up front: nothing may throw inside the parallel region.
   for (int n = 0; n < N; ++n)
-    cpu::require(targets[n] < V, "cross_entropy",
-                 "target " + std::to_string(targets[n]) + " at row " + std::to_string(n) +
-                     " is out of range for vocabulary size " + std::to_string(V));
+    if (targets[n] >= V) throw std::invalid_argument(cross_entropy_target_error(n, targets[n], V));
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const std::size_t off = static_cast<std::size_t>(n) * V;
