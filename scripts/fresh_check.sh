@@ -1,3 +1,11 @@
+    # Processes left inside the chroot (an MPI daemon, a build) would keep its mounts busy;
+    # three passes catch children started while the first pass ran.
+    for _ in 1 2 3; do
+      for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/root" 2>/dev/null)" = "$root" ] && kill -9 "${p#/proc/}" 2>/dev/null || true
+      done
+      sleep 0.2
+    done
 #!/usr/bin/env bash
 # Checks that the two README commands work on a fresh Debian 12 machine: for each command, a
 # minimal Debian bookworm root (debootstrap --variant=minbase, from Debian's own archive) gets a
@@ -30,7 +38,8 @@ while [ $# -gt 0 ]; do
 done
 case "$ONLY" in ""|quickstart|test) ;; *) echo "fresh_check: --only takes quickstart or test, not '$ONLY'" >&2; exit 2 ;; esac
 [ "$(id -u)" -eq 0 ] || { echo "fresh_check: run as root (it mounts /proc, /sys and /dev into a chroot)" >&2; exit 2; }
-git -C "$REPO" rev-parse --verify -q "$REV^{commit}" >/dev/null || { echo "fresh_check: '$REV' is not a commit" >&2; exit 2; }
+# Resolved once: both roots get the same commit even if the branch moves meanwhile.
+COMMIT=$(git -C "$REPO" rev-parse --verify -q "$REV^{commit}") || { echo "fresh_check: '$REV' is not a commit" >&2; exit 2; }
 
 # The fresh root's apt sources: this machine's Debian entries for bookworm (main component).
 host_sources() {
@@ -116,13 +125,16 @@ run_fresh() {
   mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
   mkdir -p "$root/root/kvroute"
-  git -C "$REPO" archive "$REV" | tar -x -C "$root/root/kvroute"
+  git -C "$REPO" archive "$COMMIT" | tar -x -C "$root/root/kvroute"
   log="$LOG_DIR/$name.log"
   echo "fresh_check: [$name] $cmd   (in $root, log $log)"
   t0=$(date +%s)
   set +e
+  # In the background, so that a stop signal reaches this script's trap at once (bash runs
+  # traps only between foreground commands); cleanup then ends what runs in the root.
   chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    LANG=C.UTF-8 TERM=dumb bash -c "cd /root/kvroute && $cmd" < /dev/null > "$log" 2>&1
+    LANG=C.UTF-8 TERM=dumb bash -c "cd /root/kvroute && $cmd" < /dev/null > "$log" 2>&1 &
+  wait $!
   RC[$name]=$?
   set -e
   SECS[$name]=$(( $(date +%s) - t0 ))
@@ -134,7 +146,7 @@ if [ "$ONLY" != test ]; then run_fresh quickstart "scripts/quickstart.sh"; fi
 if [ "$ONLY" != quickstart ]; then run_fresh test "scripts/test.sh"; fi
 
 echo
-echo "fresh_check: summary ($(git -C "$REPO" rev-parse --short "$REV"), Debian bookworm minbase)"
+echo "fresh_check: summary (${COMMIT:0:12}, Debian bookworm minbase)"
 status=0
 for name in quickstart test; do
   [ -n "${RC[$name]:-}" ] || continue
