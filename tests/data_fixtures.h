@@ -1,5 +1,5 @@
-// Shared by the tests: a per-process temporary directory, whole-file reads and writes, and a
-// small generated corpus of blank-line-separated documents.
+// Shared by the tests: a per-process temporary directory, whole-file reads and writes, random
+// normal floats, and a small generated corpus of blank-line-separated documents.
 #pragma once
 
 #include <unistd.h>
@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -16,6 +17,15 @@
 namespace kvroute::testing_data {
 
 namespace fs = std::filesystem;
+
+// n floats drawn from a standard normal distribution (mt19937 seeded with seed).
+inline std::vector<float> random_floats(std::size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.f, 1.f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
 
 // One directory per process: ctest runs each test as its own process, in parallel.
 inline fs::path fresh_temp_dir(const std::string& name) {

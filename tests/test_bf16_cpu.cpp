@@ -21,6 +21,7 @@
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
+#include "model_step.h"
 #include "run_kvroute.h"
 
 namespace kvroute {
@@ -28,14 +29,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
-
-std::vector<float> random_floats(std::size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
-}
+using testing_data::random_floats;
 
 std::vector<float> rounded(const std::vector<float>& x) {
   std::vector<float> r(x.size());
@@ -130,13 +124,9 @@ TEST(Bf16Matmul, TheKeptWeightCopyFollowsEveryWriteIntoTheWeights) {
   }
 }
 
-struct StepResult {
-  float loss = 0;
-  std::vector<float> grads, params_after;
-};
+using testing_step::StepResult;
 
-// One forward_backward with random stochastic routes, then one AdamW step, then the loss of a
-// second forward (which reads the weights the optimizer step just wrote).
+// A three-layer model with grouped KV heads, one training step (model_step.h).
 StepResult model_step(Backend* be, uint64_t seed) {
   ModelConfig mc;
   mc.vocab_size = 96;
@@ -147,27 +137,7 @@ StepResult model_step(Backend* be, uint64_t seed) {
   mc.d_ff = 160;
   mc.context = 32;
   const int B = 3, T = 32;
-  Model model(mc, be);
-  model.init_weights(seed);
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  std::vector<int32_t> tokens(std::size_t(B) * T), targets(tokens.size());
-  for (auto& t : tokens) t = static_cast<int32_t>(rng() % mc.vocab_size);
-  for (auto& t : targets) t = static_cast<int32_t>(rng() % mc.vocab_size);
-  RoutingConfig rc;
-  rc.mode = "stochastic";
-  rc.p = 0.7;
-  rc.scheme = "any";
-  rc.granularity = "sequence";
-  const RouteTable routes = sample_routes(rc, B, mc.n_layers, seed, 1, 0);
-  model.zero_grads();
-  StepResult r;
-  r.loss = model.forward_backward(tokens.data(), targets.data(), B, T, routes, 1.f);
-  r.grads = model.grads_to_host();
-  TrainConfig tc;
-  AdamW opt(tc, model);
-  opt.step(1e-2);
-  r.params_after = model.params_to_host();
-  return r;
+  return testing_step::model_step(be, mc, B, T, seed, 1e-2);
 }
 
 double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {

@@ -38,6 +38,7 @@
 namespace fs = std::filesystem;
 using namespace kvroute;
 using ::testing::HasSubstr;
+using kvroute::testing_data::random_floats;
 
 namespace {
 
@@ -56,14 +57,6 @@ ModelConfig tiny_model(int d_model = 32) {
   m.d_ff = 48;
   m.context = 16;
   return m;
-}
-
-std::vector<float> random_floats(std::size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.f, 1.f);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(gen);
-  return v;
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {

@@ -38,6 +38,7 @@
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
+#include "model_step.h"
 
 #include <algorithm>
 #include <cmath>
@@ -1006,34 +1007,8 @@ ModelConfig small_model() {
   return m;
 }
 
-struct StepResult {
-  float loss = 0;
-  std::vector<float> grads, params_after;
-};
-
-// One forward_backward with random stochastic routes, then one AdamW step.
-StepResult model_step(Backend* be, const ModelConfig& mc, int B, int T, uint64_t seed) {
-  Model model(mc, be);
-  model.init_weights(seed);
-  std::mt19937 rng(static_cast<uint32_t>(seed));
-  const auto tokens = random_ints(static_cast<std::size_t>(B) * T, rng, 0, mc.vocab_size - 1);
-  const auto targets = random_ints(tokens.size(), rng, 0, mc.vocab_size - 1);
-  RoutingConfig rc;
-  rc.mode = "stochastic";
-  rc.p = 0.7;
-  rc.scheme = "any";
-  rc.granularity = "sequence";
-  const RouteTable routes = sample_routes(rc, B, mc.n_layers, seed, 1, 0);
-  model.zero_grads();
-  StepResult r;
-  r.loss = model.forward_backward(tokens.data(), targets.data(), B, T, routes, 1.f);
-  r.grads = model.grads_to_host();
-  TrainConfig tc;
-  AdamW opt(tc, model);
-  opt.step(1e-3);
-  r.params_after = model.params_to_host();
-  return r;
-}
+using testing_step::model_step;
+using testing_step::StepResult;
 
 // Per tensor: |gpu - cpu| <= rel * (max |cpu| over the tensor) + rel * |cpu|.
 void expect_tensors_close(const Model& layout, const std::vector<float>& gpu, const std::vector<float>& cpu,
