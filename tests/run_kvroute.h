@@ -25,9 +25,9 @@ struct Result {
   std::string output;  // stdout + stderr
 };
 
-// Runs `kvroute ARGS` through the shell (ARGS is shell text).
-inline Result run(const std::string& args) {
-  const std::string cmd = std::string(KVROUTE_BINARY) + " " + args + " 2>&1";
+// Runs shell text COMMAND, its stderr merged into its stdout.
+inline Result run_shell(const std::string& command) {
+  const std::string cmd = command + " 2>&1";
   Result r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (!pipe) return r;
@@ -38,6 +38,9 @@ inline Result run(const std::string& args) {
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return r;
 }
+
+// Runs `kvroute ARGS` through the shell (ARGS is shell text).
+inline Result run(const std::string& args) { return run_shell(std::string(KVROUTE_BINARY) + " " + args); }
 
 // The argv of `kvroute ARGS`.
 inline std::vector<std::string> kvroute_argv(const std::vector<std::string>& args) {

@@ -5,14 +5,13 @@
 // and its whole flow against a stand-in nvidia-smi and a stand-in prebuilt bundle.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <array>
 #include <cstdio>
 #include <regex>
 #include <string>
 
 #include "data_fixtures.h"
+#include "run_kvroute.h"
 
 namespace {
 
@@ -22,22 +21,8 @@ using kvroute::testing_data::read_file_bytes;
 using kvroute::testing_data::write_file_bytes;
 using ::testing::HasSubstr;
 
-struct Shell {
-  int status = -1;
-  std::string output;  // stdout + stderr
-};
-
-Shell shell(const std::string& cmd) {
-  Shell r;
-  FILE* pipe = popen((cmd + " 2>&1").c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(pipe);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using Shell = kvroute::testing_cli::Result;
+Shell shell(const std::string& cmd) { return kvroute::testing_cli::run_shell(cmd); }
 
 const std::string kSource = KVROUTE_SOURCE_DIR;
 const std::string kSummary = "bash " + kSource + "/scripts/gpu_check_summary.sh ";
