@@ -63,6 +63,9 @@ std::vector<StrategyResult> evaluate_strategies(Model& model, const std::string&
   };
   std::vector<Pending> pending;
   for (const std::string& s : specs) {
+    if (is_greedy_strategy(s) && !spec.selection_tokens)
+      throw std::invalid_argument(s + ": the greedy search needs tokens of its own to choose on (EvalSpec::selection_tokens, "
+                                  "the training split), so that its row is not measured on the tokens it was chosen on");
     if (is_greedy_strategy(s))
       pending.push_back({SharingStrategy{s, {}}, parse_greedy_count(s, L)});
     else
@@ -81,13 +84,16 @@ std::vector<StrategyResult> evaluate_strategies(Model& model, const std::string&
     r.checkpoint = checkpoint;
     r.step = step;
     if (p.greedy_n > 0) {
-      log << p.strategy.name << ": greedy search from full down to " << p.greedy_n << " cache layers\n";
+      const ValidationSet selection{spec.selection_tokens, spec.batch_size, spec.seq_len, spec.n_batches};
+      log << p.strategy.name << ": greedy search from full down to " << p.greedy_n << " cache layers, choosing on "
+          << selection.n_tokens() << " tokens of the training split; its val loss is then measured on the "
+                                      "validation windows, as every row's\n";
       const GreedySearch g = greedy_search(p.strategy.name, L, p.greedy_n, [&](const SharingStrategy& s) {
-        return strategy_val_loss(model, s, val);
+        return strategy_val_loss(model, s, selection);
       });
       r.strategy = g.strategy;
-      r.greedy_path = greedy_path_string(g);
-      r.val_loss = g.path.back().val_loss;
+      r.greedy_path = "chosen on the training split: " + greedy_path_string(g);
+      r.val_loss = strategy_val_loss(model, r.strategy, val);
       log << "  path: " << r.greedy_path << "\n  chosen map: " << g.strategy.map_string() << " (list:"
           << g.strategy.map_string() << "), " << g.evaluations << " loss evaluations\n";
     } else {

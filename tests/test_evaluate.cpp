@@ -164,6 +164,9 @@ TEST(Evaluate, EveryRowCarriesItsMeasurements) {
   spec.n_batches = 2;
   spec.bench = GenerationBenchSpec{8, 2, 4, 1, 1};
   std::ostringstream log;
+  // greedy:2 chooses on other tokens than the validation windows it reports (no selection bias).
+  const std::vector<int32_t> selection = byte_encode(std::string(400, 'x') + "In the beginning was the word, and the word was.");
+  spec.selection_tokens = &selection;
   const auto rows = evaluate_strategies(model, "m.h5", 7, {"full", "cla:2", "greedy:2"}, val, spec, log);
   ASSERT_EQ(rows.size(), 3u);
   const std::size_t full_bytes = 2 * 4 * 1 * 8 * sizeof(float);  // K+V x layers x kv heads x head_dim x fp32
@@ -173,7 +176,15 @@ TEST(Evaluate, EveryRowCarriesItsMeasurements) {
   EXPECT_DOUBLE_EQ(rows[2].kv_fraction, 0.5);
   EXPECT_EQ(rows[2].strategy.n_cache_layers(), 2);
   EXPECT_EQ(rows[2].strategy.name, "greedy:2");
-  EXPECT_THAT(rows[2].greedy_path, HasSubstr("full ("));
+  EXPECT_THAT(rows[2].greedy_path, HasSubstr("chosen on the training split: full ("));
+  // The path's last loss is the selection tokens', the row's val loss the validation windows'.
+  const ValidationSet chosen_on{&selection, 2, 16, 2};
+  const std::string last = rows[2].greedy_path.substr(rows[2].greedy_path.rfind('(') + 1);
+  EXPECT_NEAR(std::stod(last), strategy_val_loss(model, rows[2].strategy, chosen_on), 1e-4);
+  EXPECT_GT(std::fabs(std::stod(last) - rows[2].val_loss), 1e-3) << "selection and report on the same tokens?";
+  EXPECT_THAT(log.str(), HasSubstr("choosing on 64 tokens of the training split"));
+  spec.selection_tokens = nullptr;
+  EXPECT_THROW(evaluate_strategies(model, "m.h5", 7, {"greedy:2"}, val, spec, log), std::invalid_argument);
   EXPECT_THAT(log.str(), HasSubstr("chosen map: " + rows[2].strategy.map_string()));
   const ValidationSet vs{&val, 2, 16, 2};
   for (const StrategyResult& r : rows) {

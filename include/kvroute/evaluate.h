@@ -66,6 +66,9 @@ struct EvalSpec {
   // Retrieval probe (probe.h): when set, every row also gets its greedy exact-match score.
   const std::vector<ProbeItem>* probe = nullptr;
   const Tokenizer* probe_tokenizer = nullptr;
+  // greedy:N chooses its map on windows of these tokens (the training split), never on the
+  // validation windows it then reports, so its row has no selection bias. Required for greedy:N.
+  const std::vector<int32_t>* selection_tokens = nullptr;
 };
 
 struct StrategyResult {

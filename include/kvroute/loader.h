@@ -58,6 +58,7 @@ TokenSegment memory_segment(std::string name, std::vector<int32_t> ids);
 struct TokenStore {
   std::vector<TokenSegment> segments;
   uint64_t size() const;  // tokens over all segments
+  std::vector<int32_t> head(uint64_t n) const;  // the first n tokens (fewer if there are fewer), in order
 };
 
 // Entropy (nats) of the unigram distribution of the first max_tokens tokens:

@@ -1,6 +1,7 @@
 // kvroute eval CKPT [CKPT...] --strategies full,cla:2,greedy:3,... --out DIR
 #include <omp.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -92,7 +93,9 @@ void add_eval_command(CLI::App& app) {
       auto backend = make_backend(cfg.train.backend);
       Model model(cfg.model, backend.get());
       load_weights(ckpt, model);
-      const Corpus corpus = load_corpus(cfg.data, CorpusParts::val_only);
+      // greedy:N chooses on the training split (EvalSpec::selection_tokens); other rows need only val.
+      const bool any_greedy = std::any_of(specs.begin(), specs.end(), [](const std::string& s) { return is_greedy_strategy(s); });
+      const Corpus corpus = load_corpus(cfg.data, any_greedy ? CorpusParts::train_and_val : CorpusParts::val_only);
       if (corpus.vocab_size != cfg.model.vocab_size)
         throw std::runtime_error("checkpoint " + ckpt + ": model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
                                  " but the validation data's tokenizer has " + std::to_string(corpus.vocab_size) + " tokens");
@@ -106,6 +109,14 @@ void add_eval_command(CLI::App& app) {
                        : val_tokens > 0   ? batches_for_budget(val_tokens, spec.batch_size, spec.seq_len)
                                           : cfg.train.eval_batches;
       spec.measure_speed = !no_speed;
+      // greedy:N chooses on the first tokens of the training split, as many as the validation
+      // windows span (at least one window per validation window).
+      std::vector<int32_t> selection;
+      if (any_greedy) {
+        selection = corpus.train.head(std::max<uint64_t>(
+            corpus.val.size(), uint64_t(spec.n_batches) * spec.batch_size * (spec.seq_len + 1)));
+        spec.selection_tokens = &selection;
+      }
       spec.bench = bench;
       std::unique_ptr<Tokenizer> probe_tokenizer;
       if (!probe.empty()) {

@@ -40,6 +40,14 @@ uint64_t TokenStore::size() const {
   return n;
 }
 
+std::vector<int32_t> TokenStore::head(uint64_t n) const {
+  std::vector<int32_t> out;
+  out.reserve(static_cast<std::size_t>(std::min(n, size())));
+  for (const TokenSegment& s : segments)
+    for (uint64_t i = 0; i < s.count && out.size() < n; ++i) out.push_back(s[i]);
+  return out;
+}
+
 double unigram_entropy(const TokenStore& store, int vocab_size, uint64_t max_tokens) {
   std::vector<uint64_t> counts(static_cast<std::size_t>(vocab_size), 0);
   uint64_t total = 0;
