@@ -630,6 +630,17 @@ TEST(Loader, BadInputIsRefused) {
   EXPECT_THAT(error_of([] { parse_window_order("shuffled"); }), HasSubstr("data.order: 'shuffled'"));
 }
 
+// The first n tokens across segment boundaries (greedy:N's selection tokens in eval).
+TEST(Loader, HeadTakesTheFirstTokensAcrossSegments) {
+  TokenStore store;
+  store.segments.push_back(memory_segment("a", {1, 2, 3}));
+  store.segments.push_back(memory_segment("b", {4, 5}));
+  EXPECT_EQ(store.head(4), (std::vector<int32_t>{1, 2, 3, 4}));
+  EXPECT_EQ(store.head(2), (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(store.head(99), (std::vector<int32_t>{1, 2, 3, 4, 5}));
+  EXPECT_TRUE(store.head(0).empty());
+}
+
 TEST(Loader, PermutationIsABijection) {
   for (const uint64_t n : {1ull, 2ull, 3ull, 5ull, 16ull, 17ull, 1000ull, 4097ull}) {
     std::set<uint64_t> seen;
