@@ -19,6 +19,8 @@
 #include <system_error>
 #include <variant>
 
+#include "kvroute/strategy.h"
+
 namespace kvroute {
 namespace {
 
@@ -50,6 +52,7 @@ struct Field {
   Range range = {};                       // numeric fields
   std::vector<std::string_view> choices = {};  // string fields: allowed values (empty = any)
   bool non_empty = false;                 // string fields
+  bool list = false;                      // string fields: a YAML sequence is taken too, comma-joined
 };
 
 // FIELD(model.d_model) names the key and its accessor from one spelling.
@@ -101,6 +104,8 @@ const std::vector<Field>& registry() {
       {FIELD(train.log_interval), .doc = "steps between log lines", .range = at_least(1)},
       {FIELD(train.eval_interval), .doc = "steps between evaluations; 0 = only at the end", .range = at_least(0)},
       {FIELD(train.eval_batches), .doc = "validation batches per evaluation", .range = at_least(1)},
+      {FIELD(train.eval_strategies), .doc = "sharing strategies whose validation loss every evaluation reports, e.g. [full, cla:2]",
+       .list = true},
       {FIELD(train.out_dir), .doc = "run directory (logs, checkpoints)"},
       {FIELD(train.on_nonfinite), .doc = "on a NaN/Inf loss: stop the run or skip the step",
        .choices = {"stop", "skip"}},
@@ -301,6 +306,14 @@ std::string expectation() {
 // Parses a YAML value into field f of cfg; returns the problem on failure.
 // Quoting is ignored: "128" and 128 both set an integer field.
 std::optional<std::string> set_field(const Field& f, Config& cfg, const YAML::Node& node) {
+  if (f.list && node.IsSequence()) {  // [full, cla:2] is stored as "full,cla:2"
+    std::string joined;
+    for (const YAML::Node& item : node) {
+      if (!item.IsScalar()) return "expected a list of names, got " + describe(item) + " in it";
+      joined += (joined.empty() ? "" : ",") + item.Scalar();
+    }
+    return set_field(f, cfg, YAML::Node(joined));
+  }
   return std::visit(
       [&](auto ref) -> std::optional<std::string> {
         using T = std::decay_t<decltype(ref(cfg))>;
@@ -443,6 +456,13 @@ void validate(const Config& cfg) {
       "train.seq_len (" + num(cfg.train.seq_len) + ") must be <= model.context (" + num(m.context) + ")");
   add(cfg.routing.mode == "fixed" && cfg.routing.strategy.empty(),
       "routing.strategy must be set when routing.mode is fixed");
+  try {
+    for (const std::string& s : split_strategy_list(cfg.train.eval_strategies))
+      if (is_greedy_strategy(s)) add(true, "train.eval_strategies: " + s + " is a search, for kvroute eval only");
+      else parse_strategy(s, std::max(m.n_layers, 1));
+  } catch (const std::exception& e) {
+    add(true, "train.eval_strategies: " + std::string(e.what()));
+  }
   add(cfg.train.warmup_steps > cfg.train.steps, "train.warmup_steps (" + num(cfg.train.warmup_steps) +
                                                     ") must be <= train.steps (" + num(cfg.train.steps) + ")");
 

@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "kvroute/evaluate.h"
+#include "gnuplot_run.h"
 #include "kvroute/json_text.h"
 
 namespace kvroute {
@@ -135,18 +136,6 @@ std::string write_svg_plot(const std::vector<StrategyResult>& results, const fs:
   return path.string();
 }
 
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string gnuplot_string(const std::string& s) {  // single-quoted: only ' needs doubling
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("''") : std::string(1, c);
-  return q + "'";
-}
-
 // PNG through gnuplot; returns "" if gnuplot is missing or fails.
 std::string write_gnuplot_png(const std::vector<StrategyResult>& results, const fs::path& dir) {
   const auto lines = plot_series(results);
@@ -172,11 +161,7 @@ std::string write_gnuplot_png(const std::vector<StrategyResult>& results, const 
          << " title " << gnuplot_string(lines[i].name);
     gp << "\n";
   }
-  fs::remove(dir / "loss_vs_kv.png");
-  const std::string cmd = "cd " + shell_quote(dir.string()) + " && gnuplot loss_vs_kv.gp > gnuplot.log 2>&1";
-  if (std::system(cmd.c_str()) != 0 || !fs::exists(dir / "loss_vs_kv.png")) return "";
-  fs::remove(dir / "gnuplot.log");
-  return (dir / "loss_vs_kv.png").string();
+  return run_gnuplot(dir, "loss_vs_kv.gp", "loss_vs_kv.png");
 }
 
 }  // namespace

@@ -22,8 +22,10 @@
 #include "kvroute/routing.h"
 #include "kvroute/run_log.h"
 #include "kvroute/run_checkpoints.h"
+#include "kvroute/strategy.h"
 #include "durable_file.h"
 #include "stop_signals.h"
+#include "strategy_curves.h"
 #include "train_state.h"
 
 namespace kvroute {
@@ -103,6 +105,27 @@ double sharded_validation_loss(Model& model, Communicator& comm, const std::vect
     sum += model.forward(b.inputs.data(), b.targets.data(), B, T, routes);
   }
   return comm.sum(sum) / n_batches;
+}
+
+// The validation loss under each of train.eval_strategies, as `train.log`, `metrics.jsonl` and
+// the strategy curves want it. `full_loss` is the full-cache loss, already measured.
+struct SharingEval {
+  std::string text;                                     // " | cla:2 4.1312 (+0.11%)" per strategy but full
+  std::vector<std::pair<std::string, double>> metrics;  // "val_loss_cla:2" per strategy but full
+  std::vector<double> losses;                           // one per strategy, in the list's order
+};
+SharingEval evaluate_sharing(Model& model, Communicator& comm, const std::vector<int32_t>& val_tokens, int B, int T,
+                             int n_batches, const std::vector<SharingStrategy>& strategies, double full_loss) {
+  SharingEval e;
+  for (const SharingStrategy& s : strategies) {
+    const bool is_full = s.n_cache_layers() == static_cast<int>(s.src.size());
+    const double loss = is_full ? full_loss : sharded_validation_loss(model, comm, val_tokens, B, T, n_batches, s.src);
+    e.losses.push_back(loss);
+    if (is_full) continue;
+    e.text += " | " + s.name + " " + fmt("%.4f", loss) + " (" + fmt("%+.2f%%", 100 * (loss / full_loss - 1)) + ")";
+    e.metrics.emplace_back("val_loss_" + s.name, loss);
+  }
+  return e;
 }
 
 }  // namespace
@@ -242,6 +265,14 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
 
   std::vector<int> full(L);
   for (int l = 0; l < L; ++l) full[l] = l;
+  // Every evaluation also reports these strategies (train.eval_strategies); rank 0 keeps their curves.
+  const std::vector<SharingStrategy> eval_strategies = parse_strategy_list(tc.eval_strategies, L);
+  std::optional<StrategyCurves> curves;
+  if (lead) {
+    std::vector<std::string> names;
+    for (const SharingStrategy& s : eval_strategies) names.push_back(s.name);
+    curves.emplace(run_dir, names);
+  }
 
   TrainResult result;
   result.run_dir = run_dir.string();
@@ -361,8 +392,12 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     }
     if (tc.eval_interval > 0 && step % tc.eval_interval == 0 && step != tc.steps) {
       const double vl = sharded_validation_loss(model, *comm, corpus.val, B, T, tc.eval_batches, full);
-      log.line("eval step " + std::to_string(step) + " | val loss " + fmt("%.4f", vl) + " | ppl " + fmt("%.2f", std::exp(vl)));
-      log.metrics({{"step", double(step)}, {"val_loss", vl}});
+      const SharingEval se = evaluate_sharing(model, *comm, corpus.val, B, T, tc.eval_batches, eval_strategies, vl);
+      log.line("eval step " + std::to_string(step) + " | val loss " + fmt("%.4f", vl) + " | ppl " + fmt("%.2f", std::exp(vl)) + se.text);
+      std::vector<std::pair<std::string, double>> fields = {{"step", double(step)}, {"val_loss", vl}};
+      fields.insert(fields.end(), se.metrics.begin(), se.metrics.end());
+      log.metrics(fields);
+      if (curves) curves->add(step, se.losses);
     }
     if (tc.checkpoint.interval > 0 && step % tc.checkpoint.interval == 0 && step != tc.steps) checkpoint_now();
     // mpirun forwards SIGINT/SIGTERM to every rank, but not at the same instant: stop together.
@@ -381,10 +416,18 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   result.steps = tc.steps;
   result.skipped_steps = state.skipped_steps;
   result.val_loss = sharded_validation_loss(model, *comm, corpus.val, B, T, tc.eval_batches, full);
+  const SharingEval final_sharing =
+      evaluate_sharing(model, *comm, corpus.val, B, T, tc.eval_batches, eval_strategies, result.val_loss);
+  for (std::size_t i = 0; i < eval_strategies.size(); ++i)
+    result.strategy_val_losses.emplace_back(eval_strategies[i].name, final_sharing.losses[i]);
   if (const std::string mem = device_memory_line(*backend, "at the end"); !mem.empty()) log.line(mem);
-  log.line("final | val loss " + fmt("%.4f", result.val_loss) + " | ppl " + fmt("%.2f", std::exp(result.val_loss)) +
+  log.line("final | val loss " + fmt("%.4f", result.val_loss) + " | ppl " + fmt("%.2f", std::exp(result.val_loss)) + final_sharing.text +
            " | " + format_duration(std::chrono::duration<double>(clock::now() - t0).count()));
-  log.metrics({{"step", double(tc.steps)}, {"val_loss", result.val_loss}});
+  std::vector<std::pair<std::string, double>> final_fields = {{"step", double(tc.steps)}, {"val_loss", result.val_loss}};
+  final_fields.insert(final_fields.end(), final_sharing.metrics.begin(), final_sharing.metrics.end());
+  log.metrics(final_fields);
+  if (curves && !curves->add(tc.steps, final_sharing.losses).empty())
+    log.line("plotted " + (run_dir / StrategyCurves::kPlot).string() + " (validation loss per strategy against step)");
   if (saved_step != state.step) checkpoint_now();
   // model.h5: the final weights (no optimizer state), for eval and model.init_from.
   const fs::path final_path = run_dir / "model.h5";

@@ -197,6 +197,13 @@ TEST(Distributed, TwoRanksMatchOneRankAccumulatingTheSameGlobalBatch) {
   };
   EXPECT_NEAR(final_val(two.output), final_val(one.output), 1e-3);
   EXPECT_GT(final_val(two.output), 0);
+  // So is the loss under each of train.eval_strategies (default full, cla:2).
+  const auto final_cla2 = [](const std::string& out) {
+    const auto p = out.rfind("| cla:2 ");
+    return p == std::string::npos ? -1.0 : std::stod(out.substr(p + 8));
+  };
+  EXPECT_NEAR(final_cla2(two.output), final_cla2(one.output), 1e-3);
+  EXPECT_GT(final_cla2(two.output), 0);
 }
 
 TEST(Distributed, StochasticRoutesAreDrawnPerGlobalMicroBatch) {

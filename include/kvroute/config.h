@@ -57,6 +57,7 @@ struct TrainConfig {
   int log_interval = 10;
   int eval_interval = 0;             // 0 = only at the end
   int eval_batches = 8;
+  std::string eval_strategies = "full,cla:2";  // strategies each evaluation reports (comma list; YAML list too)
   std::string out_dir = "runs/default";
   std::string on_nonfinite = "stop"; // stop | skip
   std::string recompute = "none";    // activation recomputation in backward: none | attention | layer

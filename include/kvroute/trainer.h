@@ -30,6 +30,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvroute/config.h"
@@ -44,6 +45,7 @@ struct TrainResult {
   bool interrupted = false;      // stopped early by SIGINT/SIGTERM after checkpointing
   std::string last_checkpoint;   // the newest checkpoint in checkpoints/
   double val_loss = 0;           // at the end, full cache
+  std::vector<std::pair<std::string, double>> strategy_val_losses;  // at the end, per train.eval_strategies
   std::string run_dir;
   std::string final_checkpoint;
 };
