@@ -13,6 +13,7 @@
 
 #include "kvroute/evaluate.h"
 #include "kvroute/json_text.h"
+#include "kvroute/stop_signals.h"
 
 namespace kvroute {
 
@@ -174,7 +175,7 @@ std::string write_gnuplot_png(const std::vector<StrategyResult>& results, const 
   }
   fs::remove(dir / "loss_vs_kv.png");
   const std::string cmd = "cd " + shell_quote(dir.string()) + " && gnuplot loss_vs_kv.gp > gnuplot.log 2>&1";
-  if (std::system(cmd.c_str()) != 0 || !fs::exists(dir / "loss_vs_kv.png")) return "";
+  if (system_with_stop_signals_unblocked(cmd.c_str()) != 0 || !fs::exists(dir / "loss_vs_kv.png")) return "";
   fs::remove(dir / "gnuplot.log");
   return (dir / "loss_vs_kv.png").string();
 }

@@ -23,7 +23,7 @@
 #include "kvroute/run_log.h"
 #include "kvroute/run_checkpoints.h"
 #include "durable_file.h"
-#include "stop_signals.h"
+#include "kvroute/stop_signals.h"
 #include "train_state.h"
 
 namespace kvroute {

@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "kvroute/comm.h"
+#include "kvroute/stop_signals.h"
 
 namespace {
 // "rank 1: " under an MPI launcher (whose ranks share one terminal), else "".
@@ -18,6 +19,9 @@ std::string rank_prefix() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any other thread exists (OpenMP, oneDNN, MPI): stop signals are received by one
+  // thread, never by a handler on a compute thread (stop_signals.h).
+  kvroute::start_signal_thread();
   CLI::App app{"kvroute: pretrain transformers with stochastic KV routing, and serve them with a depth-wise shared KV cache"};
   app.require_subcommand(1);
   kvroute::cli::add_train_command(app);
