@@ -86,6 +86,7 @@ void receive_forever() {
 void start_signal_thread() {
   static std::once_flag once;
   std::call_once(once, [] {
+    ::signal(SIGXFSZ, SIG_IGN);  // writes past ulimit -f fail with EFBIG instead of killing the process
     const sigset_t set = stop_set();
     ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
     std::thread(receive_forever).detach();

@@ -7,7 +7,9 @@
 // start_signal_thread(), called first thing in main() while the process still has one
 // thread, blocks SIGINT and SIGTERM in that thread, so every thread started later
 // (OpenMP, oneDNN, MPI, HDF5) inherits the blocked mask, and starts one thread that
-// receives them with sigwait().
+// receives them with sigwait(). It also ignores SIGXFSZ, so a write beyond the file
+// size limit (ulimit -f) fails with EFBIG and is reported like a full disk instead of
+// killing the process mid-write.
 //
 // While a StopSignals object lives (the training loop), the first SIGINT or SIGTERM only
 // sets a flag that the loop polls between steps (it then finishes the step, writes a
