@@ -105,6 +105,35 @@ double sharded_validation_loss(Model& model, Communicator& comm, const std::vect
   return comm.sum(sum) / n_batches;
 }
 
+// The files a run writes into its directory.
+const char* const kRunFiles[] = {"config.yaml", "train.log", "metrics.jsonl", "checkpoints", "model.h5"};
+
+// A new run must not write into a directory that holds another run: its model.h5, config,
+// a step checkpoint and `latest` would be overwritten, the logs appended to and the old
+// run's later checkpoints left beside the new ones. With force, the old run's files go.
+void prepare_new_run_dir(const fs::path& run_dir, bool force) {
+  std::error_code ec;
+  if (fs::exists(run_dir, ec) && !fs::is_directory(run_dir, ec))
+    throw std::runtime_error("train.out_dir '" + run_dir.string() + "' exists and is not a directory");
+  std::vector<std::string> found;
+  for (const char* name : kRunFiles)
+    if (fs::exists(run_dir / name, ec)) found.push_back(name);
+  if (found.empty()) return;
+  std::string list;
+  for (const std::string& f : found) list += (list.empty() ? "" : ", ") + f;
+  if (!force)
+    throw std::runtime_error("train.out_dir '" + run_dir.string() + "' already holds a run (" + list +
+                             "). To continue it: kvroute train --resume " + run_dir.string() +
+                             "; to start a new run: choose another train.out_dir, or pass --force to delete that "
+                             "run's files first");
+  for (const std::string& f : found) {
+    fs::remove_all(run_dir / f, ec);
+    if (ec)
+      throw std::runtime_error("--force: cannot remove '" + (run_dir / f).string() + "' of the earlier run: " +
+                               ec.message());
+  }
+}
+
 }  // namespace
 
 double unigram_entropy(const std::vector<int32_t>& tokens) {
@@ -145,6 +174,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   if (cfg.routing.mode == "fixed") sample_routes(cfg.routing, 1, L, 0, 0, 0);  // validates the strategy early
 
   const fs::path run_dir = tc.out_dir;
+  if (lead && options.resume_from.empty()) prepare_new_run_dir(run_dir, options.force);
   if (lead) {
     fs::create_directories(run_dir);
     write_file_atomically(run_dir / "config.yaml", to_yaml(cfg));
@@ -184,15 +214,6 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   } else {
     model.init_weights(static_cast<uint64_t>(tc.seed));
     if (!cfg.model.init_from.empty()) init_weights_from(cfg.model.init_from, model, tokenizer, notes);
-    std::string existing;
-    try {
-      if (lead) existing = find_latest_checkpoint(run_dir.string());
-    } catch (const CheckpointError&) {
-    }
-    if (!existing.empty())
-      notes.push_back("warning: " + run_dir.string() + " already holds checkpoints of an earlier run (" + existing +
-                      "); this new run replaces them. To continue that run instead: kvroute train --resume " +
-                      run_dir.string());
   }
 
   const double tokens_per_step = double(B) * T * tc.grad_accum * world;  // global batch

@@ -576,6 +576,51 @@ TEST(Resume, OverridesThatChangeTheModelOrTheRunAreRefused) {
   EXPECT_THAT(nowhere.output, HasSubstr("neither a run directory nor a checkpoint file"));
 }
 
+// Rerunning `train` without --resume (the natural mistake after a crash) used to overwrite
+// model.h5, config.yaml and a step checkpoint, append to the logs and leave the old run's
+// later checkpoints beside the new ones.
+TEST(Resume, ANewRunIntoADirectoryHoldingARunIsRefusedUnlessForced) {
+  const RunSetup s = make_run_setup("existing_run");
+  const fs::path run_dir = s.dir / "run";
+  const Result first = run("train " + s.config.string() + " --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(first.status, 0) << first.output;
+  const std::string model_bytes = testing_data::read_file_bytes(run_dir / "model.h5");
+  const std::string log_bytes = testing_data::read_file_bytes(run_dir / "train.log");
+
+  const Result again = run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + run_dir.string());
+  EXPECT_EQ(again.status, 1) << again.output;
+  EXPECT_THAT(again.output, HasSubstr("train.out_dir '" + run_dir.string() +
+                                      "' already holds a run (config.yaml, train.log, metrics.jsonl, checkpoints, "
+                                      "model.h5)"));
+  EXPECT_THAT(again.output, HasSubstr("kvroute train --resume " + run_dir.string()));
+  EXPECT_THAT(again.output, HasSubstr("--force"));
+  EXPECT_EQ(testing_data::read_file_bytes(run_dir / "model.h5"), model_bytes);  // nothing touched
+  EXPECT_EQ(testing_data::read_file_bytes(run_dir / "train.log"), log_bytes);
+  EXPECT_EQ(latest_step(run_dir), 12);
+
+  const Result both = run("train --resume " + run_dir.string() + " --force");
+  EXPECT_EQ(both.status, 1);
+  EXPECT_THAT(both.output, HasSubstr("pass only one of them"));
+
+  // --force: a new run of 4 steps, with nothing of the old one left beside it.
+  testing_data::write_file_bytes(run_dir / "notes.txt", "mine");
+  const Result forced =
+      run("train " + s.config.string() + " --force --set train.steps=4 --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(forced.status, 0) << forced.output;
+  EXPECT_EQ(latest_step(run_dir), 4);
+  EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000012.h5"));
+  EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000008.h5"));
+  EXPECT_EQ(losses_by_step(run_dir).size(), 4u);
+  EXPECT_THAT(testing_data::read_file_bytes(run_dir / "train.log"), Not(HasSubstr("step     12/12")));
+  EXPECT_EQ(testing_data::read_file_bytes(run_dir / "notes.txt"), "mine");  // not a file of the run
+
+  // An empty directory, or one with other files only, is fine.
+  fs::create_directories(s.dir / "empty");
+  const Result fresh =
+      run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + (s.dir / "empty").string());
+  EXPECT_EQ(fresh.status, 0) << fresh.output;
+}
+
 TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
   const RunSetup s = make_run_setup("damaged_latest");
   const fs::path run_dir = s.dir / "run";

@@ -51,6 +51,10 @@ struct TrainResult {
 struct TrainOptions {
   std::string resume_from;         // checkpoint file to continue from; empty = a new run
   std::vector<std::string> notes;  // lines for the run log (e.g. plan_resume's)
+  // A new run (no resume_from) refuses a train.out_dir that already holds a run (config.yaml,
+  // train.log, metrics.jsonl, checkpoints/, model.h5); with force those files of the old
+  // run are removed first, so the two runs never mix.
+  bool force = false;
 };
 
 TrainResult train(const Config& cfg, const TrainOptions& options = {});
