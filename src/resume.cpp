@@ -34,6 +34,17 @@ std::string key_of(const std::string& assignment) {
   return b == std::string::npos ? "" : key.substr(b, e - b + 1);
 }
 
+// model.h5 exists, reads as a checkpoint, and holds the weights of `step`.
+bool final_model_matches(const fs::path& model_h5, long step) {
+  std::error_code ec;
+  if (!fs::exists(model_h5, ec)) return false;
+  try {
+    return read_checkpoint_info(model_h5.string()).step == step;
+  } catch (const CheckpointError&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 ResumePlan plan_resume(const std::string& target, const std::vector<std::string>& overrides) {
@@ -90,6 +101,14 @@ ResumePlan plan_resume(const std::string& target, const std::vector<std::string>
   validate(plan.config);
   const TrainConfig& was = info.config.train;
   const TrainConfig& now = plan.config.train;
+  // The run reached train.steps but its final model.h5 was lost (killed or a full disk during
+  // that write): resuming writes it from the last checkpoint, with no step trained.
+  if (info.step == now.steps && !final_model_matches(fs::path(run_dir) / "model.h5", info.step)) {
+    plan.notes.push_back("the run reached train.steps (" + std::to_string(now.steps) + ") but " +
+                         (fs::path(run_dir) / "model.h5").string() +
+                         " is missing or not that step's weights: writing it from " + plan.checkpoint);
+    return plan;
+  }
   if (info.step >= now.steps)
     throw ConfigError("--resume: checkpoint '" + plan.checkpoint + "' is at step " + std::to_string(info.step) +
                       " and train.steps is " + std::to_string(now.steps) +

@@ -208,9 +208,13 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                                      " rounded up to a multiple of the world size: " + std::to_string(skipped) +
                                      " window(s) skipped)"
                                : std::string()));
-    if (lead)
+    if (lead) {
       for (const std::string& f : remove_stale_temporaries(run_dir.string()))
         notes.push_back("removed " + f + ", left by an interrupted checkpoint write");
+      std::error_code ec;
+      if (fs::remove(run_dir / "model.h5.tmp", ec))
+        notes.push_back("removed model.h5.tmp, left by an interrupted write of the final weights");
+    }
   } else {
     model.init_weights(static_cast<uint64_t>(tc.seed));
     if (!cfg.model.init_from.empty()) init_weights_from(cfg.model.init_from, model, tokenizer, notes);

@@ -621,6 +621,41 @@ TEST(Resume, ANewRunIntoADirectoryHoldingARunIsRefusedUnlessForced) {
   EXPECT_EQ(fresh.status, 0) << fresh.output;
 }
 
+// Killed (or out of disk) while writing the final model.h5: the last step checkpoint is
+// intact, and resuming used to say "nothing left to train" and never write model.h5.
+TEST(Resume, ResumingARunWhoseFinalModelWasLostWritesIt) {
+  const RunSetup s = make_run_setup("lost_model");
+  const fs::path run_dir = s.dir / "run";
+  const Result first = run("train " + s.config.string() + " --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(first.status, 0) << first.output;
+  const std::vector<float> final_weights = weights_of(run_dir / "model.h5");
+  const fs::path last = run_dir / "checkpoints" / "step_00000012.h5";
+  EXPECT_TRUE(same_bits(weights_of(last), final_weights));
+
+  // Lost while writing: only a partial temporary is left.
+  const std::string bytes = testing_data::read_file_bytes(run_dir / "model.h5");
+  fs::remove(run_dir / "model.h5");
+  testing_data::write_file_bytes(run_dir / "model.h5.tmp", bytes.substr(0, bytes.size() / 3));
+  const Result finished = run("train --resume " + run_dir.string());
+  ASSERT_EQ(finished.status, 0) << finished.output;
+  EXPECT_THAT(finished.output, HasSubstr("is missing or not that step's weights: writing it from " + last.string()));
+  EXPECT_THAT(finished.output, HasSubstr("removed model.h5.tmp"));
+  EXPECT_THAT(finished.output, HasSubstr("saved " + (run_dir / "model.h5").string()));
+  EXPECT_THAT(finished.output, Not(HasSubstr("step     12/12")));  // no step trained again
+  EXPECT_TRUE(same_bits(weights_of(run_dir / "model.h5"), final_weights));
+  EXPECT_FALSE(fs::exists(run_dir / "model.h5.tmp"));
+  EXPECT_EQ(read_checkpoint_info((run_dir / "model.h5").string()).step, 12);
+
+  // A damaged model.h5 is rewritten too; a good one leaves nothing to do.
+  testing_data::write_file_bytes(run_dir / "model.h5", bytes.substr(0, bytes.size() / 2));
+  const Result rewritten = run("train --resume " + run_dir.string());
+  ASSERT_EQ(rewritten.status, 0) << rewritten.output;
+  EXPECT_TRUE(same_bits(weights_of(run_dir / "model.h5"), final_weights));
+  const Result done = run("train --resume " + run_dir.string());
+  EXPECT_EQ(done.status, 1);
+  EXPECT_THAT(done.output, HasSubstr("nothing left to train"));
+}
+
 TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
   const RunSetup s = make_run_setup("damaged_latest");
   const fs::path run_dir = s.dir / "run";
