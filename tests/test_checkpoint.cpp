@@ -876,6 +876,27 @@ TEST(Faults, AFullDiskDuringACheckpointKeepsThePreviousOneAndSaysSo) {
   EXPECT_THAT(resumed.output, HasSubstr("at step 8"));
 }
 
+// On a nearly full disk every metrics.jsonl write used to fail silently while the run
+// trained to the end. /dev/full fails every write with ENOSPC.
+TEST(Faults, AFailedLogOrMetricsWriteStopsTheRunNamingTheFile) {
+  if (!fs::exists("/dev/full")) GTEST_SKIP() << "no /dev/full";
+  const RunSetup s = make_run_setup("log_full");
+  const fs::path run_dir = s.dir / "run";
+  const Result first = run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(first.status, 0) << first.output;
+  for (const char* file : {"metrics.jsonl", "train.log"}) {
+    const fs::path kept = s.dir / (std::string(file) + ".kept");
+    fs::rename(run_dir / file, kept);
+    fs::create_symlink("/dev/full", run_dir / file);
+    const Result r = run("train --resume " + run_dir.string() + " --set train.steps=8");
+    EXPECT_EQ(r.status, 1) << r.output;
+    EXPECT_THAT(r.output, HasSubstr("writing '" + (run_dir / file).string() + "' failed: No space left on device"));
+    EXPECT_FALSE(fs::exists(run_dir / "checkpoints" / "step_00000008.h5")) << "the run went on without its " << file;
+    fs::remove(run_dir / file);
+    fs::rename(kept, run_dir / file);
+  }
+}
+
 // ---------------------------------------------------------------- 5. ckpt info, init_from
 
 TEST(Cli, CkptInfoPrintsStepConfigShapesAndRouting) {
