@@ -17,6 +17,7 @@
 #include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
 #include "kvroute/grad_allreduce.h"
+#include "kvroute/memory_estimate.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
@@ -149,6 +150,18 @@ double unigram_entropy(const std::vector<int32_t>& tokens) {
 
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
+  if (tc.backend == "cpu") {  // before anything is allocated or written
+    const double act = training_activation_bytes(cfg.model, tc.batch_size, tc.seq_len, tc.recompute);
+    const double weights = training_memory_bytes(cfg) - act;
+    check_fits_in_memory(
+        training_memory_bytes(cfg),
+        "training this model (" + human_bytes(weights) + " for " + std::to_string(param_count(cfg.model)) +
+            " parameters with their gradients, AdamW state and checkpoint copies, " + human_bytes(act) +
+            " of activations for train.batch_size " + std::to_string(tc.batch_size) + " x train.seq_len " +
+            std::to_string(tc.seq_len) + ")",
+        act > weights ? "lower train.batch_size or train.seq_len (or set train.recompute: layer)"
+                      : "lower model.d_model, model.n_layers, model.d_ff or model.vocab_size");
+  }
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend, BackendOptions{tc.precision, tc.deterministic});
   // Data parallelism: under mpirun every rank runs this function; without a launcher, a world of one.

@@ -165,6 +165,18 @@ TEST_F(InferenceCli, EvalRefusesStrategiesThatDoNotFitTheCheckpoint) {
   EXPECT_THAT(plot.output, HasSubstr("--plot-format must be png or svg"));
 }
 
+// --decode-batch 100000 used to grow until the kernel killed the process.
+TEST_F(InferenceCli, EvalRefusesADecodeBatchThatCannotFitBeforeLoadingAnything) {
+  const fs::path out = dir_ / "eval_huge";
+  const Result r = run("eval " + model() + " --strategies full,cla:2 --decode-batch 2000000000 --out " + out.string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("eval of " + model() + " (weights"));
+  EXPECT_THAT(r.output, HasSubstr("with --decode-batch 2000000000"));
+  EXPECT_THAT(r.output, HasSubstr("lower --decode-batch"));
+  EXPECT_THAT(r.output, Not(HasSubstr("| strategy |")));  // nothing measured
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST_F(InferenceCli, BenchGenerateFromConfigOrCheckpoint) {
   const Result json = run("bench generate " + config() +
                           " --strategy full,cla:2 --prompt-len 8 --decode-len 4 --repeats 2 --json");

@@ -1,6 +1,7 @@
 // kvroute eval CKPT [CKPT...] --strategies full,cla:2,greedy:3,... --out DIR
 #include <omp.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -9,11 +10,50 @@
 #include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
 #include "kvroute/evaluate.h"
+#include "kvroute/inference.h"
+#include "kvroute/memory_estimate.h"
+#include "kvroute/run_log.h"
+#include "kvroute/strategy.h"
 #include "kvroute/model.h"
 #include "kvroute/probe.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
+
+namespace {
+
+// Before loading anything: the weights (and their host copy), and the larger of validation
+// (one batch through a cache) and the speed benchmark (one KV cache per strategy for
+// --decode-batch sequences, all allocated together, and the prefill of all of them at once).
+void check_eval_memory(const Config& cfg, const std::string& ckpt, const std::vector<std::string>& specs,
+                       int batch_size, int seq_len, const GenerationBenchSpec& bench, bool speed) {
+  const ModelConfig& mc = cfg.model;
+  const double weights = 2.0 * 4 * double(param_count(mc));
+  const double B = batch_size > 0 ? batch_size : cfg.train.batch_size, T = seq_len > 0 ? seq_len : cfg.train.seq_len;
+  const double full_per_token = double(kv_bytes_per_token(mc, parse_strategy("full", mc.n_layers)));
+  const double validation = B * T * full_per_token + inference_scratch_bytes(mc, B * T);
+  double benchmark = 0, caches = 0;
+  if (speed) {
+    const int prompt_len = bench.prompt_len > 0 ? bench.prompt_len : std::min(128, mc.context);
+    const int decode_len = bench.decode_len > 0 ? bench.decode_len : std::min(32, mc.context - 1);
+    const double decode_prompt = std::max(1, std::min(prompt_len, mc.context - decode_len));
+    const double max_len = std::max<double>(prompt_len, decode_prompt + decode_len);
+    for (const std::string& sp : specs) {
+      const double per_token = is_greedy_strategy(sp) ? full_per_token
+                                                      : double(kv_bytes_per_token(mc, parse_strategy(sp, mc.n_layers)));
+      caches += double(bench.decode_batch) * max_len * per_token;
+    }
+    benchmark = caches + inference_scratch_bytes(mc, double(bench.decode_batch) * decode_prompt);
+  }
+  check_fits_in_memory(weights + std::max(validation, benchmark),
+                       "eval of " + ckpt + " (weights " + human_bytes(weights) + ", validation " +
+                           human_bytes(validation) + ", speed benchmark " + human_bytes(benchmark) + " with --decode-batch " +
+                           std::to_string(bench.decode_batch) + ": " + human_bytes(caches) + " of KV caches)",
+                       benchmark > validation ? "lower --decode-batch (or --prompt-len / --decode-len, or pass --no-speed)"
+                                              : "lower --batch-size or --seq-len");
+}
+
+}  // namespace
 
 void add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
@@ -66,6 +106,7 @@ void add_eval_command(CLI::App& app) {
                                       std::to_string(info.config.model.n_layers) + " layers]");
         }
       }
+      check_eval_memory(info.config, path, specs, batch_size, seq_len, bench, !no_speed);
       infos.push_back(std::move(info));
     }
     std::vector<ProbeItem> probe;
