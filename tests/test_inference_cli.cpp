@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include <hdf5.h>
 #include <unistd.h>
 
 #include "run_kvroute.h"
@@ -163,6 +164,42 @@ TEST_F(InferenceCli, EvalRefusesStrategiesThatDoNotFitTheCheckpoint) {
   const Result plot = run("eval " + model() + " --no-speed --plot-format gif");
   EXPECT_EQ(plot.status, 1);
   EXPECT_THAT(plot.output, HasSubstr("--plot-format must be png or svg"));
+}
+
+// A copy of model.h5 that says it was trained with another tokenizer of the same size (as
+// if data.tokenizer had since been re-made): eval and generate used to go on silently.
+TEST_F(InferenceCli, EvalAndGenerateRefuseAnotherTokenizerUnlessAllowedLoudly) {
+  const fs::path other = dir_ / "other_tokenizer.h5";
+  fs::copy_file(model(), other, fs::copy_options::overwrite_existing);
+  {
+    const hid_t file = H5Fopen(other.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    const hid_t group = H5Gopen2(file, "/tokenizer", H5P_DEFAULT);
+    ASSERT_GE(group, 0);
+    ASSERT_GE(H5Adelete(group, "fingerprint"), 0);
+    const std::string value = "0123456789abcdef";
+    const hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, value.size());
+    const hid_t space = H5Screate(H5S_SCALAR);
+    const hid_t attr = H5Acreate2(group, "fingerprint", type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(H5Awrite(attr, type, value.data()), 0);
+    H5Aclose(attr), H5Sclose(space), H5Tclose(type), H5Gclose(group), H5Fclose(file);
+  }
+  const std::string tail = " --no-speed --val-tokens 200 --out " + (dir_ / "eval_other").string();
+  for (const std::string& cmd : {"eval " + other.string() + tail, "generate " + other.string() + " --prompt x"}) {
+    const Result refused = run(cmd);
+    EXPECT_EQ(refused.status, 1) << cmd << "\n" << refused.output;
+    EXPECT_THAT(refused.output, HasSubstr("was trained with tokenizer 'byte' (256 tokens, fingerprint 0123456789abcdef)"));
+    EXPECT_THAT(refused.output, HasSubstr("token ids would change meaning"));
+    EXPECT_THAT(refused.output, HasSubstr("--allow-tokenizer-mismatch"));
+    const Result allowed = run(cmd + " --allow-tokenizer-mismatch");
+    EXPECT_EQ(allowed.status, 0) << cmd << "\n" << allowed.output;
+    EXPECT_THAT(allowed.output, HasSubstr("WARNING: checkpoint '" + other.string() + "' was trained with tokenizer"));
+  }
+  // The checkpoint's own tokenizer: no warning.
+  const Result same = run("generate " + model() + " --prompt x");
+  EXPECT_EQ(same.status, 0) << same.output;
+  EXPECT_THAT(same.output, Not(HasSubstr("WARNING")));
 }
 
 // --decode-batch 100000 used to grow until the kernel killed the process.

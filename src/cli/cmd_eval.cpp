@@ -64,7 +64,7 @@ void add_eval_command(CLI::App& app) {
   static int batches = 0, batch_size = 0, seq_len = 0, threads = 0;
   static long val_tokens = 0;
   static GenerationBenchSpec bench{0, 1, 0, 3, 1};
-  static bool no_speed = false;
+  static bool no_speed = false, allow_tokenizer_mismatch = false;
   cmd->add_option("checkpoints", ckpts, "Checkpoint files (HDF5); one line per checkpoint in the plot")->required();
   cmd->add_option("--strategies", strategies,
                   "Strategies: full, cla:K, first, half, keep:N, list:a,b,..., greedy:N (comma- or ;-separated)")
@@ -85,6 +85,9 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--probe", probe_path,
                   "Retrieval probe file (kvroute data probe): adds greedy exact match per strategy, through its cache");
   cmd->add_option("--set", overrides, "Override a key of each checkpoint's config, e.g. --set data.val_path=x.txt");
+  cmd->add_flag("--allow-tokenizer-mismatch", allow_tokenizer_mismatch,
+                "Evaluate even if the tokenizer is not the one the checkpoint was trained with (results are then "
+                "not those of the model as trained)");
   cmd->callback([] {
     if (plot_format != "png" && plot_format != "svg")
       throw std::invalid_argument("--plot-format must be png or svg (got '" + plot_format + "')");
@@ -137,6 +140,8 @@ void add_eval_command(CLI::App& app) {
       if (corpus.vocab_size != cfg.model.vocab_size)
         throw std::runtime_error("checkpoint " + ckpt + ": model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
                                  " but the validation data's tokenizer has " + std::to_string(corpus.vocab_size) + " tokens");
+      check_tokenizer_or_warn(infos[i], {corpus.tokenizer, corpus.vocab_size, corpus.tokenizer_fingerprint},
+                              allow_tokenizer_mismatch);
       EvalSpec spec;
       spec.batch_size = batch_size > 0 ? batch_size : cfg.train.batch_size;
       spec.seq_len = seq_len > 0 ? seq_len : cfg.train.seq_len;

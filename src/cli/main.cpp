@@ -18,6 +18,18 @@ std::string rank_prefix() {
 }
 }  // namespace
 
+namespace kvroute::cli {
+void check_tokenizer_or_warn(const CheckpointInfo& info, const TokenizerIdentity& tokenizer, bool allow) {
+  const std::string why = tokenizer_mismatch(info, tokenizer);
+  if (why.empty()) return;
+  if (!allow)
+    throw CheckpointError(why + ". Use the checkpoint's tokenizer (--set data.tokenizer=...), or pass "
+                          "--allow-tokenizer-mismatch to go on anyway");
+  std::cerr << "WARNING: " << why << ". Going on because of --allow-tokenizer-mismatch: the results are not those "
+            << "of the model as trained.\n";
+}
+}  // namespace kvroute::cli
+
 int main(int argc, char** argv) {
   // Before any other thread exists (OpenMP, oneDNN, MPI): stop signals are received by one
   // thread, never by a handler on a compute thread (stop_signals.h).
