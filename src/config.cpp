@@ -101,7 +101,7 @@ const std::vector<Field>& registry() {
       {FIELD(train.log_interval), .doc = "steps between log lines", .range = at_least(1)},
       {FIELD(train.eval_interval), .doc = "steps between evaluations; 0 = only at the end", .range = at_least(0)},
       {FIELD(train.eval_batches), .doc = "validation batches per evaluation", .range = at_least(1)},
-      {FIELD(train.out_dir), .doc = "run directory (logs, checkpoints)"},
+      {FIELD(train.out_dir), .doc = "run directory (logs, checkpoints)", .non_empty = true},
       {FIELD(train.on_nonfinite), .doc = "on a NaN/Inf loss: stop the run or skip the step",
        .choices = {"stop", "skip"}},
       {FIELD(train.recompute), .doc = "recompute in backward instead of keeping: none, attention (q, scores), layer (all but K/V)",

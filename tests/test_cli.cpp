@@ -90,6 +90,12 @@ TEST_F(Cli, ConfigErrorsNameTheKey) {
   const Result gqa = run("train " + cfg() + " --set model.n_kv_heads=3");
   EXPECT_EQ(gqa.status, 1);
   EXPECT_THAT(gqa.output, HasSubstr("n_kv_heads"));
+  // An empty run directory used to reach the filesystem and fail there with a raw error.
+  const Result no_dir = run("train " + cfg() + " --set train.out_dir=");
+  EXPECT_EQ(no_dir.status, 1);
+  EXPECT_THAT(no_dir.output, HasSubstr("train.out_dir"));
+  EXPECT_THAT(no_dir.output, HasSubstr("must not be empty"));
+  EXPECT_THAT(no_dir.output, Not(HasSubstr("filesystem error")));
 }
 
 // A huge model or batch used to end in a bare std::bad_alloc after the run directory existed.

@@ -202,6 +202,33 @@ TEST_F(InferenceCli, EvalAndGenerateRefuseAnotherTokenizerUnlessAllowedLoudly) {
   EXPECT_THAT(same.output, Not(HasSubstr("WARNING")));
 }
 
+// An explicit 0 used to mean "the default"; a stop token outside the vocabulary was accepted;
+// more batches than the validation split holds repeated windows silently.
+TEST_F(InferenceCli, EvalAndGenerateRefuseZeroSizesAndForeignStopTokens) {
+  const std::string base = "eval " + model() + " --no-speed --out " + (dir_ / "eval_sizes").string();
+  for (const char* option : {"--val-tokens", "--batches", "--batch-size", "--seq-len"}) {
+    const Result r = run(base + " " + option + " 0");
+    EXPECT_EQ(r.status, 1) << option << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(std::string(option) + " must be >= 1 (got 0)"));
+  }
+  const Result many = run(base + " --strategies full --batches 64");
+  ASSERT_EQ(many.status, 0) << many.output;
+  EXPECT_THAT(many.output, HasSubstr("note: 64 x 4 x 32 = 8192 validation tokens requested, but the validation split"));
+  EXPECT_THAT(many.output, HasSubstr("windows overlap"));
+  const Result few = run(base + " --strategies full --batches 1");
+  ASSERT_EQ(few.status, 0) << few.output;
+  EXPECT_THAT(few.output, Not(HasSubstr("windows overlap")));
+
+  for (const char* id : {"256", "99999", "-2"}) {
+    const Result r = run("generate " + model() + " --prompt x --stop-token " + id);
+    EXPECT_EQ(r.status, 1) << id << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr("--stop-token " + std::string(id) + " is not a token id"));
+    EXPECT_THAT(r.output, HasSubstr("vocabulary 0..255"));
+  }
+  const Result ok = run("generate " + model() + " --prompt x --stop-token 255 --max-new-tokens 2");
+  EXPECT_EQ(ok.status, 0) << ok.output;
+}
+
 // --decode-batch 100000 used to grow until the kernel killed the process.
 TEST_F(InferenceCli, EvalRefusesADecodeBatchThatCannotFitBeforeLoadingAnything) {
   const fs::path out = dir_ / "eval_huge";

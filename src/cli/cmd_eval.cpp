@@ -88,7 +88,18 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--allow-tokenizer-mismatch", allow_tokenizer_mismatch,
                 "Evaluate even if the tokenizer is not the one the checkpoint was trained with (results are then "
                 "not those of the model as trained)");
-  cmd->callback([] {
+  cmd->callback([cmd] {
+    // 0 (and below) is not a size: an explicit one is refused rather than read as "the default".
+    for (const char* name : {"--val-tokens", "--batches", "--batch-size", "--seq-len"}) {
+      if (cmd->count(name) == 0) continue;
+      const long value = std::string(name) == "--val-tokens" ? val_tokens
+                         : std::string(name) == "--batches"  ? batches
+                         : std::string(name) == "--batch-size" ? batch_size
+                                                             : seq_len;
+      if (value < 1)
+        throw std::invalid_argument(std::string(name) + " must be >= 1 (got " + std::to_string(value) +
+                                    "); leave it out for the checkpoint's default");
+    }
     if (plot_format != "png" && plot_format != "svg")
       throw std::invalid_argument("--plot-format must be png or svg (got '" + plot_format + "')");
     const std::vector<std::string> specs = split_strategy_list(strategies);
@@ -151,6 +162,14 @@ void add_eval_command(CLI::App& app) {
       spec.n_batches = batches > 0        ? batches
                        : val_tokens > 0   ? batches_for_budget(val_tokens, spec.batch_size, spec.seq_len)
                                           : cfg.train.eval_batches;
+      // Windows are spread evenly over the split: asking for more tokens than it holds makes them overlap.
+      const double wanted = double(spec.n_batches) * spec.batch_size * spec.seq_len;
+      if (wanted > double(corpus.val.size()))
+        std::cout << "note: " << spec.n_batches << " x " << spec.batch_size << " x " << spec.seq_len << " = "
+                  << static_cast<long long>(wanted) << " validation tokens requested, but the validation split of "
+                  << ckpt << " has " << corpus.val.size() << ": windows overlap, each token is counted about "
+                  << std::to_string(wanted / double(corpus.val.size())).substr(0, 4)
+                  << " times (fewer --batches or --val-tokens give distinct windows)\n";
       spec.measure_speed = !no_speed;
       spec.bench = bench;
       std::unique_ptr<Tokenizer> probe_tokenizer;

@@ -46,6 +46,9 @@ void add_generate_command(CLI::App& app) {
     for (const auto& o : overrides) apply_override(cfg, o);
     validate(cfg);
     const ModelConfig& mc = cfg.model;
+    if (opt.stop_token < -1 || opt.stop_token >= mc.vocab_size)
+      throw std::invalid_argument("--stop-token " + std::to_string(opt.stop_token) + " is not a token id of " + ckpt +
+                                  " (vocabulary 0.." + std::to_string(mc.vocab_size - 1) + "; -1 = none)");
     SharingStrategy s;
     try {
       s = parse_strategy(strategy, mc.n_layers);
