@@ -116,6 +116,11 @@ const std::vector<Field>& registry() {
       {FIELD(train.allreduce_bucket_mb), .doc = "MiB of gradients per all-reduce call under mpirun: fewer calls when "
                                                 "larger, an earlier start during backward when smaller",
        .range = interval(1e-3, 4096, "[]")},
+      {FIELD(train.collective_timeout_s), .doc = "under mpirun: a collective (gradient all-reduce, loss sum, stop "
+                                                 "vote, ...) that does not complete in this many seconds ends the job "
+                                                 "(a frozen or lost rank), naming the step and the last checkpoint; 0 = "
+                                                 "wait forever",
+       .range = at_least(0)},
       {FIELD(train.checkpoint.interval), .doc = "steps between checkpoints; 0 = only at the end",
        .range = at_least(0)},
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",

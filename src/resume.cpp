@@ -17,7 +17,8 @@ enum class OverrideKind { Refused, Bookkeeping, Trajectory };
 // Keys that decide when things happen (logging, evaluation, checkpoints), not what is computed.
 bool is_bookkeeping(std::string_view key) {
   for (std::string_view k : {"train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint.interval",
-                             "train.checkpoint.keep_last", "train.on_nonfinite", "data.verify", "train.zero"})
+                             "train.checkpoint.keep_last", "train.on_nonfinite", "data.verify", "train.zero",
+                             "train.collective_timeout_s"})
     if (key == k) return true;
   return false;
 }

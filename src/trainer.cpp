@@ -165,8 +165,11 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend, BackendOptions{tc.precision, tc.deterministic});
   // Data parallelism: under mpirun every rank runs this function; without a launcher, a world of one.
-  const std::unique_ptr<Communicator> comm = make_communicator(*backend);
+  std::unique_ptr<Communicator> comm = make_communicator(*backend);
   const int rank = comm->rank(), world = comm->world_size();
+  // A frozen or lost rank would leave the others waiting in a collective forever.
+  WatchdogContext* watchdog = nullptr;
+  if (world > 1) comm = with_collective_watchdog(std::move(comm), tc.collective_timeout_s, &watchdog);
   const bool lead = rank == 0;  // rank 0 alone logs and writes files
   const Corpus corpus = load_corpus(cfg.data);
   check_model_vocab(corpus, cfg.model.vocab_size);
@@ -324,6 +327,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   // On the last micro-batch each bucket's sum starts as soon as backward has finished it.
   const Model::GradsReady start_grad_sums = [&](std::size_t begin) { grad_sum.ready_from(begin); };
   for (long step = state.step + 1; step <= tc.steps; ++step) {
+    if (watchdog) watchdog->set("at step " + std::to_string(step) + "; " + last_good());
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {
