@@ -150,6 +150,9 @@ double unigram_entropy(const std::vector<int32_t>& tokens) {
 
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
+  // From here on SIGINT/SIGTERM stop the run after its next step, with a checkpoint: one that
+  // arrives while the data loads or the model is built is not lost either.
+  StopSignals stop_signals;
   if (tc.backend == "cpu") {  // before anything is allocated or written
     const double act = training_activation_bytes(cfg.model, tc.batch_size, tc.seq_len, tc.recompute);
     const double weights = training_memory_bytes(cfg) - act;
@@ -316,7 +319,6 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       result.last_checkpoint = (fs::path(checkpoints_dir(run_dir.string())) / checkpoint_file_name(state.step)).string();
     saved_step = state.step;
   };
-  StopSignals stop_signals;
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   auto t_interval = t0;

@@ -812,6 +812,26 @@ TEST(Faults, ARepeatedStopSignalKeepsTheCheckpointAndAThirdExitsAtOnce) {
   }
 }
 
+// A stop signal while the run is still being set up (data, model, the memory probe) used to
+// terminate it there, leaving a run directory without a checkpoint: it now stops after the
+// first step, with one.
+TEST(Faults, AStopSignalDuringSetupStopsAfterTheFirstStepWithACheckpoint) {
+  const RunSetup s = make_run_setup("setup_signal");
+  const fs::path config = write_big_config(s);
+  const fs::path run_dir = s.dir / "run", log_path = s.dir / "run.log";
+  const pid_t pid = spawn(kvroute_argv({"train", config.string(), "--set", "train.out_dir=" + run_dir.string()}),
+                          log_path);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!fs::exists(run_dir / "train.log") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  const int status = wait_for(pid, 120);
+  const std::string log = testing_data::read_file_bytes(log_path);
+  EXPECT_EQ(status, 0) << log;
+  EXPECT_THAT(log, HasSubstr("SIGTERM received: stopped after step 1/100000"));
+  EXPECT_EQ(latest_step(run_dir), 1) << log;
+}
+
 TEST(Faults, ANonFiniteStepStopsNamingTheStepAndKeepsTheLastGoodCheckpoint) {
   // lr 1e30: the first update throws the weights to ~1e30; the next backward overflows.
   const RunSetup s = make_run_setup("nonfinite");
