@@ -133,7 +133,7 @@ for i in $(seq 1 "$TRIALS"); do
     bump crashes
   elif [ "$sig" != KILL ]; then
     if grep -q "received: stopped after step" "$run.log" && [ $rc -eq 0 ]; then
-      stopped=$(sed -n 's/.*received: stopped after step \([0-9]*\).*/\1/p' "$run.log")
+      stopped=$(sed -n 's/.*stopped after step \([0-9]*\).*/\1/p' "$run.log")
       if [ "$(latest_step "$run")" = "$stopped" ] && latest_ok "$run"; then
         bump clean_stops
         outcome="clean stop after step $stopped"
@@ -206,7 +206,7 @@ for i in $(seq 1 11); do
     pid=$!
   fi
   wait_for_file "$target" 120
-  kill -KILL $pid
+  kill -KILL $pid 2> /dev/null
   wait $pid 2> /dev/null
   bump trials
   bump ckpt_write_kills
@@ -315,9 +315,11 @@ if command -v mpirun > /dev/null; then
         problem "mpi stop: exit $rc after $took ms without the watchdog message"
       fi
     else
-      if [ $rc -eq 0 ] && grep -q "stopped after step" "$run.log"; then
+      # Rank 0's own train.log: mpirun, once signalled itself, may cut the ranks' output short.
+      stopped=$(sed -n 's/.*stopped after step \([0-9]*\).*/\1/p' "$run/train.log" | tail -1)
+      if [ -n "$stopped" ] && [ "$(latest_step "$run")" = "$stopped" ]; then
         bump clean_stops
-        echo "  SIGTERM to $kind: clean stop in $took ms, checkpoint step $(latest_step "$run")"
+        echo "  SIGTERM to $kind: clean stop after step $stopped (checkpoint of that step) in $took ms, exit $rc"
       else
         bump ended_by_launcher
         echo "  SIGTERM to $kind: exit $rc in $took ms, checkpoint step $(latest_step "$run") intact"

@@ -57,7 +57,9 @@ void receive_forever() {
     int sig = 0;
     if (::sigwait(&set, &sig) != 0) continue;
     std::unique_lock lock(g_mutex);
-    if (g_scopes.load() == 0) {
+    // Outside a scope the default action, unless a stop is under way: the run that was asked
+    // to stop may be past its scope, finishing (a late repeat is still a repeat).
+    if (g_scopes.load() == 0 && g_received.load() == 0) {
       lock.unlock();
       terminate_with(sig);
     }

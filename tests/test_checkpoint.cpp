@@ -812,6 +812,54 @@ TEST(Faults, ARepeatedStopSignalKeepsTheCheckpointAndAThirdExitsAtOnce) {
   }
 }
 
+// The receiving thread itself (stop_signals.h), in a fresh process each (threadsafe death
+// tests re-run the binary): outside any scope a stop signal takes its default action; once a
+// stop was requested, a late repeat after the scope ended (the run finishing its stop) is
+// reported and ignored, not fatal; a third soon after the repeat exits at once.
+void wait_until_received(const StopSignals& s) {
+  for (int i = 0; i < 5000 && s.received() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (s.received() != SIGTERM) std::_Exit(2);
+}
+
+TEST(StopSignalsDeathTest, DefaultOutsideAScopeAndALateRepeatAfterAStopIsStillARepeat) {
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
+  EXPECT_EXIT(
+      {
+        start_signal_thread();
+        ::kill(::getpid(), SIGTERM);
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGTERM), "");
+  EXPECT_EXIT(
+      {
+        start_signal_thread();
+        {
+          StopSignals s;
+          ::kill(::getpid(), SIGTERM);
+          wait_until_received(s);
+        }
+        ::kill(::getpid(), SIGTERM);  // the scope has ended: the run is writing its last files
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "SIGTERM received again: already stopping");
+  EXPECT_EXIT(
+      {
+        start_signal_thread();
+        StopSignals s;
+        ::kill(::getpid(), SIGTERM);
+        wait_until_received(s);
+        for (int k = 0; k < 2; ++k) {
+          ::kill(::getpid(), SIGTERM);
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        std::this_thread::sleep_for(std::chrono::seconds(5));
+        std::_Exit(0);
+      },
+      ::testing::KilledBySignal(SIGTERM), "SIGTERM received a third time: exiting now");
+}
+
 // A stop signal while the run is still being set up (data, model, the memory probe) used to
 // terminate it there, leaving a run directory without a checkpoint: it now stops after the
 // first step, with one.

@@ -18,7 +18,8 @@
 // checkpoint in progress is written; a further one within kExitWindowSeconds of the
 // previous repeat ends the process at once, saying so (checkpoint writes are atomic:
 // the last complete checkpoint is kept). Outside a StopSignals scope, a stop signal ends
-// the process with the signal's default action, as if nothing had been blocked.
+// the process with the signal's default action, as if nothing had been blocked, unless a
+// stop was requested in an earlier scope (the process is then shutting down after it).
 #pragma once
 
 #include <csignal>
