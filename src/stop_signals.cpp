@@ -64,7 +64,10 @@ void receive_forever() {
       terminate_with(sig);
     }
     int expected = 0;
-    if (g_received.compare_exchange_strong(expected, sig)) continue;  // the first: the loop stops after its step
+    if (g_received.compare_exchange_strong(expected, sig)) {  // the first: the loop stops after its step
+      say(std::string(StopSignals::name(sig)) + " received: stopping after the current step, with a checkpoint");
+      continue;
+    }
     const auto now = std::chrono::steady_clock::now();
     const bool soon_after_repeat =
         g_repeats > 0 && std::chrono::duration<double>(now - g_last_repeat).count() < StopSignals::kExitWindowSeconds;
