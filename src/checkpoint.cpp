@@ -374,4 +374,18 @@ void load_weights(const std::string& path, Model& model) {
   model.params_from_host(c.params);
 }
 
+std::string tokenizer_mismatch(const CheckpointInfo& info, const TokenizerIdentity& tokenizer) {
+  const TokenizerIdentity& saved = info.tokenizer;
+  if (saved.name.empty()) return "";  // an old checkpoint that does not record it
+  const bool fingerprints_differ =
+      !saved.fingerprint.empty() && !tokenizer.fingerprint.empty() && saved.fingerprint != tokenizer.fingerprint;
+  if (saved.vocab_size == tokenizer.vocab_size && !fingerprints_differ) return "";
+  return "checkpoint '" + info.path + "' was trained with tokenizer '" + saved.name + "' (" +
+         std::to_string(saved.vocab_size) + " tokens" +
+         (saved.fingerprint.empty() ? "" : ", fingerprint " + saved.fingerprint) + "), but this run's data uses '" +
+         tokenizer.name + "' (" + std::to_string(tokenizer.vocab_size) + " tokens" +
+         (tokenizer.fingerprint.empty() ? "" : ", fingerprint " + tokenizer.fingerprint) +
+         "): token ids would change meaning";
+}
+
 }  // namespace kvroute

@@ -106,7 +106,7 @@ const std::vector<Field>& registry() {
       {FIELD(train.eval_batches), .doc = "validation batches per evaluation", .range = at_least(1)},
       {FIELD(train.eval_strategies), .doc = "sharing strategies whose validation loss every evaluation reports, e.g. [full, cla:2]",
        .list = true},
-      {FIELD(train.out_dir), .doc = "run directory (logs, checkpoints)"},
+      {FIELD(train.out_dir), .doc = "run directory (logs, checkpoints)", .non_empty = true},
       {FIELD(train.on_nonfinite), .doc = "on a NaN/Inf loss: stop the run or skip the step",
        .choices = {"stop", "skip"}},
       {FIELD(train.recompute), .doc = "recompute in backward instead of keeping: none, attention (q, scores), layer (all but K/V)",
@@ -121,6 +121,11 @@ const std::vector<Field>& registry() {
       {FIELD(train.allreduce_bucket_mb), .doc = "MiB of gradients per all-reduce call under mpirun: fewer calls when "
                                                 "larger, an earlier start during backward when smaller",
        .range = interval(1e-3, 4096, "[]")},
+      {FIELD(train.collective_timeout_s), .doc = "under mpirun: a collective (gradient all-reduce, loss sum, stop "
+                                                 "vote, ...) that does not complete in this many seconds ends the job "
+                                                 "(a frozen or lost rank), naming the step and the last checkpoint; 0 = "
+                                                 "wait forever",
+       .range = at_least(0)},
       {FIELD(train.checkpoint.interval), .doc = "steps between checkpoints; 0 = only at the end",
        .range = at_least(0)},
       {FIELD(train.checkpoint.keep_last), .doc = "periodic checkpoints kept (older ones are removed)",

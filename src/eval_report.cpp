@@ -14,6 +14,7 @@
 #include "kvroute/evaluate.h"
 #include "gnuplot_run.h"
 #include "kvroute/json_text.h"
+#include "kvroute/stop_signals.h"
 
 namespace kvroute {
 

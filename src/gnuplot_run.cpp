@@ -1,6 +1,6 @@
 #include "gnuplot_run.h"
 
-#include <cstdlib>
+#include "kvroute/stop_signals.h"
 
 namespace kvroute {
 namespace fs = std::filesystem;
@@ -24,7 +24,7 @@ std::string run_gnuplot(const fs::path& dir, const std::string& script, const st
   std::error_code ec;
   fs::remove(dir / png, ec);
   const std::string cmd = "cd " + shell_quote(dir.string()) + " && gnuplot " + shell_quote(script) + " > gnuplot.log 2>&1";
-  if (std::system(cmd.c_str()) != 0 || !fs::exists(dir / png)) return "";
+  if (system_with_stop_signals_unblocked(cmd.c_str()) != 0 || !fs::exists(dir / png)) return "";
   fs::remove(dir / "gnuplot.log", ec);
   return (dir / png).string();
 }

@@ -17,7 +17,8 @@ enum class OverrideKind { Refused, Bookkeeping, Trajectory };
 // Keys that decide when things happen (logging, evaluation, checkpoints), not what is computed.
 bool is_bookkeeping(std::string_view key) {
   for (std::string_view k : {"train.log_interval", "train.eval_interval", "train.eval_batches", "train.checkpoint.interval",
-                             "train.checkpoint.keep_last", "train.on_nonfinite", "data.verify", "train.zero"})
+                             "train.checkpoint.keep_last", "train.on_nonfinite", "data.verify", "train.zero",
+                             "train.collective_timeout_s"})
     if (key == k) return true;
   return false;
 }
@@ -32,6 +33,17 @@ std::string key_of(const std::string& assignment) {
   std::string key = assignment.substr(0, assignment.find('='));
   const auto b = key.find_first_not_of(" \t"), e = key.find_last_not_of(" \t");
   return b == std::string::npos ? "" : key.substr(b, e - b + 1);
+}
+
+// model.h5 exists, reads as a checkpoint, and holds the weights of `step`.
+bool final_model_matches(const fs::path& model_h5, long step) {
+  std::error_code ec;
+  if (!fs::exists(model_h5, ec)) return false;
+  try {
+    return read_checkpoint_info(model_h5.string()).step == step;
+  } catch (const CheckpointError&) {
+    return false;
+  }
 }
 
 }  // namespace
@@ -90,6 +102,14 @@ ResumePlan plan_resume(const std::string& target, const std::vector<std::string>
   validate(plan.config);
   const TrainConfig& was = info.config.train;
   const TrainConfig& now = plan.config.train;
+  // The run reached train.steps but its final model.h5 was lost (killed or a full disk during
+  // that write): resuming writes it from the last checkpoint, with no step trained.
+  if (info.step == now.steps && !final_model_matches(fs::path(run_dir) / "model.h5", info.step)) {
+    plan.notes.push_back("the run reached train.steps (" + std::to_string(now.steps) + ") but " +
+                         (fs::path(run_dir) / "model.h5").string() +
+                         " is missing or not that step's weights: writing it from " + plan.checkpoint);
+    return plan;
+  }
   if (info.step >= now.steps)
     throw ConfigError("--resume: checkpoint '" + plan.checkpoint + "' is at step " + std::to_string(info.step) +
                       " and train.steps is " + std::to_string(now.steps) +

@@ -2,23 +2,34 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <stdexcept>
 #include <iostream>
 #include <sstream>
 
 namespace kvroute {
 
 RunLog::RunLog(const std::string& run_dir)
-    : log_(run_dir + "/train.log", std::ios::app), jsonl_(run_dir + "/metrics.jsonl", std::ios::app),
-      tty_(::isatty(STDOUT_FILENO) == 1) {
+    : log_path_(run_dir + "/train.log"), jsonl_path_(run_dir + "/metrics.jsonl"), log_(log_path_, std::ios::app),
+      jsonl_(jsonl_path_, std::ios::app), tty_(::isatty(STDOUT_FILENO) == 1) {
   if (!log_ || !jsonl_) throw std::runtime_error("cannot write logs into run directory '" + run_dir + "'");
+}
+
+void RunLog::check(const std::ofstream& out, const std::string& path, int err) {
+  if (out) return;
+  throw std::runtime_error("writing '" + path + "' failed: " + (err ? std::strerror(err) : "stream error") +
+                           " (disk full?); stopping rather than training on without a record of the run");
 }
 
 void RunLog::line(const std::string& text) {
   if (bar_shown_) std::cout << "\r\033[K";
   bar_shown_ = false;
   std::cout << text << std::endl;
+  errno = 0;
   log_ << text << std::endl;
+  check(log_, log_path_, errno);
 }
 
 void RunLog::progress(const std::string& text) {
@@ -43,7 +54,9 @@ void RunLog::metrics(const std::vector<std::pair<std::string, double>>& fields,
     first = false;
   }
   os << "}";
+  errno = 0;
   jsonl_ << os.str() << std::endl;
+  check(jsonl_, jsonl_path_, errno);
 }
 
 std::string format_duration(double seconds) {

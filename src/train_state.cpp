@@ -8,16 +8,7 @@ void check_tokenizer(const CheckpointInfo& info, const TokenizerIdentity& tokeni
     notes.push_back("checkpoint '" + info.path + "' does not record its tokenizer; assuming it is " + tokenizer.name);
     return;
   }
-  const bool fingerprints_differ =
-      !saved.fingerprint.empty() && !tokenizer.fingerprint.empty() && saved.fingerprint != tokenizer.fingerprint;
-  if (saved.vocab_size != tokenizer.vocab_size || fingerprints_differ)
-    throw CheckpointError("checkpoint '" + info.path + "' was trained with tokenizer '" + saved.name + "' (" +
-                          std::to_string(saved.vocab_size) + " tokens" +
-                          (saved.fingerprint.empty() ? "" : ", fingerprint " + saved.fingerprint) +
-                          "), but this run's data uses '" + tokenizer.name + "' (" +
-                          std::to_string(tokenizer.vocab_size) + " tokens" +
-                          (tokenizer.fingerprint.empty() ? "" : ", fingerprint " + tokenizer.fingerprint) +
-                          "): token ids would change meaning");
+  if (const std::string why = tokenizer_mismatch(info, tokenizer); !why.empty()) throw CheckpointError(why);
   if (saved.name != tokenizer.name)
     notes.push_back("tokenizer '" + saved.name + "' of the checkpoint is now named '" + tokenizer.name +
                     "' (same vocabulary size and fingerprint)");

@@ -17,6 +17,7 @@
 #include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
 #include "kvroute/grad_allreduce.h"
+#include "kvroute/memory_estimate.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
@@ -24,7 +25,7 @@
 #include "kvroute/run_checkpoints.h"
 #include "kvroute/strategy.h"
 #include "durable_file.h"
-#include "stop_signals.h"
+#include "kvroute/stop_signals.h"
 #include "strategy_curves.h"
 #include "train_state.h"
 
@@ -128,6 +129,36 @@ SharingEval evaluate_sharing(Model& model, Communicator& comm, const std::vector
   return e;
 }
 
+// The files a run writes into its directory.
+const char* const kRunFiles[] = {"config.yaml", "train.log", "metrics.jsonl", "checkpoints", "model.h5",
+                                 "val_loss_by_strategy.dat", "val_loss_by_strategy.gp", "val_loss_by_strategy.png"};
+
+// A new run must not write into a directory that holds another run: its model.h5, config,
+// a step checkpoint and `latest` would be overwritten, the logs appended to and the old
+// run's later checkpoints left beside the new ones. With force, the old run's files go.
+void prepare_new_run_dir(const fs::path& run_dir, bool force) {
+  std::error_code ec;
+  if (fs::exists(run_dir, ec) && !fs::is_directory(run_dir, ec))
+    throw std::runtime_error("train.out_dir '" + run_dir.string() + "' exists and is not a directory");
+  std::vector<std::string> found;
+  for (const char* name : kRunFiles)
+    if (fs::exists(run_dir / name, ec)) found.push_back(name);
+  if (found.empty()) return;
+  std::string list;
+  for (const std::string& f : found) list += (list.empty() ? "" : ", ") + f;
+  if (!force)
+    throw std::runtime_error("train.out_dir '" + run_dir.string() + "' already holds a run (" + list +
+                             "). To continue it: kvroute train --resume " + run_dir.string() +
+                             "; to start a new run: choose another train.out_dir, or pass --force to delete that "
+                             "run's files first");
+  for (const std::string& f : found) {
+    fs::remove_all(run_dir / f, ec);
+    if (ec)
+      throw std::runtime_error("--force: cannot remove '" + (run_dir / f).string() + "' of the earlier run: " +
+                               ec.message());
+  }
+}
+
 }  // namespace
 
 double unigram_entropy(const std::vector<int32_t>& tokens) {
@@ -143,11 +174,29 @@ double unigram_entropy(const std::vector<int32_t>& tokens) {
 
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   const TrainConfig& tc = cfg.train;
+  // From here on SIGINT/SIGTERM stop the run after its next step, with a checkpoint: one that
+  // arrives while the data loads or the model is built is not lost either.
+  StopSignals stop_signals;
+  if (tc.backend == "cpu") {  // before anything is allocated or written
+    const double act = training_activation_bytes(cfg.model, tc.batch_size, tc.seq_len, tc.recompute);
+    const double weights = training_memory_bytes(cfg) - act;
+    check_fits_in_memory(
+        training_memory_bytes(cfg),
+        "training this model (" + human_bytes(weights) + " for " + std::to_string(param_count(cfg.model)) +
+            " parameters with their gradients, AdamW state and checkpoint copies, " + human_bytes(act) +
+            " of activations for train.batch_size " + std::to_string(tc.batch_size) + " x train.seq_len " +
+            std::to_string(tc.seq_len) + ")",
+        act > weights ? "lower train.batch_size or train.seq_len (or set train.recompute: layer)"
+                      : "lower model.d_model, model.n_layers, model.d_ff or model.vocab_size");
+  }
   configure_cpu_threads(tc.threads);  // one OpenMP pool (oneDNN included); OMP_NUM_THREADS and MPI ranks respected
   auto backend = make_backend(tc.backend, BackendOptions{tc.precision, tc.deterministic});
   // Data parallelism: under mpirun every rank runs this function; without a launcher, a world of one.
-  const std::unique_ptr<Communicator> comm = make_communicator(*backend);
+  std::unique_ptr<Communicator> comm = make_communicator(*backend);
   const int rank = comm->rank(), world = comm->world_size();
+  // A frozen or lost rank would leave the others waiting in a collective forever.
+  WatchdogContext* watchdog = nullptr;
+  if (world > 1) comm = with_collective_watchdog(std::move(comm), tc.collective_timeout_s, &watchdog);
   const bool lead = rank == 0;  // rank 0 alone logs and writes files
   const Corpus corpus = load_corpus(cfg.data);
   check_model_vocab(corpus, cfg.model.vocab_size);
@@ -168,6 +217,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   if (cfg.routing.mode == "fixed") sample_routes(cfg.routing, 1, L, 0, 0, 0);  // validates the strategy early
 
   const fs::path run_dir = tc.out_dir;
+  if (lead && options.resume_from.empty()) prepare_new_run_dir(run_dir, options.force);
   if (lead) {
     fs::create_directories(run_dir);
     write_file_atomically(run_dir / "config.yaml", to_yaml(cfg));
@@ -202,21 +252,16 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                                      " rounded up to a multiple of the world size: " + std::to_string(skipped) +
                                      " window(s) skipped)"
                                : std::string()));
-    if (lead)
+    if (lead) {
       for (const std::string& f : remove_stale_temporaries(run_dir.string()))
         notes.push_back("removed " + f + ", left by an interrupted checkpoint write");
+      std::error_code ec;
+      if (fs::remove(run_dir / "model.h5.tmp", ec))
+        notes.push_back("removed model.h5.tmp, left by an interrupted write of the final weights");
+    }
   } else {
     model.init_weights(static_cast<uint64_t>(tc.seed));
     if (!cfg.model.init_from.empty()) init_weights_from(cfg.model.init_from, model, tokenizer, notes);
-    std::string existing;
-    try {
-      if (lead) existing = find_latest_checkpoint(run_dir.string());
-    } catch (const CheckpointError&) {
-    }
-    if (!existing.empty())
-      notes.push_back("warning: " + run_dir.string() + " already holds checkpoints of an earlier run (" + existing +
-                      "); this new run replaces them. To continue that run instead: kvroute train --resume " +
-                      run_dir.string());
   }
 
   const double tokens_per_step = double(B) * T * tc.grad_accum * world;  // global batch
@@ -307,7 +352,6 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       result.last_checkpoint = (fs::path(checkpoints_dir(run_dir.string())) / checkpoint_file_name(state.step)).string();
     saved_step = state.step;
   };
-  StopSignals stop_signals;
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   auto t_interval = t0;
@@ -318,6 +362,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   // On the last micro-batch each bucket's sum starts as soon as backward has finished it.
   const Model::GradsReady start_grad_sums = [&](std::size_t begin) { grad_sum.ready_from(begin); };
   for (long step = state.step + 1; step <= tc.steps; ++step) {
+    if (watchdog) watchdog->set("at step " + std::to_string(step) + "; " + last_good());
     model.zero_grads();
     double loss = 0;
     for (int micro = 0; micro < tc.grad_accum; ++micro) {

@@ -50,8 +50,8 @@ inline std::vector<std::string> kvroute_argv(const std::vector<std::string>& arg
 }
 
 struct SpawnOptions {
-  // > 0: the child may write no file beyond this many bytes, and SIGXFSZ is ignored,
-  // so the write fails with EFBIG as on a full disk.
+  // > 0: the child may write no file beyond this many bytes, so the write fails with
+  // EFBIG as on a full disk (kvroute ignores SIGXFSZ itself).
   rlim_t fsize_limit = 0;
   // The child leads a new process group, so one kill(-pid) reaches it and its
   // children (mpirun and its ranks).
@@ -77,7 +77,6 @@ inline pid_t spawn(const std::vector<std::string>& argv, const std::filesystem::
     if (options.fsize_limit > 0) {
       struct rlimit rl {options.fsize_limit, options.fsize_limit};
       ::setrlimit(RLIMIT_FSIZE, &rl);
-      ::signal(SIGXFSZ, SIG_IGN);
     }
     if (options.search_path) {
       ::execvp(argv_c[0], argv_c.data());

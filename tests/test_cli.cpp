@@ -17,6 +17,7 @@
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 namespace {
 
@@ -89,6 +90,29 @@ TEST_F(Cli, ConfigErrorsNameTheKey) {
   const Result gqa = run("train " + cfg() + " --set model.n_kv_heads=3");
   EXPECT_EQ(gqa.status, 1);
   EXPECT_THAT(gqa.output, HasSubstr("n_kv_heads"));
+  // An empty run directory used to reach the filesystem and fail there with a raw error.
+  const Result no_dir = run("train " + cfg() + " --set train.out_dir=");
+  EXPECT_EQ(no_dir.status, 1);
+  EXPECT_THAT(no_dir.output, HasSubstr("train.out_dir"));
+  EXPECT_THAT(no_dir.output, HasSubstr("must not be empty"));
+  EXPECT_THAT(no_dir.output, Not(HasSubstr("filesystem error")));
+}
+
+// A huge model or batch used to end in a bare std::bad_alloc after the run directory existed.
+TEST_F(Cli, ARunThatCannotFitInMemoryIsRefusedBeforeAnythingIsCreated) {
+  const fs::path run_dir = dir_ / "too_big";
+  const Result wide = run("train " + cfg() + " --set model.d_model=131072 --set model.n_heads=2 --set model.n_kv_heads=1" +
+                          " --set train.out_dir=" + run_dir.string());
+  EXPECT_EQ(wide.status, 1) << wide.output;
+  EXPECT_THAT(wide.output, HasSubstr("training this model ("));
+  EXPECT_THAT(wide.output, HasSubstr("of memory (estimated before allocating anything), but this machine has"));
+  EXPECT_THAT(wide.output, HasSubstr("lower model.d_model, model.n_layers, model.d_ff or model.vocab_size"));
+  EXPECT_THAT(wide.output, Not(HasSubstr("bad_alloc")));
+  const Result batch = run("train " + cfg() + " --set train.batch_size=100000000 --set train.out_dir=" + run_dir.string());
+  EXPECT_EQ(batch.status, 1) << batch.output;
+  EXPECT_THAT(batch.output, HasSubstr("train.batch_size 100000000 x train.seq_len 32"));
+  EXPECT_THAT(batch.output, HasSubstr("lower train.batch_size or train.seq_len"));
+  EXPECT_FALSE(fs::exists(run_dir));
 }
 
 TEST_F(Cli, BadDataAndCheckpointsAreRefused) {

@@ -57,6 +57,7 @@ train:
   log_interval: 5
   eval_interval: 250
   eval_batches: 16
+  eval_strategies: [full, cla:4]
   out_dir: runs/exp 1
   on_nonfinite: skip
   recompute: layer
@@ -65,6 +66,7 @@ train:
   zero: 1
   overlap_allreduce: false
   allreduce_bucket_mb: 0.5
+  collective_timeout_s: 42
   checkpoint:
     interval: 500
     keep_last: 7
@@ -217,6 +219,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(t.log_interval, 5);
   EXPECT_EQ(t.eval_interval, 250);
   EXPECT_EQ(t.eval_batches, 16);
+  EXPECT_EQ(t.eval_strategies, "full,cla:4");
   EXPECT_EQ(t.out_dir, "runs/exp 1");
   EXPECT_EQ(t.on_nonfinite, "skip");
   EXPECT_EQ(t.recompute, "layer");
@@ -224,6 +227,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_FALSE(t.deterministic);
   EXPECT_FALSE(t.overlap_allreduce);
   EXPECT_EQ(t.allreduce_bucket_mb, 0.5);
+  EXPECT_EQ(t.collective_timeout_s, 42);
   EXPECT_EQ(t.zero, 1);
   EXPECT_EQ(t.checkpoint.interval, 500);
   EXPECT_EQ(t.checkpoint.keep_last, 7);
@@ -515,18 +519,18 @@ TEST_F(ConfigTest, RoundTripKeepsAwkwardStrings) {
                         "&amp", "!tag", "%pct", "@at", "`tick`", "|pipe", ">gt", "tab\there"}) {
     SCOPED_TRACE("string: '" + s + "'");
     Config c;
-    c.model.init_from = c.routing.strategy = c.train.out_dir = c.data.train_path = c.data.val_path = s;
-    if (!s.empty()) c.data.tokenizer = s;
+    c.model.init_from = c.routing.strategy = c.data.train_path = c.data.val_path = s;
+    if (!s.empty()) c.data.tokenizer = c.train.out_dir = s;  // non-empty keys
     Config back;
     apply_config_yaml(back, to_yaml(c), "dump");
     EXPECT_EQ(back.model.init_from, s);
     EXPECT_EQ(back.routing.strategy, s);
-    EXPECT_EQ(back.train.out_dir, s);
+    EXPECT_EQ(back.train.out_dir, c.train.out_dir);
     EXPECT_EQ(back.data.train_path, s);
     EXPECT_EQ(back.data.val_path, s);
     EXPECT_EQ(back.data.tokenizer, c.data.tokenizer);
     // Plain YAML readers see a string too (nulls and bools are quoted).
-    EXPECT_EQ(YAML::Load(to_yaml(c))["train"]["out_dir"].as<std::string>(), s);
+    EXPECT_EQ(YAML::Load(to_yaml(c))["data"]["train_path"].as<std::string>(), s);
   }
 }
 

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -330,6 +331,41 @@ TEST(Distributed, KillingOneRankEndsTheJobNonZeroAndKeepsTheLastCheckpoint) {
   auto be = make_backend("cpu");
   Model model(read_checkpoint_info(latest).config.model, be.get());
   EXPECT_EQ(read_checkpoint(latest, model, true).state.adam_m.size(), model.num_params());
+}
+
+// kill -STOP on one rank used to leave the other spinning in the all-reduce forever: the
+// collective watchdog (train.collective_timeout_s) ends the job, naming the step and the
+// last checkpoint.
+TEST(Distributed, AFrozenRankEndsTheJobAfterTheCollectiveTimeoutNamingTheLastCheckpoint) {
+  const RunSetup s = make_setup("frozen");
+  const fs::path run_dir = s.dir / "run", log = s.dir / "frozen.log";
+  const pid_t mpirun = spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.checkpoint.interval=2",
+                                                                    "train.collective_timeout_s=3"})),
+                             log, kJob);
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  pid_t victim = -1;
+  while (victim < 0 && std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(run_dir / "checkpoints" / "latest")) continue;
+    const std::vector<pid_t> ranks = ranks_of(mpirun);
+    if (ranks.size() == 2) victim = ranks.back();
+  }
+  ASSERT_GT(victim, 0) << "no rank found\n" << testing_data::read_file_bytes(log);
+  ASSERT_EQ(::kill(victim, SIGSTOP), 0);
+  const auto stopped_at = clock::now();
+  const Result r = wait_and_read(mpirun, log, 60);
+  const double took = std::chrono::duration<double>(clock::now() - stopped_at).count();
+  ::kill(victim, SIGKILL);  // should mpirun have left it behind, stopped
+  ASSERT_NE(r.status, kTimedOut) << "the job still ran 60 s after a rank was frozen\n" << r.output;
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("did not complete within 3 s (train.collective_timeout_s) at step "));
+  EXPECT_THAT(r.output, HasSubstr("resume: kvroute train --resume " + run_dir.string()));
+  EXPECT_LT(took, 30) << r.output;
+  std::cout << "the job ended " << took << " s after one rank was frozen (timeout 3 s)\n";
+  // The newest checkpoint loads.
+  const std::string latest = find_latest_checkpoint(run_dir.string());
+  EXPECT_GE(read_checkpoint_info(latest).step, 2);
 }
 
 TEST(Distributed, ARankThatFailsEndsTheWholeJobWithItsMessage) {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <string>
 
+#include <hdf5.h>
 #include <unistd.h>
 
 #include "run_kvroute.h"
@@ -141,7 +142,7 @@ TEST_F(InferenceCli, EvalWritesTableCsvJsonAndPlotForSeveralCheckpoints) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("| cla:2 | 0,0,2,2 | 2/4 | 50.0% | 256 |"));
   EXPECT_THAT(r.output, HasSubstr("| full | 0,1,2,3 | 4/4 | 100.0% | 512 |"));
-  EXPECT_THAT(r.output, HasSubstr("greedy:2 path: full ("));
+  EXPECT_THAT(r.output, HasSubstr("greedy:2 path: chosen on the training split: full ("));
   EXPECT_THAT(r.output, HasSubstr("2 x 4 x 32 validation tokens"));  // 200 tokens -> 2 batches of 4 x 32
   for (const char* f : {"results.md", "results.csv", "results.json"}) EXPECT_TRUE(fs::exists(out / f)) << f;
   EXPECT_TRUE(fs::exists(out / "loss_vs_kv.png") || fs::exists(out / "loss_vs_kv.svg"));
@@ -163,6 +164,81 @@ TEST_F(InferenceCli, EvalRefusesStrategiesThatDoNotFitTheCheckpoint) {
   const Result plot = run("eval " + model() + " --no-speed --plot-format gif");
   EXPECT_EQ(plot.status, 1);
   EXPECT_THAT(plot.output, HasSubstr("--plot-format must be png or svg"));
+}
+
+// A copy of model.h5 that says it was trained with another tokenizer of the same size (as
+// if data.tokenizer had since been re-made): eval and generate used to go on silently.
+TEST_F(InferenceCli, EvalAndGenerateRefuseAnotherTokenizerUnlessAllowedLoudly) {
+  const fs::path other = dir_ / "other_tokenizer.h5";
+  fs::copy_file(model(), other, fs::copy_options::overwrite_existing);
+  {
+    const hid_t file = H5Fopen(other.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    const hid_t group = H5Gopen2(file, "/tokenizer", H5P_DEFAULT);
+    ASSERT_GE(group, 0);
+    ASSERT_GE(H5Adelete(group, "fingerprint"), 0);
+    const std::string value = "0123456789abcdef";
+    const hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, value.size());
+    const hid_t space = H5Screate(H5S_SCALAR);
+    const hid_t attr = H5Acreate2(group, "fingerprint", type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(H5Awrite(attr, type, value.data()), 0);
+    H5Aclose(attr), H5Sclose(space), H5Tclose(type), H5Gclose(group), H5Fclose(file);
+  }
+  const std::string tail = " --no-speed --val-tokens 200 --out " + (dir_ / "eval_other").string();
+  for (const std::string& cmd : {"eval " + other.string() + tail, "generate " + other.string() + " --prompt x"}) {
+    const Result refused = run(cmd);
+    EXPECT_EQ(refused.status, 1) << cmd << "\n" << refused.output;
+    EXPECT_THAT(refused.output, HasSubstr("was trained with tokenizer 'byte' (256 tokens, fingerprint 0123456789abcdef)"));
+    EXPECT_THAT(refused.output, HasSubstr("token ids would change meaning"));
+    EXPECT_THAT(refused.output, HasSubstr("--allow-tokenizer-mismatch"));
+    const Result allowed = run(cmd + " --allow-tokenizer-mismatch");
+    EXPECT_EQ(allowed.status, 0) << cmd << "\n" << allowed.output;
+    EXPECT_THAT(allowed.output, HasSubstr("WARNING: checkpoint '" + other.string() + "' was trained with tokenizer"));
+  }
+  // The checkpoint's own tokenizer: no warning.
+  const Result same = run("generate " + model() + " --prompt x");
+  EXPECT_EQ(same.status, 0) << same.output;
+  EXPECT_THAT(same.output, Not(HasSubstr("WARNING")));
+}
+
+// An explicit 0 used to mean "the default"; a stop token outside the vocabulary was accepted;
+// more batches than the validation split holds repeated windows silently.
+TEST_F(InferenceCli, EvalAndGenerateRefuseZeroSizesAndForeignStopTokens) {
+  const std::string base = "eval " + model() + " --no-speed --out " + (dir_ / "eval_sizes").string();
+  for (const char* option : {"--val-tokens", "--batches", "--batch-size", "--seq-len"}) {
+    const Result r = run(base + " " + option + " 0");
+    EXPECT_EQ(r.status, 1) << option << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr(std::string(option) + " must be >= 1 (got 0)"));
+  }
+  const Result many = run(base + " --strategies full --batches 64");
+  ASSERT_EQ(many.status, 0) << many.output;
+  EXPECT_THAT(many.output, HasSubstr("note: 64 x 4 x 32 = 8192 validation tokens requested, but the validation split"));
+  EXPECT_THAT(many.output, HasSubstr("windows overlap"));
+  const Result few = run(base + " --strategies full --batches 1");
+  ASSERT_EQ(few.status, 0) << few.output;
+  EXPECT_THAT(few.output, Not(HasSubstr("windows overlap")));
+
+  for (const char* id : {"256", "99999", "-2"}) {
+    const Result r = run("generate " + model() + " --prompt x --stop-token " + id);
+    EXPECT_EQ(r.status, 1) << id << "\n" << r.output;
+    EXPECT_THAT(r.output, HasSubstr("--stop-token " + std::string(id) + " is not a token id"));
+    EXPECT_THAT(r.output, HasSubstr("vocabulary 0..255"));
+  }
+  const Result ok = run("generate " + model() + " --prompt x --stop-token 255 --max-new-tokens 2");
+  EXPECT_EQ(ok.status, 0) << ok.output;
+}
+
+// --decode-batch 100000 used to grow until the kernel killed the process.
+TEST_F(InferenceCli, EvalRefusesADecodeBatchThatCannotFitBeforeLoadingAnything) {
+  const fs::path out = dir_ / "eval_huge";
+  const Result r = run("eval " + model() + " --strategies full,cla:2 --decode-batch 2000000000 --out " + out.string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("eval of " + model() + " (weights"));
+  EXPECT_THAT(r.output, HasSubstr("with --decode-batch 2000000000"));
+  EXPECT_THAT(r.output, HasSubstr("lower --decode-batch"));
+  EXPECT_THAT(r.output, Not(HasSubstr("| strategy |")));  // nothing measured
+  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST_F(InferenceCli, BenchGenerateFromConfigOrCheckpoint) {

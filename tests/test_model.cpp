@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "kvroute/memory_estimate.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
 #include "kvroute/routing.h"
@@ -373,4 +374,24 @@ TEST(ModelRecompute, RejectsUnknownMode) {
     EXPECT_NE(std::string(e.what()).find("everything"), std::string::npos) << e.what();
   }
   EXPECT_EQ(model.recompute(), "none");
+}
+
+// The memory check before training (memory_estimate.h) computes parameters and activation
+// buffers from the config alone: it must agree with what Model allocates.
+TEST(MemoryEstimate, ParamsAndActivationsMatchWhatTheModelAllocates) {
+  auto be = make_backend("cpu");
+  for (const bool tied : {true, false}) {
+    for (const char* recompute : {"none", "attention", "layer"}) {
+      const ModelConfig mc = tiny_model(/*n_kv_heads=*/1, tied);
+      Model model(mc, be.get());
+      model.init_weights(3);
+      model.set_recompute(recompute);
+      EXPECT_EQ(param_count(mc), model.num_params()) << "tied " << tied;
+      const Data d = make_batch(mc.vocab_size, 5);
+      model.zero_grads();
+      model.forward_backward(d.tokens.data(), d.targets.data(), d.B, d.T, identity_routes(d.B, mc.n_layers), 1.f);
+      EXPECT_EQ(training_activation_bytes(mc, d.B, d.T, recompute), double(model.activation_bytes()))
+          << "recompute " << recompute;
+    }
+  }
 }

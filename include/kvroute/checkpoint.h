@@ -104,6 +104,11 @@ void save_checkpoint(const std::string& path, const Model& model, const Config& 
 // The header, training-state attributes and tensor shapes, without reading tensor data.
 CheckpointInfo read_checkpoint_info(const std::string& path);
 
+// "" when `tokenizer` is the one the checkpoint was trained with (same vocabulary size and,
+// where both record one, the same fingerprint) or the checkpoint records none; else a
+// sentence naming both: token ids would change meaning.
+std::string tokenizer_mismatch(const CheckpointInfo& info, const TokenizerIdentity& tokenizer);
+
 // Reads the weights for `model`'s layout (and, with_optimizer, the AdamW moments,
 // which must then be present), checking names, shapes and CRCs. The model is not
 // modified. A checkpoint whose model config does not fit throws naming the keys.

@@ -77,3 +77,22 @@ void finalize_communication();
 void abort_job_if_distributed(int code);
 
 }  // namespace kvroute
+
+namespace kvroute {
+
+// A watchdog around every collective of `inner` (blocking calls, and the wait of a started
+// all-reduce): one that has not completed after timeout_s seconds means another rank is
+// frozen (SIGSTOP, a hung device) or lost without the launcher noticing. The watchdog thread
+// then prints "rank R: error: <collective> did not complete within T s
+// (train.collective_timeout_s) <context>" and ends the job (abort_job_if_distributed), so a
+// scheduler can restart it. `context` is set by the caller as it goes (the step, the last
+// checkpoint). Returns inner unchanged when timeout_s <= 0.
+class WatchdogContext {
+ public:
+  virtual ~WatchdogContext() = default;
+  virtual void set(const std::string& context) = 0;
+};
+std::unique_ptr<Communicator> with_collective_watchdog(std::unique_ptr<Communicator> inner, double timeout_s,
+                                                       WatchdogContext** context);
+
+}  // namespace kvroute

@@ -66,6 +66,7 @@ struct TrainConfig {
   int zero = 0;                      // ZeRO stage: 0 = every rank holds all AdamW state; 1 = sharded over ranks
   bool overlap_allreduce = true;     // under mpirun: start each gradient bucket's sum during backward
   double allreduce_bucket_mb = 25;   // gradient all-reduce bucket size in MiB (as PyTorch DDP's bucket_cap_mb)
+  double collective_timeout_s = 300; // under mpirun: a collective not done in this time ends the job; 0 = never
   CheckpointConfig checkpoint;
 };
 

@@ -1,5 +1,6 @@
 // Run-directory logging: each line goes to stdout and <run_dir>/train.log;
-// metrics go to <run_dir>/metrics.jsonl, one JSON object per line.
+// metrics go to <run_dir>/metrics.jsonl, one JSON object per line. A failed write to
+// either file (a full disk) throws std::runtime_error naming the file and the reason.
 #pragma once
 
 #include <cstdio>
@@ -20,6 +21,8 @@ class RunLog {
   bool is_terminal() const { return tty_; }
 
  private:
+  static void check(const std::ofstream& out, const std::string& path, int err);
+  std::string log_path_, jsonl_path_;
   std::ofstream log_, jsonl_;
   bool tty_ = false;
   bool bar_shown_ = false;

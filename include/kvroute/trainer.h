@@ -6,7 +6,10 @@
 // training state, so `train --resume RUN_DIR` continues to the same per-step losses,
 // bit for bit, as a run that never stopped (same backend and thread count). SIGINT
 // or SIGTERM finishes the current step, writes a checkpoint and returns normally
-// (TrainResult::interrupted). A non-finite loss or gradient norm stops the run with
+// (TrainResult::interrupted); they are received by one thread (stop_signals.h), never
+// by a handler on a compute thread. A new run refuses an out_dir that holds a run unless
+// TrainOptions::force; under mpirun a hung collective ends the job after
+// train.collective_timeout_s. A non-finite loss or gradient norm stops the run with
 // an error naming the step and the last good checkpoint, or, with
 // train.on_nonfinite: skip, leaves the weights and AdamW state untouched for that step.
 //
@@ -53,6 +56,10 @@ struct TrainResult {
 struct TrainOptions {
   std::string resume_from;         // checkpoint file to continue from; empty = a new run
   std::vector<std::string> notes;  // lines for the run log (e.g. plan_resume's)
+  // A new run (no resume_from) refuses a train.out_dir that already holds a run (config.yaml,
+  // train.log, metrics.jsonl, checkpoints/, model.h5); with force those files of the old
+  // run are removed first, so the two runs never mix.
+  bool force = false;
 };
 
 TrainResult train(const Config& cfg, const TrainOptions& options = {});

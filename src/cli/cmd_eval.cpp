@@ -10,11 +10,50 @@
 #include "kvroute/cpu_threads.h"
 #include "kvroute/data.h"
 #include "kvroute/evaluate.h"
+#include "kvroute/inference.h"
+#include "kvroute/memory_estimate.h"
+#include "kvroute/run_log.h"
+#include "kvroute/strategy.h"
 #include "kvroute/model.h"
 #include "kvroute/probe.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
+
+namespace {
+
+// Before loading anything: the weights (and their host copy), and the larger of validation
+// (one batch through a cache) and the speed benchmark (one KV cache per strategy for
+// --decode-batch sequences, all allocated together, and the prefill of all of them at once).
+void check_eval_memory(const Config& cfg, const std::string& ckpt, const std::vector<std::string>& specs,
+                       int batch_size, int seq_len, const GenerationBenchSpec& bench, bool speed) {
+  const ModelConfig& mc = cfg.model;
+  const double weights = 2.0 * 4 * double(param_count(mc));
+  const double B = batch_size > 0 ? batch_size : cfg.train.batch_size, T = seq_len > 0 ? seq_len : cfg.train.seq_len;
+  const double full_per_token = double(kv_bytes_per_token(mc, parse_strategy("full", mc.n_layers)));
+  const double validation = B * T * full_per_token + inference_scratch_bytes(mc, B * T);
+  double benchmark = 0, caches = 0;
+  if (speed) {
+    const int prompt_len = bench.prompt_len > 0 ? bench.prompt_len : std::min(128, mc.context);
+    const int decode_len = bench.decode_len > 0 ? bench.decode_len : std::min(32, mc.context - 1);
+    const double decode_prompt = std::max(1, std::min(prompt_len, mc.context - decode_len));
+    const double max_len = std::max<double>(prompt_len, decode_prompt + decode_len);
+    for (const std::string& sp : specs) {
+      const double per_token = is_greedy_strategy(sp) ? full_per_token
+                                                      : double(kv_bytes_per_token(mc, parse_strategy(sp, mc.n_layers)));
+      caches += double(bench.decode_batch) * max_len * per_token;
+    }
+    benchmark = caches + inference_scratch_bytes(mc, double(bench.decode_batch) * decode_prompt);
+  }
+  check_fits_in_memory(weights + std::max(validation, benchmark),
+                       "eval of " + ckpt + " (weights " + human_bytes(weights) + ", validation " +
+                           human_bytes(validation) + ", speed benchmark " + human_bytes(benchmark) + " with --decode-batch " +
+                           std::to_string(bench.decode_batch) + ": " + human_bytes(caches) + " of KV caches)",
+                       benchmark > validation ? "lower --decode-batch (or --prompt-len / --decode-len, or pass --no-speed)"
+                                              : "lower --batch-size or --seq-len");
+}
+
+}  // namespace
 
 void add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand(
@@ -25,7 +64,7 @@ void add_eval_command(CLI::App& app) {
   static int batches = 0, batch_size = 0, seq_len = 0, threads = 0;
   static long val_tokens = 0;
   static GenerationBenchSpec bench{0, 1, 0, 3, 1};
-  static bool no_speed = false;
+  static bool no_speed = false, allow_tokenizer_mismatch = false;
   cmd->add_option("checkpoints", ckpts, "Checkpoint files (HDF5); one line per checkpoint in the plot")->required();
   cmd->add_option("--strategies", strategies,
                   "Strategies: full, cla:K, first, half, keep:N, list:a,b,..., greedy:N (comma- or ;-separated)")
@@ -46,7 +85,21 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--probe", probe_path,
                   "Retrieval probe file (kvroute data probe): adds greedy exact match per strategy, through its cache");
   cmd->add_option("--set", overrides, "Override a key of each checkpoint's config, e.g. --set data.val_path=x.txt");
-  cmd->callback([] {
+  cmd->add_flag("--allow-tokenizer-mismatch", allow_tokenizer_mismatch,
+                "Evaluate even if the tokenizer is not the one the checkpoint was trained with (results are then "
+                "not those of the model as trained)");
+  cmd->callback([cmd] {
+    // 0 (and below) is not a size: an explicit one is refused rather than read as "the default".
+    for (const char* name : {"--val-tokens", "--batches", "--batch-size", "--seq-len"}) {
+      if (cmd->count(name) == 0) continue;
+      const long value = std::string(name) == "--val-tokens" ? val_tokens
+                         : std::string(name) == "--batches"  ? batches
+                         : std::string(name) == "--batch-size" ? batch_size
+                                                             : seq_len;
+      if (value < 1)
+        throw std::invalid_argument(std::string(name) + " must be >= 1 (got " + std::to_string(value) +
+                                    "); leave it out for the checkpoint's default");
+    }
     if (plot_format != "png" && plot_format != "svg")
       throw std::invalid_argument("--plot-format must be png or svg (got '" + plot_format + "')");
     const std::vector<std::string> specs = split_strategy_list(strategies);
@@ -67,6 +120,7 @@ void add_eval_command(CLI::App& app) {
                                       std::to_string(info.config.model.n_layers) + " layers]");
         }
       }
+      check_eval_memory(info.config, path, specs, batch_size, seq_len, bench, !no_speed);
       infos.push_back(std::move(info));
     }
     std::vector<ProbeItem> probe;
@@ -99,6 +153,8 @@ void add_eval_command(CLI::App& app) {
       if (corpus.vocab_size != cfg.model.vocab_size)
         throw std::runtime_error("checkpoint " + ckpt + ": model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
                                  " but the validation data's tokenizer has " + std::to_string(corpus.vocab_size) + " tokens");
+      check_tokenizer_or_warn(infos[i], {corpus.tokenizer, corpus.vocab_size, corpus.tokenizer_fingerprint},
+                              allow_tokenizer_mismatch);
       EvalSpec spec;
       spec.batch_size = batch_size > 0 ? batch_size : cfg.train.batch_size;
       spec.seq_len = seq_len > 0 ? seq_len : cfg.train.seq_len;
@@ -108,6 +164,14 @@ void add_eval_command(CLI::App& app) {
       spec.n_batches = batches > 0        ? batches
                        : val_tokens > 0   ? batches_for_budget(val_tokens, spec.batch_size, spec.seq_len)
                                           : cfg.train.eval_batches;
+      // Windows are spread evenly over the split: asking for more tokens than it holds makes them overlap.
+      const double wanted = double(spec.n_batches) * spec.batch_size * spec.seq_len;
+      if (wanted > double(corpus.val.size()))
+        std::cout << "note: " << spec.n_batches << " x " << spec.batch_size << " x " << spec.seq_len << " = "
+                  << static_cast<long long>(wanted) << " validation tokens requested, but the validation split of "
+                  << ckpt << " has " << corpus.val.size() << ": windows overlap, each token is counted about "
+                  << std::to_string(wanted / double(corpus.val.size())).substr(0, 4)
+                  << " times (fewer --batches or --val-tokens give distinct windows)\n";
       spec.measure_speed = !no_speed;
       // greedy:N chooses on the first tokens of the training split, as many as the validation
       // windows span (at least one window per validation window).

@@ -19,6 +19,7 @@ void add_generate_command(CLI::App& app) {
   static std::vector<std::string> prompts, overrides;
   static GenerateOptions opt;
   static int threads = 0;
+  static bool allow_tokenizer_mismatch = false;
   cmd->add_option("checkpoint", ckpt, "Checkpoint file (HDF5)")->required();
   cmd->add_option("--strategy", strategy, "Sharing strategy: full, cla:K, first, half, keep:N, list:a,b,...")
       ->capture_default_str();
@@ -33,6 +34,9 @@ void add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", threads, "CPU threads (default: the checkpoint's train.threads, else all cores)");
   cmd->add_option("--set", overrides, "Override a key of the checkpoint's config");
+  cmd->add_flag("--allow-tokenizer-mismatch", allow_tokenizer_mismatch,
+                "Generate even if the tokenizer is not the one the checkpoint was trained with (the text is then "
+                "not the model's)");
   cmd->callback([] {
     validate_sampling(opt.sampling);
     if (opt.max_new_tokens < 1)
@@ -42,6 +46,9 @@ void add_generate_command(CLI::App& app) {
     for (const auto& o : overrides) apply_override(cfg, o);
     validate(cfg);
     const ModelConfig& mc = cfg.model;
+    if (opt.stop_token < -1 || opt.stop_token >= mc.vocab_size)
+      throw std::invalid_argument("--stop-token " + std::to_string(opt.stop_token) + " is not a token id of " + ckpt +
+                                  " (vocabulary 0.." + std::to_string(mc.vocab_size - 1) + "; -1 = none)");
     SharingStrategy s;
     try {
       s = parse_strategy(strategy, mc.n_layers);
@@ -53,6 +60,8 @@ void add_generate_command(CLI::App& app) {
     if (tok->vocab_size() != mc.vocab_size)
       throw std::invalid_argument("model.vocab_size is " + std::to_string(mc.vocab_size) + " but data.tokenizer '" +
                                   cfg.data.tokenizer + "' has " + std::to_string(tok->vocab_size()) + " tokens");
+    check_tokenizer_or_warn(info, {tok->identity(), tok->vocab_size(), fingerprint_hex(tok->fingerprint())},
+                            allow_tokenizer_mismatch);
     std::vector<std::vector<int32_t>> ids;
     int longest = 0;
     for (std::size_t i = 0; i < prompts.size(); ++i) {

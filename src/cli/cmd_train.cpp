@@ -11,7 +11,7 @@ namespace kvroute::cli {
 void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train a model (configs layer left to right, then --set overrides)");
   static std::vector<std::string> files, overrides;
-  static bool dump = false;
+  static bool dump = false, force = false;
   static std::string resume;
   cmd->add_option("config", files, "YAML config files; later files override earlier ones")->check(CLI::ExistingFile);
   cmd->add_option("--set", overrides, "Override one key, e.g. --set train.lr=1e-3 (repeatable)");
@@ -19,11 +19,15 @@ void add_train_command(CLI::App& app) {
   cmd->add_option("--resume", resume,
                   "Continue a run from its latest checkpoint (a run directory, or one checkpoint file); "
                   "the config comes from the checkpoint, --set may change e.g. train.steps");
+  cmd->add_flag("--force", force,
+                "Start a new run even if train.out_dir holds one: that run's config, logs, checkpoints and "
+                "model.h5 are deleted first");
   cmd->callback([] {
     if (!resume.empty()) {
       if (!files.empty())
         throw ConfigError("--resume takes the config from the checkpoint; drop the config files (" + files[0] +
                           (files.size() > 1 ? ", ..." : "") + ") and change keys with --set");
+      if (force) throw ConfigError("--force starts a new run; --resume continues one: pass only one of them");
       const ResumePlan plan = plan_resume(resume, overrides);
       if (dump) {
         std::cout << to_yaml(plan.config);
@@ -37,7 +41,9 @@ void add_train_command(CLI::App& app) {
       std::cout << to_yaml(cfg);
       return;
     }
-    train(cfg);
+    TrainOptions options;
+    options.force = force;
+    train(cfg, options);
   });
 }
 

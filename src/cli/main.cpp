@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "kvroute/comm.h"
+#include "kvroute/stop_signals.h"
 
 namespace {
 // "rank 1: " under an MPI launcher (whose ranks share one terminal), else "".
@@ -17,7 +18,22 @@ std::string rank_prefix() {
 }
 }  // namespace
 
+namespace kvroute::cli {
+void check_tokenizer_or_warn(const CheckpointInfo& info, const TokenizerIdentity& tokenizer, bool allow) {
+  const std::string why = tokenizer_mismatch(info, tokenizer);
+  if (why.empty()) return;
+  if (!allow)
+    throw CheckpointError(why + ". Use the checkpoint's tokenizer (--set data.tokenizer=...), or pass "
+                          "--allow-tokenizer-mismatch to go on anyway");
+  std::cerr << "WARNING: " << why << ". Going on because of --allow-tokenizer-mismatch: the results are not those "
+            << "of the model as trained.\n";
+}
+}  // namespace kvroute::cli
+
 int main(int argc, char** argv) {
+  // Before any other thread exists (OpenMP, oneDNN, MPI): stop signals are received by one
+  // thread, never by a handler on a compute thread (stop_signals.h).
+  kvroute::start_signal_thread();
   CLI::App app{"kvroute: pretrain transformers with stochastic KV routing, and serve them with a depth-wise shared KV cache"};
   app.require_subcommand(1);
   kvroute::cli::add_train_command(app);
