@@ -96,6 +96,20 @@ std::vector<pid_t> ranks_of(pid_t mpirun) {
   return out;
 }
 
+// Once the job has written its first checkpoint and `ranks` ranks run: the last of them
+// (waits up to kTimeoutS; -1 if that never happens).
+pid_t rank_after_first_checkpoint(pid_t mpirun, const fs::path& run_dir, std::size_t ranks) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  while (std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(run_dir / "checkpoints" / "latest")) continue;
+    const std::vector<pid_t> found = ranks_of(mpirun);
+    if (found.size() >= ranks) return found.back();
+  }
+  return -1;
+}
+
 // A small corpus and a tiny model: a few seconds per run.
 struct RunSetup {
   fs::path dir, config;
@@ -311,15 +325,7 @@ TEST(Distributed, KillingOneRankEndsTheJobNonZeroAndKeepsTheLastCheckpoint) {
   const pid_t mpirun =
       spawn(kvroute_on(2, train_args(s, run_dir, {"train.steps=100000", "train.checkpoint.interval=2"})), log, kJob);
   // Wait for a checkpoint, then SIGKILL one rank (a child of mpirun running kvroute).
-  using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  pid_t victim = -1;
-  while (victim < 0 && std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!fs::exists(run_dir / "checkpoints" / "latest")) continue;
-    const std::vector<pid_t> ranks = ranks_of(mpirun);
-    if (!ranks.empty()) victim = ranks.back();
-  }
+  const pid_t victim = rank_after_first_checkpoint(mpirun, run_dir, 1);
   ASSERT_GT(victim, 0) << "no rank found\n" << testing_data::read_file_bytes(log);
   ASSERT_EQ(::kill(victim, SIGKILL), 0);
   const Result r = wait_and_read(mpirun, log, 60);
@@ -343,14 +349,7 @@ TEST(Distributed, AFrozenRankEndsTheJobAfterTheCollectiveTimeoutNamingTheLastChe
                                                                     "train.collective_timeout_s=3"})),
                              log, kJob);
   using clock = std::chrono::steady_clock;
-  const auto t0 = clock::now();
-  pid_t victim = -1;
-  while (victim < 0 && std::chrono::duration<double>(clock::now() - t0).count() < kTimeoutS) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!fs::exists(run_dir / "checkpoints" / "latest")) continue;
-    const std::vector<pid_t> ranks = ranks_of(mpirun);
-    if (ranks.size() == 2) victim = ranks.back();
-  }
+  const pid_t victim = rank_after_first_checkpoint(mpirun, run_dir, 2);
   ASSERT_GT(victim, 0) << "no rank found\n" << testing_data::read_file_bytes(log);
   ASSERT_EQ(::kill(victim, SIGSTOP), 0);
   const auto stopped_at = clock::now();
