@@ -73,6 +73,8 @@ void AdamW::allgather_params() {
   float* params = model_.params();
   if (!staging_.get()) {  // P is a multiple of N: the shards tile the parameter buffer exactly
     comm_->allgather_inplace(params, shard_);
+    // The communicator wrote the weights, not a backend op: a bf16 backend must re-round them.
+    be->register_weights(params, model_.num_params());
     return;
   }
   be->copy(staging_.get() + comm_->rank() * shard_, params + begin_, (end_ - begin_) * sizeof(float));

@@ -262,6 +262,13 @@ TEST(Distributed, ZeroOneMatchesZeroZeroBitForBitEvenWithPaddedShards) {
     EXPECT_EQ(a.state.adam_v, b.state.adam_v);
     EXPECT_EQ(b.state.adam_m.size(), model.num_params());
   }
+  // In bf16 too: the all-gathered weights are the ones the next matmuls round (backend.h, register_weights).
+  const Result b0 = run(2, train_args(s, s.dir / "bf16_z0", {"train.zero=0", "train.precision=bf16"}), s.dir / "b0.log");
+  ASSERT_EQ(b0.status, 0) << b0.output;
+  const Result b1 = run(2, train_args(s, s.dir / "bf16_z1", {"train.zero=1", "train.precision=bf16"}), s.dir / "b1.log");
+  ASSERT_EQ(b1.status, 0) << b1.output;
+  EXPECT_EQ(losses_by_step(s.dir / "bf16_z0"), losses_by_step(s.dir / "bf16_z1"));
+  EXPECT_NE(losses_by_step(s.dir / "bf16_z0"), losses_by_step(s.dir / "z0_2")) << "bf16 changed nothing";
 }
 
 // Summing each gradient bucket as soon as backward finishes it (the default) must train the same

@@ -68,7 +68,8 @@ class Backend {
   // The model's weights: one contiguous buffer, written only through the memory ops below
   // (copies, fill_zero, accumulate, add, scale) and adamw_step. A backend that multiplies in
   // bf16 may keep a rounded copy of it, refreshed after such a write, instead of rounding
-  // the weights on every matmul. A hint: ignoring it changes no result.
+  // the weights on every matmul. A hint: ignoring it changes no result. Whoever writes the
+  // buffer other than through those ops (a communicator's all-gather) registers it again.
   virtual void register_weights(const float* w, std::size_t n) { (void)w; (void)n; }
 
   // ---- dense algebra ----
