@@ -77,7 +77,7 @@ const std::vector<Field>& registry() {
        .range = interval(0, 1, "[]")},
       {FIELD(routing.scheme), .doc = "stochastic: which earlier layer a routed layer reads",
        .choices = {"previous", "chain", "any", "rdcla"}},
-      {FIELD(routing.granularity), .doc = "draw routes per sequence or once per batch",
+      {FIELD(routing.granularity), .doc = "draw routes once per batch (the paper's setting) or per sequence",
        .choices = {"sequence", "batch"}},
       {FIELD(routing.strategy), .doc = "fixed: the sharing strategy trained with, e.g. cla:2"},
       {FIELD(routing.group), .doc = "scheme rdcla: group size K; a routed layer reads its group's first layer (the CLA@K map)",

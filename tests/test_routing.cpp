@@ -235,6 +235,14 @@ TEST(Routing, SequenceGranularityRowsDiffer) {
   }
 }
 
+TEST(Routing, BatchGranularityIsTheDefault) {
+  RoutingConfig rc;
+  rc.mode = "stochastic";
+  EXPECT_EQ(rc.granularity, "batch");
+  RouteTable t = sample_routes(rc, 8, 12, kSeed, 5, 0);
+  for (int b = 1; b < 8; ++b) EXPECT_EQ(row(t, b), row(t, 0));
+}
+
 // ---- statistics ----
 
 TEST(Routing, RoutingFrequencyMatchesP) {
