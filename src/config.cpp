@@ -20,6 +20,7 @@
 #include <variant>
 
 #include "did_you_mean.h"
+#include "kvroute/routing.h"
 
 namespace kvroute {
 namespace {
@@ -78,7 +79,7 @@ const std::vector<Field>& registry() {
       {FIELD(routing.p), .doc = "stochastic: probability that a layer l>0 routes away",
        .range = interval(0, 1, "[]")},
       {FIELD(routing.scheme), .doc = "stochastic: which earlier layer a routed layer reads",
-       .choices = {"previous", "chain", "any", "rdcla"}},
+       .choices = routing_scheme_names()},
       {FIELD(routing.granularity), .doc = "draw routes once per batch (the paper's setting) or per sequence",
        .choices = {"sequence", "batch"}},
       {FIELD(routing.strategy), .doc = "fixed: the sharing strategy trained with, e.g. cla:2"},
