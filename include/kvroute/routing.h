@@ -33,7 +33,7 @@ struct RouteDraw {
   // Uniform in [0, n): this layer's own draw, deterministic as sample_routes is.
   int32_t uniform_below(int n) const;
 
-  uint64_t seed, step, micro, b;  // what uniform_below draws from
+  uint64_t seed, step, micro, b;  // what uniform_below draws from (b: 0 under batch granularity)
 };
 
 // One stochastic routing scheme. routing_schemes() is the one list of them: routing.scheme's
