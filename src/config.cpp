@@ -19,6 +19,8 @@
 #include <system_error>
 #include <variant>
 
+#include "did_you_mean.h"
+#include "kvroute/routing.h"
 #include "kvroute/strategy.h"
 
 namespace kvroute {
@@ -79,8 +81,8 @@ const std::vector<Field>& registry() {
       {FIELD(routing.p), .doc = "stochastic: probability that a layer l>0 routes away",
        .range = interval(0, 1, "[]")},
       {FIELD(routing.scheme), .doc = "stochastic: which earlier layer a routed layer reads",
-       .choices = {"previous", "chain", "any", "rdcla"}},
-      {FIELD(routing.granularity), .doc = "draw routes per sequence or once per batch",
+       .choices = routing_scheme_names()},
+      {FIELD(routing.granularity), .doc = "draw routes once per batch (the paper's setting) or per sequence",
        .choices = {"sequence", "batch"}},
       {FIELD(routing.strategy), .doc = "fixed: the sharing strategy trained with, e.g. cla:2"},
       {FIELD(routing.group), .doc = "scheme rdcla: group size K; a routed layer reads its group's first layer (the CLA@K map)",
@@ -161,32 +163,6 @@ bool is_section(std::string_view path) {
 
 // ---------------------------------------------------------------- messages
 
-std::size_t edit_distance(std::string_view a, std::string_view b) {
-  std::vector<std::size_t> row(b.size() + 1);
-  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    std::size_t diag = row[0];
-    row[0] = i;
-    for (std::size_t j = 1; j <= b.size(); ++j) {
-      std::size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] != b[j - 1] ? 1 : 0)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-// The closest candidate within max_dist, or "".
-std::string nearest(std::string_view word, const std::vector<std::string>& candidates, std::size_t max_dist) {
-  std::string best;
-  std::size_t best_dist = max_dist + 1;
-  for (const std::string& c : candidates) {
-    std::size_t d = edit_distance(word, c);
-    if (d < best_dist) best = c, best_dist = d;
-  }
-  return best;
-}
-
 std::string last_component(std::string_view path) {
   auto dot = path.rfind('.');
   return std::string(dot == std::string_view::npos ? path : path.substr(dot + 1));
@@ -207,9 +183,7 @@ std::string unknown_key_message(const std::string& path) {
     for (const Field& f : registry())
       if (last_component(f.path) == leaf) hint = f.path;
   }
-  std::string msg = "unknown key '" + path + "'";
-  if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
-  return msg;
+  return "unknown key '" + path + "'" + did_you_mean(hint);
 }
 
 std::string describe(const YAML::Node& node) {
@@ -253,10 +227,8 @@ std::optional<std::string> check_string(const Field& f, const std::string& v) {
   if (f.non_empty && v.empty()) return "must not be empty";
   if (f.choices.empty() || std::find(f.choices.begin(), f.choices.end(), v) != f.choices.end())
     return std::nullopt;
-  std::string msg = "expected one of " + join(f.choices, "|") + ", got '" + v + "'";
-  std::string hint = nearest(v, std::vector<std::string>(f.choices.begin(), f.choices.end()), 2);
-  if (!hint.empty()) msg += " (did you mean '" + hint + "'?)";
-  return msg;
+  return "expected one of " + join(f.choices, "|") + ", got '" + v + "'" +
+         did_you_mean(nearest(v, std::vector<std::string>(f.choices.begin(), f.choices.end()), 2));
 }
 
 std::optional<std::string> check_field(const Field& f, Config& cfg) {

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "did_you_mean.h"
 #include "kvroute/rng.h"
 #include "kvroute/strategy.h"
 
@@ -22,16 +23,6 @@ RouteTable empty_table(int B, int L) {
   return t;
 }
 
-enum class Scheme { Previous, Chain, Any, RdCla };
-
-Scheme parse_scheme(const std::string& s) {
-  if (s == "previous") return Scheme::Previous;
-  if (s == "chain") return Scheme::Chain;
-  if (s == "any") return Scheme::Any;
-  if (s == "rdcla") return Scheme::RdCla;
-  throw std::invalid_argument("unknown routing scheme '" + s + "' (expected previous, chain, any, rdcla)");
-}
-
 // Counter for one draw of (step, micro, b, l, draw). Folding each field through splitmix64
 // gives distinct tuples unrelated counters (sharing one needs a 64-bit hash collision) and,
 // unlike packing fields into bit ranges, has no field width that a long run could overflow.
@@ -43,7 +34,44 @@ uint64_t route_counter(uint64_t step, uint64_t micro, uint64_t b, uint64_t l, ui
   return splitmix64(h ^ draw);
 }
 
+const RoutingScheme& find_scheme(const std::string& name) {
+  std::vector<std::string> names;
+  for (const RoutingScheme& s : routing_schemes()) {
+    if (s.name == name) return s;
+    names.emplace_back(s.name);
+  }
+  std::string expected;
+  for (const std::string& n : names) expected += (expected.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown routing scheme '" + name + "' (expected " + expected + ")" +
+                              did_you_mean(nearest(name, names, 2)));
+}
+
 }  // namespace
+
+// Every scheme, in the order routing.scheme's choices and README list them.
+const std::vector<RoutingScheme>& routing_schemes() {
+  static const std::vector<RoutingScheme> schemes = {
+      {"previous", "layer l-1", [](const RouteDraw& d) { return static_cast<int32_t>(d.l - 1); }},
+      {"chain", "what layer l-1 reads (contiguous groups sharing their first cache)",
+       [](const RouteDraw& d) { return d.row[d.l - 1]; }},
+      {"any", "a layer drawn uniformly from 0..l-1", [](const RouteDraw& d) { return d.uniform_below(d.l); }},
+      {.name = "rdcla",
+       .doc = "the first layer of l's group of routing.group adjacent layers (RD-CLA: the CLA@K map)",
+       .source = [](const RouteDraw& d) { return static_cast<int32_t>(d.l / d.group * d.group); },
+       .uses_group = true},
+  };
+  return schemes;
+}
+
+std::vector<std::string_view> routing_scheme_names() {
+  std::vector<std::string_view> names;
+  for (const RoutingScheme& s : routing_schemes()) names.push_back(s.name);
+  return names;
+}
+
+int32_t RouteDraw::uniform_below(int n) const {
+  return static_cast<int32_t>(uniform_int(seed, kStreamRouting, route_counter(step, micro, b, l, 1), n));
+}
 
 std::vector<int32_t> RouteTable::layer(int l) const {
   if (l < 0 || l >= L)
@@ -86,7 +114,7 @@ RouteTable sample_routes(const RoutingConfig& rc, int B, int L, uint64_t seed, u
   if (rc.mode != "stochastic")
     throw std::invalid_argument("unknown routing mode '" + rc.mode + "' (expected none, stochastic, fixed)");
 
-  const Scheme scheme = parse_scheme(rc.scheme);
+  const RoutingScheme& scheme = find_scheme(rc.scheme);
   bool per_sequence;
   if (rc.granularity == "sequence") per_sequence = true;
   else if (rc.granularity == "batch") per_sequence = false;
@@ -94,8 +122,9 @@ RouteTable sample_routes(const RoutingConfig& rc, int B, int L, uint64_t seed, u
     throw std::invalid_argument("unknown routing granularity '" + rc.granularity + "' (expected sequence, batch)");
   if (!(rc.p >= 0.0 && rc.p <= 1.0))
     throw std::invalid_argument("routing p must be in [0, 1] (got " + std::to_string(rc.p) + ")");
-  if (scheme == Scheme::RdCla && rc.group < 1)
-    throw std::invalid_argument("routing group must be >= 1 for scheme rdcla (got " + std::to_string(rc.group) + ")");
+  if (scheme.uses_group && rc.group < 1)
+    throw std::invalid_argument("routing group must be >= 1 for scheme " + std::string(scheme.name) + " (got " +
+                                std::to_string(rc.group) + ")");
 
   RouteTable t = identity_routes(B, L);
   for (int b = 0; b < B; ++b) {
@@ -104,14 +133,7 @@ RouteTable sample_routes(const RoutingConfig& rc, int B, int L, uint64_t seed, u
     int32_t* row = &t.src[static_cast<std::size_t>(b) * L];
     for (int l = 1; l < L; ++l) {
       if (uniform01(seed, kStreamRouting, route_counter(step, micro, rb, l, 0)) >= rc.p) continue;
-      switch (scheme) {
-        case Scheme::Previous: row[l] = l - 1; break;
-        case Scheme::Chain: row[l] = row[l - 1]; break;
-        case Scheme::Any:
-          row[l] = static_cast<int32_t>(uniform_int(seed, kStreamRouting, route_counter(step, micro, rb, l, 1), l));
-          break;
-        case Scheme::RdCla: row[l] = (l / rc.group) * rc.group; break;
-      }
+      row[l] = scheme.source(RouteDraw{row, l, rc.group, seed, step, micro, rb});
     }
   }
   return t;

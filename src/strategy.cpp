@@ -6,11 +6,11 @@
 #include <limits>
 #include <stdexcept>
 
+#include "did_you_mean.h"
+
 namespace kvroute {
 
 namespace {
-
-const char* kExpected = "(expected full, cla:K, first, half, keep:N, list:...)";
 
 std::string trim(const std::string& s) {
   std::size_t b = s.find_first_not_of(" \t\r\n");
@@ -62,6 +62,102 @@ int parse_arg(const std::string& spec, const std::string& form, const std::strin
     fail(spec, form + " needs an integer " + range + " (got '" + trim(arg) + "')");
   }
   return v;
+}
+
+}  // namespace
+
+// Every strategy, in the order --help and README list them. A parser gets the text after ':'
+// (parse_strategy has already checked that there is one exactly when the form has one).
+const std::vector<StrategyKind>& strategy_kinds() {
+  using std::string;
+  static const std::vector<StrategyKind> kinds = {
+      {"full", "every layer keeps its cache",
+       [](const string&, const string&, int L) {
+         std::vector<int> src(L);
+         for (int l = 0; l < L; ++l) src[l] = l;
+         return src;
+       }},
+      {"cla:K", "groups of K adjacent layers share the group's first cache",
+       [](const string& spec, const string& arg, int L) {
+         // K >= L is allowed (one group, same as 'first') so a default like cla:2 works for L=1.
+         const int k = parse_arg(spec, "cla:K", "K", arg, 1, std::numeric_limits<int>::max());
+         std::vector<int> src(L);
+         for (int l = 0; l < L; ++l) src[l] = l / k * k;
+         return src;
+       }},
+      {"first", "every layer reads layer 0's cache",
+       [](const string&, const string&, int L) { return std::vector<int>(L, 0); }},
+      {"half", "the upper half reads the last cache layer of the lower half (YOCO-like)",
+       [](const string&, const string&, int L) {
+         // Lower half = layers 0..h-1 with h = max(1, floor(L/2)); they keep their caches and
+         // every upper layer reads layer h-1. For odd L the upper half is the larger one.
+         const int h = std::max(1, L / 2);
+         std::vector<int> src(L);
+         for (int l = 0; l < L; ++l) src[l] = std::min(l, h - 1);
+         return src;
+       }},
+      {"keep:N", "N evenly spaced cache layers (layer 0 included); others read the nearest one below",
+       [](const string& spec, const string& arg, int L) {
+         const int n = parse_arg(spec, "keep:N", "N", arg, 1, L);
+         std::vector<int> caches;
+         for (int i = 0; i < n; ++i) caches.push_back(static_cast<int>((2LL * i * L + n) / (2LL * n)));  // round(i*L/n)
+         return strategy_from_cache_layers(caches, L);
+       }},
+      {"list:a,b,...", "an explicit map; src[l] <= l and a source layer keeps its own cache",
+       [](const string& spec, const string& arg, int L) {
+         std::vector<int> src = parse_list(spec, arg, L);
+         try {
+           validate_strategy(src, L);
+         } catch (const std::invalid_argument& e) {
+           fail(spec, e.what());
+         }
+         return src;
+       }},
+      {"greedy:N",
+       "kvroute eval only: from full, repeatedly drop the cache layer whose removal raises the loss least, "
+       "until N remain, choosing on the first tokens of the training split; its val loss is measured on the "
+       "validation windows like every row's (no selection bias); prints the drops and the map as list:...",
+       nullptr},
+  };
+  return kinds;
+}
+
+std::string strategy_help(bool include_searches) {
+  std::size_t width = 0;
+  for (const StrategyKind& k : strategy_kinds()) width = std::max(width, k.form.size());
+  std::string out;
+  for (const StrategyKind& k : strategy_kinds()) {
+    if (!k.parse && !include_searches) continue;
+    if (!out.empty()) out += '\n';
+    out += std::string(k.form) + std::string(width + 2 - k.form.size(), ' ') + std::string(k.doc);
+  }
+  return out;
+}
+
+namespace {
+
+const StrategyKind* find_kind(const std::string& name) {
+  for (const StrategyKind& k : strategy_kinds())
+    if (k.name() == name) return &k;
+  return nullptr;
+}
+
+// "unknown strategy 'x' (expected full, cla:K, ...)" with the nearest name, keeping the argument:
+// "clx:2" -> did you mean 'cla:2'. Searches are left out of the list: parse_strategy refuses them.
+std::string unknown_strategy_message(const std::string& spec, const std::string& name, const std::string& arg,
+                                     bool has_arg) {
+  std::string expected;
+  std::vector<std::string> names;
+  for (const StrategyKind& k : strategy_kinds()) {
+    names.emplace_back(k.name());
+    if (!k.parse) continue;
+    if (!expected.empty()) expected += ", ";
+    // A list argument is shortened to "..." to keep this line short.
+    expected += k.takes_list() ? std::string(k.name()) + ":..." : std::string(k.form);
+  }
+  std::string hint = nearest(name, names, 2);
+  if (!hint.empty() && has_arg) hint += ":" + arg;
+  return "unknown strategy '" + spec + "' (expected " + expected + ")" + did_you_mean(hint);
 }
 
 }  // namespace
@@ -130,54 +226,15 @@ SharingStrategy parse_strategy(const std::string& spec_in, int n_layers) {
   const std::string name = trim(spec.substr(0, colon));
   const bool has_arg = colon != std::string::npos;
   const std::string arg = has_arg ? spec.substr(colon + 1) : "";
-  const int L = n_layers;
 
-  auto no_arg = [&] {
-    if (has_arg) fail(spec, "'" + name + "' takes no argument");
-  };
-  auto need_arg = [&](const char* form) {
-    if (!has_arg) fail(spec, "'" + name + "' needs an argument: " + form);
-  };
-
-  std::vector<int> src(L);
-  if (name == "full") {
-    no_arg();
-    for (int l = 0; l < L; ++l) src[l] = l;
-  } else if (name == "first") {
-    no_arg();
-    // src is already all zeros
-  } else if (name == "half") {
-    // Lower half = layers 0..h-1 with h = max(1, floor(L/2)); they keep their caches and
-    // every upper layer reads layer h-1. For odd L the upper half is the larger one.
-    no_arg();
-    int h = std::max(1, L / 2);
-    for (int l = 0; l < L; ++l) src[l] = std::min(l, h - 1);
-  } else if (name == "cla") {
-    need_arg("cla:K");
-    // K >= L is allowed (one group, same as 'first') so a default like cla:2 works for L=1.
-    int k = parse_arg(spec, "cla:K", "K", arg, 1, std::numeric_limits<int>::max());
-    for (int l = 0; l < L; ++l) src[l] = l / k * k;
-  } else if (name == "keep") {
-    need_arg("keep:N");
-    int n = parse_arg(spec, "keep:N", "N", arg, 1, L);
-    std::vector<int> caches;
-    for (int i = 0; i < n; ++i) caches.push_back(static_cast<int>((2LL * i * L + n) / (2LL * n)));  // round(i*L/n)
-    src = strategy_from_cache_layers(caches, L);
-  } else if (name == "list") {
-    need_arg("list:a,b,...");
-    src = parse_list(spec, arg, L);
-    try {
-      validate_strategy(src, L);
-    } catch (const std::invalid_argument& e) {
-      fail(spec, e.what());
-    }
-  } else if (name == "greedy") {
-    fail(spec, "greedy:N searches for the best map with a model and validation data; `kvroute eval` resolves it "
-               "and prints the map, to pass elsewhere as list:...");
-  } else {
-    throw std::invalid_argument("unknown strategy '" + spec + "' " + kExpected);
-  }
-  return SharingStrategy{spec, std::move(src)};
+  const StrategyKind* kind = find_kind(name);
+  if (!kind) throw std::invalid_argument(unknown_strategy_message(spec, name, arg, has_arg));
+  if (!kind->parse)
+    fail(spec, std::string(kind->form) + " searches for the best map with a model and validation data; "
+               "`kvroute eval` resolves it and prints the map, to pass elsewhere as list:...");
+  if (has_arg && !kind->takes_arg()) fail(spec, "'" + name + "' takes no argument");
+  if (!has_arg && kind->takes_arg()) fail(spec, "'" + name + "' needs an argument: " + std::string(kind->form));
+  return SharingStrategy{spec, kind->parse(spec, arg, n_layers)};
 }
 
 bool is_greedy_strategy(const std::string& spec) {
@@ -206,7 +263,8 @@ std::vector<std::string> split_strategy_list(const std::string& specs) {
       groups.back() += "," + tok;
     } else {
       groups.push_back(tok);
-      last_is_list = trim(tok.substr(0, tok.find(':'))) == "list" && tok.find(':') != std::string::npos;
+      const StrategyKind* kind = find_kind(trim(tok.substr(0, tok.find(':'))));
+      last_is_list = kind && kind->takes_list() && tok.find(':') != std::string::npos;
     }
     if (end == std::string::npos) break;
     if (specs[end] == ';') last_is_list = false;

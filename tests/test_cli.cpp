@@ -13,6 +13,7 @@
 
 #include <unistd.h>
 
+#include "kvroute/strategy.h"
 #include "run_kvroute.h"
 
 namespace fs = std::filesystem;
@@ -71,6 +72,20 @@ TEST_F(Cli, TrainThenEvalPrintsStrategyTable) {
   const Result unknown = run("eval " + (dir_ / "run" / "model.h5").string() + " --strategies yoco");
   EXPECT_NE(unknown.status, 0);
   EXPECT_THAT(unknown.output, HasSubstr("unknown strategy 'yoco'"));
+}
+
+TEST_F(Cli, HelpOfEveryStrategyCommandListsTheRegistry) {
+  // Searches (greedy:N) only where they are resolved: kvroute eval.
+  for (const auto& [command, searches] : {std::pair{"eval --help", true}, std::pair{"generate --help", false},
+                                          std::pair{"bench generate --help", false}}) {
+    const Result r = run(command);
+    ASSERT_EQ(r.status, 0) << command << "\n" << r.output;
+    for (const kvroute::StrategyKind& k : kvroute::strategy_kinds()) {
+      const bool listed = r.output.find(std::string(k.form)) != std::string::npos &&
+                          r.output.find(std::string(k.doc)) != std::string::npos;
+      EXPECT_EQ(listed, k.parse != nullptr || searches) << command << ": " << k.form << "\n" << r.output;
+    }
+  }
 }
 
 TEST_F(Cli, DumpConfigShowsOverrides) {

@@ -35,7 +35,7 @@ routing:
   mode: fixed
   p: 0.25
   scheme: chain
-  granularity: batch
+  granularity: sequence
   strategy: list:0,0,2,2
   group: 3
 train:
@@ -151,6 +151,12 @@ TEST_F(ConfigTest, DefaultsValidate) {
   EXPECT_EQ(to_yaml(cfg), to_yaml(Config{}));
 }
 
+TEST_F(ConfigTest, RoutesAreDrawnOncePerBatchByDefault) {
+  // The paper's setting; a config that names a granularity keeps it.
+  EXPECT_EQ(load_config({}, {}).routing.granularity, "batch");
+  EXPECT_EQ(load_config({}, {"routing.granularity=sequence"}).routing.granularity, "sequence");
+}
+
 TEST_F(ConfigTest, FileSetsNestedValuesAndKeepsTheRest) {
   Config cfg;
   apply_config_file(cfg, write("a.yaml", R"(
@@ -198,7 +204,7 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(r.mode, "fixed");
   EXPECT_EQ(r.p, 0.25);
   EXPECT_EQ(r.scheme, "chain");
-  EXPECT_EQ(r.granularity, "batch");
+  EXPECT_EQ(r.granularity, "sequence");
   EXPECT_EQ(r.strategy, "list:0,0,2,2");
   const TrainConfig& t = c.train;
   EXPECT_EQ(t.backend, "cuda");

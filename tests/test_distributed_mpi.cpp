@@ -92,6 +92,7 @@ TEST(GradAllreduce, SumsStartedDuringBackwardEqualSumsAfterIt) {
   for (auto& t : targets) t = gen() % mc.vocab_size;
   RoutingConfig rc;
   rc.mode = "stochastic";
+  rc.granularity = "sequence";
   rc.p = 0.8;
   const RouteTable routes = sample_routes(rc, B, mc.n_layers, 9, 1, r);
   const std::size_t P = model.num_params(), bucket_bytes = 64 * sizeof(float);

@@ -105,6 +105,7 @@ TEST(ModelGradients, ChainGroupsAndGqa) {
 TEST(ModelGradients, SampledStochasticRoutes) {
   RoutingConfig rc;
   rc.mode = "stochastic";
+  rc.granularity = "sequence";  // different routes within the batch
   rc.p = 0.7;
   for (const char* scheme : {"previous", "chain", "any"}) {
     rc.scheme = scheme;
@@ -291,6 +292,7 @@ TEST(ModelRecompute, GradientsBitwiseEqualToKeepingActivations) {
   };
   RoutingConfig rc;
   rc.mode = "stochastic";
+  rc.granularity = "sequence";  // different routes within the batch
   rc.p = 0.7;
   const std::vector<Case> cases = {
       {tiny_model(), identity_routes(3, 4)},

@@ -8,8 +8,10 @@
 #include <vector>
 
 #include "kvroute/strategy.h"
+#include "readme_table.h"
 
 using namespace kvroute;
+using namespace kvroute::testing_readme;
 
 namespace {
 
@@ -235,6 +237,14 @@ TEST(Routing, SequenceGranularityRowsDiffer) {
   }
 }
 
+TEST(Routing, BatchGranularityIsTheDefault) {
+  RoutingConfig rc;
+  rc.mode = "stochastic";
+  EXPECT_EQ(rc.granularity, "batch");
+  RouteTable t = sample_routes(rc, 8, 12, kSeed, 5, 0);
+  for (int b = 1; b < 8; ++b) EXPECT_EQ(row(t, b), row(t, 0));
+}
+
 // ---- statistics ----
 
 TEST(Routing, RoutingFrequencyMatchesP) {
@@ -361,4 +371,54 @@ TEST(Routing, RdClaGroupIsValidated) {
   }
   const Config ok = load_config({}, {"routing.mode=stochastic", "routing.scheme=rdcla", "routing.group=4"});
   EXPECT_EQ(ok.routing.group, 4);
+}
+
+// ---- the registry: routing.scheme's values, errors and README come from routing_schemes() ----
+
+TEST(RoutingSchemes, ReadmeTableIsTheRegistry) {
+  std::vector<std::string> rows;
+  for (const RoutingScheme& s : routing_schemes()) rows.push_back(readme_row(s.name, s.doc));
+  expect_readme_table("### Routing", "| scheme |", rows);
+}
+
+TEST(RoutingSchemes, EverySchemeReadsAnEarlierLayerOrItsOwn) {
+  // p = 1: every layer l >= 1 reads the layer its scheme names, which must be in 0..l
+  // (l itself for an rdcla group head).
+  for (const RoutingScheme& s : routing_schemes())
+    for (const char* granularity : {"sequence", "batch"}) {
+      const RouteTable t = sample_routes(stochastic(1.0, std::string(s.name), granularity), 8, 12, kSeed, 3, 0);
+      for (int b = 0; b < 8; ++b) {
+        EXPECT_EQ(t.at(b, 0), 0) << s.name;
+        for (int l = 1; l < 12; ++l) {
+          EXPECT_GE(t.at(b, l), 0) << s.name << " l=" << l;
+          EXPECT_LE(t.at(b, l), l) << s.name << " l=" << l;
+        }
+      }
+    }
+}
+
+TEST(RoutingSchemes, ConfigAcceptsExactlyTheRegisteredNames) {
+  std::string choices;
+  for (const RoutingScheme& s : routing_schemes()) {
+    EXPECT_EQ(load_config({}, {"routing.scheme=" + std::string(s.name)}).routing.scheme, s.name);
+    choices += (choices.empty() ? "" : "|") + std::string(s.name);
+  }
+  try {
+    load_config({}, {"routing.scheme=chian"});
+    ADD_FAILURE() << "routing.scheme=chian was accepted";
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("routing.scheme: expected one of " + choices + ", got 'chian' (did you mean 'chain'?)"),
+              std::string::npos)
+        << msg;
+  }
+}
+
+TEST(RoutingSchemes, UnknownSchemeListsTheRegistryAndSuggestsTheNearest) {
+  const std::string msg = error_of([] { sample_routes(stochastic(0.5, "anny"), 2, 4, kSeed, 0, 0); });
+  EXPECT_NE(msg.find("unknown routing scheme 'anny' (expected previous, chain, any, rdcla) (did you mean 'any'?)"),
+            std::string::npos)
+      << msg;
+  EXPECT_EQ(error_of([] { sample_routes(stochastic(0.5, "skip"), 2, 4, kSeed, 0, 0); }).find("did you mean"),
+            std::string::npos);
 }

@@ -2,11 +2,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "readme_table.h"
+
 using namespace kvroute;
+using namespace kvroute::testing_readme;
 
 namespace {
 
@@ -262,4 +267,46 @@ TEST(StrategyList, Errors) {
   EXPECT_ERROR(parse_strategy_list("full,list:0,0,2", 4), "list has 3 entries but the model has 4 layers");
   EXPECT_ERROR(parse_strategy_list("full,bogus", 4), "unknown strategy 'bogus'");
   EXPECT_ERROR(parse_strategy_list("list:0,-1,2,2", 4), "layer 1 reads layer -1");
+}
+
+// ---- the registry: errors, --help and README come from strategy_kinds() ----
+
+TEST(StrategyRegistry, ReadmeTableIsTheRegistry) {
+  std::vector<std::string> rows;
+  for (const StrategyKind& k : strategy_kinds()) rows.push_back(readme_row(k.form, k.doc));
+  expect_readme_table("### Sharing strategies", "| strategy |", rows);
+}
+
+TEST(StrategyRegistry, UnknownNameListsTheParsableKindsAndSuggestsTheNearest) {
+  const std::string msg = error_of([] { parse_strategy("yoco", 4); });
+  for (const StrategyKind& k : strategy_kinds())
+    EXPECT_EQ(msg.find(std::string(k.name())) != std::string::npos, k.parse != nullptr) << k.form << ": " << msg;
+  EXPECT_ERROR(parse_strategy("clx:2", 4), "unknown strategy 'clx:2' (expected full, cla:K, first, half, keep:N, "
+                                           "list:...) (did you mean 'cla:2'?)");
+  EXPECT_ERROR(parse_strategy("ful", 4), "(did you mean 'full'?)");
+  EXPECT_ERROR(parse_strategy("gredy:3", 4), "(did you mean 'greedy:3'?)");
+  EXPECT_ERROR(parse_strategy_list("full,hlaf", 4), "unknown strategy 'hlaf' (expected");
+  EXPECT_EQ(error_of([] { parse_strategy("yoco", 4); }).find("did you mean"), std::string::npos);
+}
+
+TEST(StrategyRegistry, HelpHasOneLinePerKindWithItsDoc) {
+  const std::string fixed = strategy_help(false), all = strategy_help(true);
+  for (const StrategyKind& k : strategy_kinds()) {
+    EXPECT_NE(all.find(std::string(k.form)), std::string::npos) << k.form;
+    EXPECT_NE(all.find(std::string(k.doc)), std::string::npos) << k.form;
+    // Searches (greedy:N) only where a command resolves them (kvroute eval).
+    EXPECT_EQ(fixed.find(std::string(k.form)) != std::string::npos, k.parse != nullptr) << k.form;
+  }
+  EXPECT_EQ(std::count(all.begin(), all.end(), '\n') + 1, static_cast<long>(strategy_kinds().size()));
+}
+
+TEST(StrategyRegistry, NamesAreUniqueAndArgumentsMatchTheForm) {
+  std::set<std::string_view> names;
+  for (const StrategyKind& k : strategy_kinds()) {
+    EXPECT_TRUE(names.insert(k.name()).second) << k.form;
+    const std::string name(k.name());
+    if (!k.parse) continue;
+    if (k.takes_arg()) EXPECT_ERROR(parse_strategy(name, 4), "'" + name + "' needs an argument: " + std::string(k.form));
+    else EXPECT_ERROR(parse_strategy(name + ":1", 4), "'" + name + "' takes no argument");
+  }
 }

@@ -27,8 +27,8 @@ struct ModelConfig {
 struct RoutingConfig {
   std::string mode = "none";         // none | stochastic | fixed
   double p = 0.5;                    // stochastic: probability that a layer l>0 routes away
-  std::string scheme = "any";        // stochastic: previous | chain | any
-  std::string granularity = "sequence";  // sequence | batch
+  std::string scheme = "any";        // stochastic: a name of routing_schemes() (routing.h)
+  std::string granularity = "batch";  // batch (one draw per step, the paper's setting) | sequence
   std::string strategy = "cla:2";    // fixed: the sharing strategy trained with
   int group = 2;                     // stochastic, scheme rdcla: CLA group size K
 };

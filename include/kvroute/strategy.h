@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kvroute {
@@ -17,13 +18,27 @@ struct SharingStrategy {
   std::string map_string() const;  // "0,0,2,2"
 };
 
-// Parses one strategy for a model of n_layers layers:
-//   full        every layer keeps its cache
-//   cla:K       groups of K adjacent layers share the group's first cache
-//   first       every layer reads layer 0's cache
-//   half        the upper half reads the last cache layer of the lower half (YOCO-like)
-//   keep:N      N evenly spaced cache layers (layer 0 included); others read the nearest below
-//   list:a,b,.. an explicit map
+// One kind of strategy. strategy_kinds() is the one list of them: parse_strategy, the
+// --help of the commands that take strategies, the unknown-name error and README's table
+// (test_strategy compares them) all come from it. Adding a strategy is one entry there.
+struct StrategyKind {
+  std::string_view form;  // as written, e.g. "cla:K"; a form without ':' takes no argument
+  std::string_view doc;   // one line, for --help and README
+  // The map for n_layers layers from the text after ':' ("" when there is none); throws
+  // std::invalid_argument. Null for a search (greedy:N): it needs a model and data.
+  std::vector<int> (*parse)(const std::string& spec, const std::string& arg, int n_layers);
+
+  std::string_view name() const { return form.substr(0, form.find(':')); }
+  bool takes_arg() const { return form.find(':') != std::string_view::npos; }
+  // The argument is a comma-separated list ("list:a,b,..."): in a strategy list it swallows
+  // the numbers that follow it.
+  bool takes_list() const { return form.ends_with(",..."); }
+};
+const std::vector<StrategyKind>& strategy_kinds();
+// For --help: one "form  doc" line per kind; searches (greedy:N) only if include_searches.
+std::string strategy_help(bool include_searches);
+
+// Parses one strategy (a form of strategy_kinds()) for a model of n_layers layers.
 // Throws std::invalid_argument naming the problem for an unknown name or an invalid map.
 SharingStrategy parse_strategy(const std::string& spec, int n_layers);
 // greedy:N is not a fixed map: it is a search that needs a model and validation data

@@ -17,6 +17,7 @@
 #include "kvroute/inference.h"
 #include "kvroute/json_text.h"
 #include "kvroute/model.h"
+#include "kvroute/strategy.h"
 
 namespace kvroute::cli {
 
@@ -39,7 +40,8 @@ void add_bench_generate(CLI::App& bench) {
   static int threads = 0;
   static bool json = false;
   cmd->add_option("model", source, "A config (.yaml, random weights) or a checkpoint (.h5)")->required();
-  cmd->add_option("--strategy,--strategies", strategies, "Strategies to compare, e.g. full,cla:2")->capture_default_str();
+  cmd->add_option("--strategy,--strategies", strategies,
+                  "Strategies to compare (comma- or ;-separated), each one of:\n" + strategy_help(false))->capture_default_str();
   cmd->add_option("--prompt-len", spec.prompt_len, "TTFT: prompt length in tokens (default: min(128, context))");
   cmd->add_option("--decode-batch", spec.decode_batch, "Sequences decoded together")->capture_default_str();
   cmd->add_option("--decode-len", spec.decode_len, "Tokens decoded per sequence (default: min(64, context - 1))");

@@ -16,6 +16,7 @@
 #include "kvroute/strategy.h"
 #include "kvroute/model.h"
 #include "kvroute/probe.h"
+#include "kvroute/strategy.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
@@ -66,8 +67,7 @@ void add_eval_command(CLI::App& app) {
   static GenerationBenchSpec bench{0, 1, 0, 3, 1};
   static bool no_speed = false, allow_tokenizer_mismatch = false;
   cmd->add_option("checkpoints", ckpts, "Checkpoint files (HDF5); one line per checkpoint in the plot")->required();
-  cmd->add_option("--strategies", strategies,
-                  "Strategies: full, cla:K, first, half, keep:N, list:a,b,..., greedy:N (comma- or ;-separated)")
+  cmd->add_option("--strategies", strategies, "Strategies (comma- or ;-separated), each one of:\n" + strategy_help(true))
       ->capture_default_str();
   cmd->add_option("--out", out_dir, "Directory for results.md/.csv/.json and the plot (default: <first checkpoint's dir>/eval)");
   cmd->add_option("--val-tokens", val_tokens,

@@ -9,6 +9,7 @@
 #include "kvroute/inference.h"
 #include "kvroute/model.h"
 #include "kvroute/run_log.h"
+#include "kvroute/strategy.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute::cli {
@@ -21,7 +22,7 @@ void add_generate_command(CLI::App& app) {
   static int threads = 0;
   static bool allow_tokenizer_mismatch = false;
   cmd->add_option("checkpoint", ckpt, "Checkpoint file (HDF5)")->required();
-  cmd->add_option("--strategy", strategy, "Sharing strategy: full, cla:K, first, half, keep:N, list:a,b,...")
+  cmd->add_option("--strategy", strategy, "Sharing strategy, one of:\n" + strategy_help(false))
       ->capture_default_str();
   cmd->add_option("--prompt", prompts, "Prompt text; repeat for a batch of prompts (any lengths)")->required();
   cmd->add_option("--max-new-tokens", opt.max_new_tokens, "Tokens to generate per prompt")->capture_default_str();
