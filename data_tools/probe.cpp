@@ -6,7 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "durable_file.h"
+#include "checkpoint/durable_file.h"
 #include "kvroute/rng.h"
 
 namespace kvroute {

@@ -25,8 +25,8 @@
 #include <string>
 #include <thread>
 
-#include "checksum.h"
-#include "durable_file.h"
+#include "checkpoint/checksum.h"
+#include "checkpoint/durable_file.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/config.h"
 #include "kvroute/model.h"

@@ -12,7 +12,7 @@
 #include "data_fixtures.h"
 #include "kvroute/config.h"
 #include "run_kvroute.h"
-#include "strategy_curves.h"
+#include "train/strategy_curves.h"
 
 namespace kvroute {
 namespace {

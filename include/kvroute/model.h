@@ -1,7 +1,7 @@
 // Decoder-only transformer: pre-norm RMSNorm, RoPE, grouped-query attention
 // with stochastic KV routing, SwiGLU MLP, tied or untied output head.
 // Written once against the Backend op interface; forward and backward live
-// side by side in src/model.cpp.
+// side by side in src/model/model.cpp.
 #pragma once
 
 #include <cstdint>

@@ -15,7 +15,7 @@
 #include <fstream>
 #include <stdexcept>
 
-#include "durable_file.h"
+#include "checkpoint/durable_file.h"
 #include "kvroute/bf16.h"
 
 namespace kvroute {

@@ -8,7 +8,7 @@
 #include <optional>
 #include <sstream>
 
-#include "durable_file.h"
+#include "checkpoint/durable_file.h"
 
 namespace kvroute {
 

@@ -1,4 +1,4 @@
-#include "did_you_mean.h"
+#include "config/did_you_mean.h"
 
 #include <algorithm>
 

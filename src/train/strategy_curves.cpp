@@ -1,11 +1,11 @@
-#include "strategy_curves.h"
+#include "train/strategy_curves.h"
 
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 
-#include "durable_file.h"
-#include "gnuplot_run.h"
+#include "checkpoint/durable_file.h"
+#include "eval/gnuplot_run.h"
 
 namespace kvroute {
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-#include "hdf5_util.h"
+#include "checkpoint/hdf5_util.h"
 
 #include <algorithm>
 #include <mutex>

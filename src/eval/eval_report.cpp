@@ -12,7 +12,7 @@
 #include <stdexcept>
 
 #include "kvroute/evaluate.h"
-#include "gnuplot_run.h"
+#include "eval/gnuplot_run.h"
 #include "kvroute/json_text.h"
 #include "kvroute/stop_signals.h"
 

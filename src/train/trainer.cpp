@@ -24,10 +24,10 @@
 #include "kvroute/run_log.h"
 #include "kvroute/run_checkpoints.h"
 #include "kvroute/strategy.h"
-#include "durable_file.h"
+#include "checkpoint/durable_file.h"
 #include "kvroute/stop_signals.h"
-#include "strategy_curves.h"
-#include "train_state.h"
+#include "train/strategy_curves.h"
+#include "train/train_state.h"
 
 namespace kvroute {
 

@@ -13,9 +13,9 @@
 #include <filesystem>
 #include <map>
 
-#include "checksum.h"
-#include "durable_file.h"
-#include "hdf5_util.h"
+#include "checkpoint/checksum.h"
+#include "checkpoint/durable_file.h"
+#include "checkpoint/hdf5_util.h"
 #include "kvroute/run_log.h"
 
 namespace kvroute {

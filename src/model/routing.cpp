@@ -4,7 +4,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "did_you_mean.h"
+#include "config/did_you_mean.h"
 #include "kvroute/rng.h"
 #include "kvroute/strategy.h"
 

@@ -6,7 +6,7 @@
 #include <limits>
 #include <stdexcept>
 
-#include "did_you_mean.h"
+#include "config/did_you_mean.h"
 
 namespace kvroute {
 

@@ -19,7 +19,7 @@
 #include <system_error>
 #include <variant>
 
-#include "did_you_mean.h"
+#include "config/did_you_mean.h"
 #include "kvroute/routing.h"
 #include "kvroute/strategy.h"
 

@@ -1,4 +1,4 @@
-#include "gnuplot_run.h"
+#include "eval/gnuplot_run.h"
 
 #include "kvroute/stop_signals.h"
 
