@@ -1,6 +1,8 @@
 // The training loop: micro-batches with sampled KV routes, gradient
 // accumulation, AdamW, logging (text + metrics.jsonl), periodic evaluation and
-// checkpoints into the run directory.
+// checkpoints into the run directory. In src/train/trainer.cpp a TrainingRun holds one
+// run, one method per phase: setup, start (resume or initialise), one optimizer step,
+// log, evaluate, checkpoint, stop on a signal, finish.
 //
 // Fault tolerance. Checkpoints (checkpoint.h, run_checkpoints.h) hold the whole
 // training state, so `train --resume RUN_DIR` continues to the same per-step losses,
