@@ -34,6 +34,10 @@ struct BackendOptions {
   // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run), and
   // the CUDA bf16 GEMMs use cuBLASLt algorithms that split K.
   bool deterministic = true;
+  // The CUDA device to run on, modulo the devices visible (ignored by the CPU backend). -1:
+  // make_backend picks the launcher's local rank (launcher_local_rank() in comm.h), so under
+  // mpirun each rank of a node drives its own GPU.
+  int device_ordinal = -1;
 };
 
 // Device memory held by a backend's own allocations (alloc_bytes and internal scratch).
