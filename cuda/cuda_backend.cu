@@ -3,12 +3,11 @@
 // ring used by routed attention.
 #include "cuda_backend.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
-
-#include "kvroute/comm.h"
 
 namespace kvroute {
 
@@ -37,12 +36,13 @@ CudaBackend::CudaBackend(const BackendOptions& options) : options_(options) {
   if (options_.precision != "fp32" && options_.precision != "bf16")
     throw std::invalid_argument("CUDA backend: unknown precision '" + options_.precision + "' (fp32 or bf16)");
   try {
-    // Under mpirun each rank drives the GPU of its local rank (modulo the GPUs it can see). Chosen
+    // The device asked for (make_backend passes the launcher's local rank, so under mpirun each
+    // rank drives its own GPU), modulo the GPUs this process can see. Chosen
     // here, before the stream and handles exist, because they belong to the current device.
     int devices = 0;
     KVR_CUDA_CHECK(cudaGetDeviceCount(&devices));
     if (devices < 1) throw std::runtime_error("CUDA backend: no CUDA device is visible");
-    device_ = launcher_local_rank() % devices;
+    device_ = std::max(options_.device_ordinal, 0) % devices;
     KVR_CUDA_CHECK(cudaSetDevice(device_));
     int smem_optin = 0;
     KVR_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device_));

@@ -4,11 +4,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <set>
 #include <string>
 
 #include <omp.h>
@@ -125,6 +127,37 @@ TEST(ProfilingBackend, ForwardsResultsAndCountsCallsAndFlops) {
   for (const OpTiming& o : t) EXPECT_GE(o.seconds, 0);
   prof.reset();
   EXPECT_TRUE(prof.timings().empty());
+}
+
+// A decorator that only overrides around(): every op of KVROUTE_BACKEND_OPS reaches it once,
+// by name, with the inner backend's result; memory management does not.
+class OpNameRecorder final : public ForwardingBackend {
+ public:
+  using ForwardingBackend::ForwardingBackend;
+  std::vector<std::string> ops;
+
+ protected:
+  void around(const char* op, const OpCall& call) override {
+    ops.push_back(op);
+    call();
+  }
+};
+
+TEST(ForwardingBackend, EveryListedOpPassesThroughAroundWithItsResult) {
+  OpNameRecorder rec(make_backend("cpu"));
+  EXPECT_EQ(rec.name(), "cpu");
+  auto* x = static_cast<float*>(rec.alloc_bytes(4 * sizeof(float)));
+  const std::vector<float> host = {1, 2, 3, 4};
+  rec.copy_to_device(x, host.data(), 4 * sizeof(float));
+  rec.scale(x, 4, 2.f);
+  EXPECT_EQ(rec.sum_squares(x, 4), 4.0 * (1 + 4 + 9 + 16));
+  rec.free_bytes(x);
+  EXPECT_EQ(rec.ops, (std::vector<std::string>{"copy_to_device", "scale", "sum_squares"}));
+#define KVROUTE_OP_NAME(ret, name, params, args) #name,
+  const std::vector<std::string> listed = {KVROUTE_BACKEND_OPS(KVROUTE_OP_NAME)};
+#undef KVROUTE_OP_NAME
+  EXPECT_EQ(std::set<std::string>(listed.begin(), listed.end()).size(), listed.size());  // each op once
+  for (const std::string& op : rec.ops) EXPECT_NE(std::find(listed.begin(), listed.end(), op), listed.end()) << op;
 }
 
 TEST(ProfilingBackend, AttentionFlopsCountVisiblePairs) {

@@ -12,6 +12,7 @@
 #include <random>
 #include <set>
 
+#include "kvroute/forwarding_backend.h"
 #include "kvroute/inference.h"
 #include "kvroute/model.h"
 #include "kvroute/routing.h"
@@ -23,13 +24,12 @@ namespace {
 
 // Forwards every op to the CPU backend, counting bytes allocated and recording
 // which weight matrix (the B operand) each matmul used.
-class CountingBackend final : public Backend {
+class CountingBackend final : public ForwardingBackend {
  public:
-  CountingBackend() : inner_(make_backend("cpu")) {}
-  Device device() const override { return inner_->device(); }
+  CountingBackend() : ForwardingBackend(make_backend("cpu")) {}
   std::string name() const override { return "counting-cpu"; }
   void* alloc_bytes(std::size_t bytes) override {
-    void* p = inner_->alloc_bytes(bytes);
+    void* p = inner()->alloc_bytes(bytes);
     sizes_[p] = bytes;
     live_bytes += bytes;
     return p;
@@ -37,62 +37,18 @@ class CountingBackend final : public Backend {
   void free_bytes(void* p) override {
     live_bytes -= sizes_.at(p);
     sizes_.erase(p);
-    inner_->free_bytes(p);
+    inner()->free_bytes(p);
   }
-  void copy_to_device(void* d, const void* s, std::size_t n) override { inner_->copy_to_device(d, s, n); }
-  void copy_to_host(void* d, const void* s, std::size_t n) override { inner_->copy_to_host(d, s, n); }
-  void copy(void* d, const void* s, std::size_t n) override { inner_->copy(d, s, n); }
-  void fill_zero(void* p, std::size_t n) override { inner_->fill_zero(p, n); }
-  void synchronize() override { inner_->synchronize(); }
   void matmul(const float* A, const float* B, float* C, int M, int N, int K, bool ta, bool tb, float alpha,
               float beta) override {
     ++matmul_weights[B];
-    inner_->matmul(A, B, C, M, N, K, ta, tb, alpha, beta);
-  }
-  void accumulate(float* y, const float* x, std::size_t n) override { inner_->accumulate(y, x, n); }
-  void add(float* y, const float* a, const float* b, std::size_t n) override { inner_->add(y, a, b, n); }
-  void scale(float* x, std::size_t n, float s) override { inner_->scale(x, n, s); }
-  double sum_squares(const float* x, std::size_t n) override { return inner_->sum_squares(x, n); }
-  void embedding_forward(float* o, const int32_t* ids, const float* t, int N, int C) override {
-    inner_->embedding_forward(o, ids, t, N, C);
-  }
-  void embedding_backward(float* dt, const float* d, const int32_t* ids, int N, int C) override {
-    inner_->embedding_backward(dt, d, ids, N, C);
-  }
-  void rmsnorm_forward(float* o, float* r, const float* x, const float* w, int N, int C, float eps) override {
-    inner_->rmsnorm_forward(o, r, x, w, N, C, eps);
-  }
-  void rmsnorm_backward(float* dx, float* dw, const float* d, const float* x, const float* w, const float* r, int N,
-                        int C) override {
-    inner_->rmsnorm_backward(dx, dw, d, x, w, r, N, C);
-  }
-  void rope_forward(float* x, int B, int T, int H, int D, int p, float th) override {
-    inner_->rope_forward(x, B, T, H, D, p, th);
-  }
-  void rope_backward(float* x, int B, int T, int H, int D, int p, float th) override {
-    inner_->rope_backward(x, B, T, H, D, p, th);
-  }
-  void swiglu_forward(float* o, const float* g, const float* u, std::size_t n) override {
-    inner_->swiglu_forward(o, g, u, n);
-  }
-  void swiglu_backward(float* dg, float* du, const float* d, const float* g, const float* u, std::size_t n) override {
-    inner_->swiglu_backward(dg, du, d, g, u, n);
-  }
-  void attention_forward(const AttentionForward& p) override { inner_->attention_forward(p); }
-  void attention_backward(const AttentionBackward& p) override { inner_->attention_backward(p); }
-  void cross_entropy(const float* l, const int32_t* t, float* losses, float* dl, int N, int V, float s) override {
-    inner_->cross_entropy(l, t, losses, dl, N, V, s);
-  }
-  void adamw_step(float* p, const float* g, float* m, float* v, std::size_t n, float lr, float b1, float b2, float eps,
-                  float wd, int step, float gs) override {
-    inner_->adamw_step(p, g, m, v, n, lr, b1, b2, eps, wd, step, gs);
+    inner()->matmul(A, B, C, M, N, K, ta, tb, alpha, beta);
   }
 
   std::size_t live_bytes = 0;
   std::map<const float*, long> matmul_weights;
 
  private:
-  std::unique_ptr<Backend> inner_;
   std::map<void*, std::size_t> sizes_;
 };
 

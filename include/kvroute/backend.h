@@ -34,6 +34,10 @@ struct BackendOptions {
   // fuse its dQ pass into the dK/dV kernel with float atomics (order varies run to run), and
   // the CUDA bf16 GEMMs use cuBLASLt algorithms that split K.
   bool deterministic = true;
+  // The CUDA device to run on, modulo the devices visible (ignored by the CPU backend). -1:
+  // make_backend picks the launcher's local rank (launcher_local_rank() in comm.h), so under
+  // mpirun each rank of a node drives its own GPU.
+  int device_ordinal = -1;
 };
 
 // Device memory held by a backend's own allocations (alloc_bytes and internal scratch).
@@ -44,19 +48,86 @@ struct BackendMemory {
   std::size_t device_total_bytes = 0;  // the device's capacity; 0 when not a device backend
 };
 
+// ---- The ops, listed once ----
+// One entry per op: X(return type, name, (parameters), (arguments)). Backend (below) declares
+// each as a pure virtual; ForwardingBackend (forwarding_backend.h) forwards each to the backend
+// it wraps, so ProfilingBackend and the tests' decorators need no edit for a new op. Adding an
+// op is one entry here plus its CPU (src/cpu/) and CUDA (cuda/) implementations.
+#define KVROUTE_BACKEND_OPS(X) \
+  /* ---- memory copies; fill_zero sets bytes to 0 ---- */ \
+  X(void, copy_to_device, (void* dst, const void* host_src, std::size_t bytes), (dst, host_src, bytes)) \
+  X(void, copy_to_host, (void* host_dst, const void* src, std::size_t bytes), (host_dst, src, bytes)) \
+  X(void, copy, (void* dst, const void* src, std::size_t bytes), (dst, src, bytes)) \
+  X(void, fill_zero, (void* p, std::size_t bytes), (p, bytes)) \
+  \
+  /* ---- dense algebra ---- */ \
+  /* C[M,N] = alpha * op(A) * op(B) + beta * C, where op(A) is [M,K] and op(B) is [K,N]. */ \
+  /* A is stored [M,K] (or [K,M] if trans_a); B is stored [K,N] (or [N,K] if trans_b). */ \
+  X(void, matmul, (const float* A, const float* B, float* C, int M, int N, int K, bool trans_a, bool trans_b, \
+                   float alpha, float beta), \
+    (A, B, C, M, N, K, trans_a, trans_b, alpha, beta)) \
+  /* y += x */ \
+  X(void, accumulate, (float* y, const float* x, std::size_t n), (y, x, n)) \
+  /* y = a + b */ \
+  X(void, add, (float* y, const float* a, const float* b, std::size_t n), (y, a, b, n)) \
+  /* x *= s */ \
+  X(void, scale, (float* x, std::size_t n, float s), (x, n, s)) \
+  /* sum of x[i]^2, in double */ \
+  X(double, sum_squares, (const float* x, std::size_t n), (x, n)) \
+  \
+  /* ---- embedding: out[N,C] = table[ids[n], :] ---- */ \
+  X(void, embedding_forward, (float* out, const int32_t* ids, const float* table, int N, int C), \
+    (out, ids, table, N, C)) \
+  X(void, embedding_backward, (float* dtable, const float* dout, const int32_t* ids, int N, int C), \
+    (dtable, dout, ids, N, C)) \
+  \
+  /* ---- RMSNorm: out = x / rms(x) * w; rstd[N] saved for backward ---- */ \
+  X(void, rmsnorm_forward, (float* out, float* rstd, const float* x, const float* w, int N, int C, float eps), \
+    (out, rstd, x, w, N, C, eps)) \
+  X(void, rmsnorm_backward, (float* dx, float* dw, const float* dout, const float* x, const float* w, \
+                             const float* rstd, int N, int C), \
+    (dx, dw, dout, x, w, rstd, N, C)) \
+  \
+  /* ---- RoPE, in place on x[B,T,H,D] (rotate-half pairing: i with i+D/2), positions pos0..pos0+T-1 ---- */ \
+  X(void, rope_forward, (float* x, int B, int T, int H, int D, int pos0, float theta), (x, B, T, H, D, pos0, theta)) \
+  /* In place on the gradient: applies the inverse rotation. */ \
+  X(void, rope_backward, (float* dx, int B, int T, int H, int D, int pos0, float theta), \
+    (dx, B, T, H, D, pos0, theta)) \
+  \
+  /* ---- SwiGLU: out = silu(gate) * up, all [n] ---- */ \
+  X(void, swiglu_forward, (float* out, const float* gate, const float* up, std::size_t n), (out, gate, up, n)) \
+  X(void, swiglu_backward, (float* dgate, float* dup, const float* dout, const float* gate, const float* up, \
+                            std::size_t n), \
+    (dgate, dup, dout, gate, up, n)) \
+  \
+  /* ---- routed causal attention (see attention.h) ---- */ \
+  X(void, attention_forward, (const AttentionForward& p), (p)) \
+  X(void, attention_backward, (const AttentionBackward& p), (p)) \
+  \
+  /* ---- fused softmax cross-entropy over the vocabulary ---- */ \
+  /* losses[n] = -log softmax(logits[n])[targets[n]]. If dlogits is non-null it receives */ \
+  /* grad_scale * (softmax - onehot); dlogits may alias logits. targets < 0 are ignored (loss 0, grad 0). */ \
+  /* A target >= V is an error, std::invalid_argument(cross_entropy_target_error(...)): the CPU */ \
+  /* backend throws it from this call; the CUDA backend, whose targets are on the device, at */ \
+  /* the next call that waits for the device (copy_to_host, synchronize, sum_squares). */ \
+  X(void, cross_entropy, (const float* logits, const int32_t* targets, float* losses, float* dlogits, int N, int V, \
+                          float grad_scale), \
+    (logits, targets, losses, dlogits, N, V, grad_scale)) \
+  \
+  /* ---- AdamW on one contiguous parameter range (decoupled weight decay) ---- */ \
+  X(void, adamw_step, (float* param, const float* grad, float* m, float* v, std::size_t n, float lr, float beta1, \
+                       float beta2, float eps, float weight_decay, int step, float grad_scale), \
+    (param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, step, grad_scale))
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
 
-  // ---- memory (allocations are zero-filled) ----
+  // ---- memory (allocations are zero-filled; the copies are ops, listed below) ----
   virtual void* alloc_bytes(std::size_t bytes) = 0;
   virtual void free_bytes(void* p) = 0;
-  virtual void copy_to_device(void* dst, const void* host_src, std::size_t bytes) = 0;
-  virtual void copy_to_host(void* host_dst, const void* src, std::size_t bytes) = 0;
-  virtual void copy(void* dst, const void* src, std::size_t bytes) = 0;
-  virtual void fill_zero(void* p, std::size_t bytes) = 0;
   virtual void synchronize() = 0;
   // Device memory accounting; the CPU backend reports zeros (its memory is process RSS).
   virtual BackendMemory memory() const { return {}; }
@@ -65,64 +136,17 @@ class Backend {
   // (bench train then times matmul() on fp32 buffers: an sgemm).
   virtual double peak_gemm_flops(int n) { (void)n; return 0; }
   virtual std::string peak_gemm_label() const { return "sgemm"; }
-  // The model's weights: one contiguous buffer, written only through the memory ops below
+  // The model's weights: one contiguous buffer, written only through the memory ops
   // (copies, fill_zero, accumulate, add, scale) and adamw_step. A backend that multiplies in
   // bf16 may keep a rounded copy of it, refreshed after such a write, instead of rounding
   // the weights on every matmul. A hint: ignoring it changes no result. Whoever writes the
   // buffer other than through those ops (a communicator's all-gather) registers it again.
   virtual void register_weights(const float* w, std::size_t n) { (void)w; (void)n; }
 
-  // ---- dense algebra ----
-  // C[M,N] = alpha * op(A) * op(B) + beta * C, where op(A) is [M,K] and op(B) is [K,N].
-  // A is stored [M,K] (or [K,M] if trans_a); B is stored [K,N] (or [N,K] if trans_b).
-  virtual void matmul(const float* A, const float* B, float* C, int M, int N, int K,
-                      bool trans_a, bool trans_b, float alpha, float beta) = 0;
-  // y += x
-  virtual void accumulate(float* y, const float* x, std::size_t n) = 0;
-  // y = a + b
-  virtual void add(float* y, const float* a, const float* b, std::size_t n) = 0;
-  // x *= s
-  virtual void scale(float* x, std::size_t n, float s) = 0;
-  // sum of x[i]^2, in double
-  virtual double sum_squares(const float* x, std::size_t n) = 0;
-
-  // ---- embedding: out[N,C] = table[ids[n], :] ----
-  virtual void embedding_forward(float* out, const int32_t* ids, const float* table, int N, int C) = 0;
-  virtual void embedding_backward(float* dtable, const float* dout, const int32_t* ids, int N, int C) = 0;
-
-  // ---- RMSNorm: out = x / rms(x) * w; rstd[N] saved for backward ----
-  virtual void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, int N, int C,
-                               float eps) = 0;
-  virtual void rmsnorm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
-                                const float* rstd, int N, int C) = 0;
-
-  // ---- RoPE, in place on x[B,T,H,D] (rotate-half pairing: i with i+D/2), positions pos0..pos0+T-1 ----
-  virtual void rope_forward(float* x, int B, int T, int H, int D, int pos0, float theta) = 0;
-  // In place on the gradient: applies the inverse rotation.
-  virtual void rope_backward(float* dx, int B, int T, int H, int D, int pos0, float theta) = 0;
-
-  // ---- SwiGLU: out = silu(gate) * up, all [n] ----
-  virtual void swiglu_forward(float* out, const float* gate, const float* up, std::size_t n) = 0;
-  virtual void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate,
-                               const float* up, std::size_t n) = 0;
-
-  // ---- routed causal attention (see attention.h) ----
-  virtual void attention_forward(const AttentionForward& p) = 0;
-  virtual void attention_backward(const AttentionBackward& p) = 0;
-
-  // ---- fused softmax cross-entropy over the vocabulary ----
-  // losses[n] = -log softmax(logits[n])[targets[n]]. If dlogits is non-null it receives
-  // grad_scale * (softmax - onehot); dlogits may alias logits. targets < 0 are ignored (loss 0, grad 0).
-  // A target >= V is an error, std::invalid_argument(cross_entropy_target_error(...)): the CPU
-  // backend throws it from this call; the CUDA backend, whose targets are on the device, at
-  // the next call that waits for the device (copy_to_host, synchronize, sum_squares).
-  virtual void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* dlogits,
-                             int N, int V, float grad_scale) = 0;
-
-  // ---- AdamW on one contiguous parameter range (decoupled weight decay) ----
-  virtual void adamw_step(float* param, const float* grad, float* m, float* v, std::size_t n, float lr,
-                          float beta1, float beta2, float eps, float weight_decay, int step,
-                          float grad_scale) = 0;
+  // ---- the ops: one pure virtual per entry of KVROUTE_BACKEND_OPS above ----
+#define KVROUTE_DECLARE_OP(ret, name, params, args) virtual ret name params = 0;
+  KVROUTE_BACKEND_OPS(KVROUTE_DECLARE_OP)
+#undef KVROUTE_DECLARE_OP
 };
 
 // train.precision as a backend computes it: "fp32" and "bf16" as asked; "auto" is bf16 where

@@ -56,7 +56,7 @@ bool launched_under_mpi();
 
 // This process's rank among the job's processes on its machine, as the launcher's environment
 // tells it (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID); 0 without one. Known
-// before MPI starts, so the CUDA backend can pick its GPU (local rank mod GPU count) first.
+// before MPI starts, so make_backend can pick the GPU (local rank mod GPU count) first.
 int launcher_local_rank();
 // The number of the job's processes on this machine, from the same launchers
 // (OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS, SLURM_NTASKS_PER_NODE); 1 without one.

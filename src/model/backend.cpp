@@ -5,6 +5,7 @@
 
 #include "cpu/bf16_matmul_cpu.h"
 #include "cpu/cpu_backend.h"
+#include "kvroute/comm.h"
 
 namespace kvroute {
 
@@ -48,6 +49,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name, const BackendOpti
   if (name == "cpu") return std::make_unique<CpuBackend>(resolved);
 #ifdef KVROUTE_WITH_CUDA
   if (!cuda_device_present()) throw std::runtime_error("backend 'cuda': no CUDA device is visible on this machine");
+  if (resolved.device_ordinal < 0) resolved.device_ordinal = launcher_local_rank();
   return make_cuda_backend(resolved);
 #else
   throw std::runtime_error("backend 'cuda': kvroute was built without CUDA (configure with -DKVROUTE_CUDA=ON)");

@@ -27,7 +27,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda_backend.h"
+#include "cuda_backend.h"  // cuda/
 #include "kvroute/comm.h"
 
 namespace kvroute {
