@@ -87,6 +87,7 @@ class CpuBackend final : public Backend {
   BackendOptions options_;
   std::unique_ptr<cpu::Bf16Matmul> bf16_;
   std::vector<float> peak_operands_;  // peak_gemm_flops' n x n operands
+  std::unique_ptr<cpu::Bf16Matmul> peak_probe_;  // and its bf16 GEMM
 };
 
 namespace cpu {

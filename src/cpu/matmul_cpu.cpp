@@ -45,14 +45,18 @@ double CpuBackend::peak_gemm_flops(int n) {
   const std::size_t nn = static_cast<std::size_t>(n) * n;
   if (peak_operands_.size() != 3 * nn) {
     peak_operands_.assign(3 * nn, 0.f);
+    peak_probe_.reset();  // its registered operand and primitive are for the old size
     for (std::size_t i = 0; i < 2 * nn; ++i) peak_operands_[i] = static_cast<float>((i * 2654435761u) % 1000) / 1000.f - 0.5f;
   }
   float* a = peak_operands_.data();
   float* b = a + nn;
   float* c = b + nn;
-  cpu::Bf16Matmul probe(bf16_->path());
-  probe.register_weights(b, nn);
-  probe.matmul(a, b, c, n, n, n, false, false, 1.f, 0.f);  // untimed: creates the primitive
+  if (!peak_probe_) {  // kept between calls: its primitive and rounded operand are made once
+    peak_probe_ = std::make_unique<cpu::Bf16Matmul>(bf16_->path());
+    peak_probe_->register_weights(b, nn);
+    peak_probe_->matmul(a, b, c, n, n, n, false, false, 1.f, 0.f);  // untimed: creates the primitive
+  }
+  cpu::Bf16Matmul& probe = *peak_probe_;
   const auto t0 = std::chrono::steady_clock::now();
   probe.matmul(a, b, c, n, n, n, false, false, 1.f, 0.f);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -244,6 +244,7 @@ class TrainingRun {
   std::vector<std::string> notes_;
   TrainingState state_;
   double tokens_per_step_ = 0;  // global batch
+  std::size_t bucket_bytes_ = 0;  // train.allreduce_bucket_mb in bytes
   std::optional<GradAllreduce> grad_sum_;
   std::vector<int> full_;                          // the full-cache map 0..L-1
   std::vector<SharingStrategy> eval_strategies_;   // train.eval_strategies
@@ -330,8 +331,8 @@ void TrainingRun::start() {
   }
 
   tokens_per_step_ = double(B_) * T_ * tc_.grad_accum * world_;
-  const auto bucket_bytes = static_cast<std::size_t>(tc_.allreduce_bucket_mb * (1 << 20));
-  grad_sum_.emplace(*comm_, model_->grads(), model_->num_params(), bucket_bytes);
+  bucket_bytes_ = static_cast<std::size_t>(tc_.allreduce_bucket_mb * (1 << 20));
+  grad_sum_.emplace(*comm_, model_->grads(), model_->num_params(), bucket_bytes_);
   log_header();
 
   full_.resize(L_);
@@ -352,7 +353,6 @@ void TrainingRun::start() {
 void TrainingRun::log_header() {
   LeadLog& log = *log_;
   const Model& model = *model_;
-  const auto bucket_bytes = static_cast<std::size_t>(tc_.allreduce_bucket_mb * (1 << 20));
   log.line("kvroute " KVROUTE_VERSION " | backend " + backend_->name() + " | threads " +
            std::to_string(omp_get_max_threads()) + (world_ > 1 ? " per rank" : "") + " | run dir " + run_dir_.string());
   if (world_ > 1)
@@ -360,7 +360,7 @@ void TrainingRun::log_header() {
              std::to_string(world_) + " ranks x " + std::to_string(tc_.grad_accum) + " micro-batches x " +
              std::to_string(B_) + " x " + std::to_string(T_) + " = " + fmt("%.0f", tokens_per_step_) +
              " tokens per step; gradients averaged in " +
-             std::to_string(grad_sum_->buckets()) + " bucket(s) of up to " + human_bytes(double(bucket_bytes)) +
+             std::to_string(grad_sum_->buckets()) + " bucket(s) of up to " + human_bytes(double(bucket_bytes_)) +
              (tc_.overlap_allreduce ? ", each summed as soon as backward finishes it" : ", summed after backward") +
              (opt_->sharded() ? "; ZeRO-1: each rank holds 1/" + std::to_string(world_) + " of the AdamW state"
                               : "; ZeRO-0: every rank holds the whole AdamW state") +
