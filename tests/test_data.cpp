@@ -694,6 +694,9 @@ TEST_F(DataTest, CorpusFromShardsMatchesTheShardsAndItsEntropy) {
   EXPECT_THAT(error_of([&] { check_model_vocab(c, 256); }), HasSubstr("model.vocab_size is 256 but the tokenizer"));
   EXPECT_THAT(error_of([&] { check_model_vocab(c, 256); }), HasSubstr("set model.vocab_size: 400"));
   EXPECT_EQ(error_of([&] { check_model_vocab(c, kVocab); }), "");
+  // A pretrained model's embedding may be padded beyond its tokenizer, never smaller.
+  EXPECT_EQ(error_of([&] { check_model_vocab(c, kVocab + 64, /*pretrained=*/true); }), "");
+  EXPECT_THAT(error_of([&] { check_model_vocab(c, kVocab - 1, /*pretrained=*/true); }), HasSubstr("set model.vocab_size"));
 }
 
 TEST_F(DataTest, CorpusErrorsNameTheKeyOrFile) {

@@ -98,6 +98,10 @@ struct CheckpointContents {
 // state.adam_m is non-empty) and the tokenizer identity. Atomic (see above).
 void save_checkpoint(const std::string& path, const Model& model, const Config& cfg, const TrainingState& state,
                      const TokenizerIdentity& tokenizer);
+// The same from host memory: `params` laid out as `tensors` says (parameter_layout(cfg.model)),
+// for tools that have weights but no Model (kvroute import hf).
+void save_checkpoint(const std::string& path, const std::vector<ParamTensor>& tensors, const std::vector<float>& params,
+                     const Config& cfg, const TrainingState& state, const TokenizerIdentity& tokenizer);
 // A weights-only checkpoint at `step`.
 void save_checkpoint(const std::string& path, const Model& model, const Config& cfg, long step);
 
@@ -113,6 +117,9 @@ std::string tokenizer_mismatch(const CheckpointInfo& info, const TokenizerIdenti
 // which must then be present), checking names, shapes and CRCs. The model is not
 // modified. A checkpoint whose model config does not fit throws naming the keys.
 CheckpointContents read_checkpoint(const std::string& path, const Model& model, bool with_optimizer);
+// The same for a tensor layout without a Model (parameter_layout(model_config)).
+CheckpointContents read_checkpoint(const std::string& path, const ModelConfig& model_config,
+                                   const std::vector<ParamTensor>& tensors, bool with_optimizer);
 
 // read_checkpoint, then the weights go into the model (all or nothing).
 void load_weights(const std::string& path, Model& model);

@@ -19,6 +19,14 @@ struct ModelConfig {
   int context = 128;        // maximum sequence length
   double rope_theta = 10000.0;
   double norm_eps = 1e-5;
+  int head_dim = 0;                        // 0 = d_model / n_heads
+  bool qkv_bias = false;                   // biases on the q/k/v projections (Qwen2)
+  bool qk_norm = false;                    // per-head RMSNorm of q and k before RoPE (Qwen3)
+  std::string rope_scaling = "none";       // none | llama3
+  double rope_factor = 8.0;                // llama3 scaling parameters
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int rope_original_context = 8192;
   bool tie_embeddings = true;
   double init_std = 0.02;
   std::string init_from;    // checkpoint to take weights from (fine-tuning); empty = random init

@@ -41,7 +41,9 @@ enum class CorpusParts { train_and_val, val_only };
 Corpus load_corpus(const DataConfig& dc, CorpusParts parts = CorpusParts::train_and_val);
 
 // Refuses a model whose vocabulary differs from the tokenizer's, naming both keys.
-void check_model_vocab(const Corpus& corpus, int model_vocab_size);
+// pretrained: the weights come from a pretrained model (model.init_from), whose embedding may
+// have more rows than its tokenizer has ids (padded for speed, as Qwen's and Llama 3's are).
+void check_model_vocab(const Corpus& corpus, int model_vocab_size, bool pretrained = false);
 
 // The loader options the trainer uses (train.seq_len, train.seed, data.order; rank 0 of 1).
 LoaderOptions loader_options(const Config& cfg);

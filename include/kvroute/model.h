@@ -24,6 +24,11 @@ struct ParamTensor {
   bool weight_decay = false; // matrices decay; norm gains do not
 };
 
+// The parameter buffer of a model of this config: every tensor's name, shape and offset, in
+// buffer order (the order Model::tensors() has). Needs no backend: importers and checkpoint
+// tools lay out weights with it without building a model.
+std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg);
+
 // ---- the pieces of one forward pass, shared by training and the inference engine ----
 
 // The token grid of one forward call: B rows of Tq consecutive tokens each.
@@ -148,7 +153,6 @@ class Model {
   bool keeps_mlp() const { return recompute_ != "layer"; }       // mid, ln2, gate, up, act per layer
   const float* W(std::size_t off) const { return params_.get() + off; }
   float* dW(std::size_t off) { return grads_.get() + off; }
-  std::size_t add_tensor(const std::string& name, std::vector<int> shape, bool decay);
 
   ModelConfig cfg_;
   Backend* be_;

@@ -41,6 +41,11 @@ class SafetensorsFile {
   // The tensor as fp32 (F32 as is, BF16 and F16 widened exactly); throws naming the file and
   // tensor when it is absent or of another dtype (I8, F8_E4M3, F64, ...).
   std::vector<float> read_f32(const std::string& name) const;
+  // The same into out[0, n); n must be the tensor's element count.
+  void read_f32_into(const std::string& name, float* out, std::size_t n) const;
+  // Lets the kernel drop the tensor's mapped pages, so reading a model tensor by tensor keeps
+  // resident memory near one tensor's bytes, not the whole file's.
+  void drop_pages(const std::string& name) const;
 
  private:
   std::string path_;

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <tuple>
 #include <map>
 
 #include "checkpoint/checksum.h"
@@ -77,8 +78,8 @@ void write_tensor(hid_t file, const std::string& name, const std::vector<int>& s
   ds.close("writing " + name);
 }
 
-void write_file(const std::string& tmp, const Model& model, const std::vector<float>& params, const Config& cfg,
-                const TrainingState& state, const TokenizerIdentity& tokenizer) {
+void write_file(const std::string& tmp, const std::vector<ParamTensor>& tensors, const std::vector<float>& params,
+                const Config& cfg, const TrainingState& state, const TokenizerIdentity& tokenizer) {
   Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "file access list");
   // v1.8+ object headers and superblock carry checksums, so corrupted metadata is detected on read.
   check(H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST), "file access list");
@@ -92,7 +93,7 @@ void write_file(const std::string& tmp, const Model& model, const std::vector<fl
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose, "link creation list");
   check(H5Pset_create_intermediate_group(lcpl, 1), "link creation list");
   const bool with_moments = !state.adam_m.empty();
-  for (const ParamTensor& t : model.tensors()) {
+  for (const ParamTensor& t : tensors) {
     write_tensor(file, "/model/" + t.name, t.shape, params.data() + t.offset, t.numel, lcpl);
     if (!with_moments) continue;
     write_tensor(file, "/optimizer/m/" + t.name, t.shape, state.adam_m.data() + t.offset, t.numel, lcpl);
@@ -261,6 +262,10 @@ std::vector<std::string> model_shape_differences(const ModelConfig& a, const Mod
   cmp("n_heads", a.n_heads, b.n_heads);
   cmp("n_kv_heads", a.n_kv_heads, b.n_kv_heads);
   cmp("d_ff", a.d_ff, b.d_ff);
+  cmp("head_dim", a.head_dim, b.head_dim);
+  for (auto [key, x, y] : {std::tuple{"qkv_bias", a.qkv_bias, b.qkv_bias}, std::tuple{"qk_norm", a.qk_norm, b.qk_norm}})
+    if (x != y)
+      out.push_back(std::string("model.") + key + ": " + (x ? "true" : "false") + " vs " + (y ? "true" : "false"));
   if (a.tie_embeddings != b.tie_embeddings)
     out.push_back(std::string("model.tie_embeddings: ") + (a.tie_embeddings ? "true" : "false") + " vs " +
                   (b.tie_embeddings ? "true" : "false"));
@@ -269,8 +274,15 @@ std::vector<std::string> model_shape_differences(const ModelConfig& a, const Mod
 
 void save_checkpoint(const std::string& path, const Model& model, const Config& cfg, const TrainingState& state,
                      const TokenizerIdentity& tokenizer) {
+  save_checkpoint(path, model.tensors(), model.params_to_host(), cfg, state, tokenizer);
+}
+
+void save_checkpoint(const std::string& path, const std::vector<ParamTensor>& tensors, const std::vector<float>& params,
+                     const Config& cfg, const TrainingState& state, const TokenizerIdentity& tokenizer) {
   h5::silence_errors();
-  const std::vector<float> params = model.params_to_host();
+  if (tensors.empty() || tensors.back().offset + tensors.back().numel != params.size())
+    throw std::invalid_argument("save_checkpoint: " + std::to_string(params.size()) +
+                                " parameter floats do not match the tensor layout");
   if (!state.adam_m.empty() && (state.adam_m.size() != params.size() || state.adam_v.size() != params.size()))
     throw std::invalid_argument("save_checkpoint: AdamW moments have " + std::to_string(state.adam_m.size()) +
                                 " floats, the model " + std::to_string(params.size()));
@@ -284,7 +296,7 @@ void save_checkpoint(const std::string& path, const Model& model, const Config& 
                                                 : "Nothing was written under that name."));
   };
   try {
-    write_file(tmp, model, params, cfg, state, tokenizer);
+    write_file(tmp, tensors, params, cfg, state, tokenizer);
     fsync_file(tmp);
   } catch (const std::exception& e) {
     fail(e.what());
@@ -321,10 +333,15 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
 }
 
 CheckpointContents read_checkpoint(const std::string& path, const Model& model, bool with_optimizer) {
+  return read_checkpoint(path, model.config(), model.tensors(), with_optimizer);
+}
+
+CheckpointContents read_checkpoint(const std::string& path, const ModelConfig& model_config,
+                                   const std::vector<ParamTensor>& tensors, bool with_optimizer) {
   CheckpointContents c;
   c.info = read_checkpoint_info(path);
   const CheckpointInfo& info = c.info;
-  if (auto diff = model_shape_differences(info.config.model, model.config()); !diff.empty()) {
+  if (auto diff = model_shape_differences(info.config.model, model_config); !diff.empty()) {
     std::string msg = "checkpoint '" + path + "' does not fit the model being built (checkpoint vs this config):";
     for (const std::string& d : diff) msg += "\n  " + d;
     throw CheckpointError(msg);
@@ -332,7 +349,7 @@ CheckpointContents read_checkpoint(const std::string& path, const Model& model, 
   // The config agrees; the tensors must too (a file edited by hand, or by another tool).
   std::map<std::string, const TensorInfo*> in_file;
   for (const TensorInfo& t : info.tensors) in_file[t.name] = &t;
-  for (const ParamTensor& t : model.tensors()) {
+  for (const ParamTensor& t : tensors) {
     auto it = in_file.find(t.name);
     if (it == in_file.end()) throw CheckpointError("checkpoint '" + path + "' has no tensor /model/" + t.name);
     const std::vector<int64_t> want(t.shape.begin(), t.shape.end());
@@ -350,14 +367,15 @@ CheckpointContents read_checkpoint(const std::string& path, const Model& model, 
 
   const bool crc = info.format == kFormat;
   c.state = info.state;
-  c.params.resize(model.num_params());
+  const std::size_t n_params = (tensors.empty() ? 0 : tensors.back().offset + tensors.back().numel);
+  c.params.resize(n_params);
   if (with_optimizer) {
-    c.state.adam_m.resize(model.num_params());
-    c.state.adam_v.resize(model.num_params());
+    c.state.adam_m.resize(n_params);
+    c.state.adam_v.resize(n_params);
   }
   Handle file = open_for_reading(path);
   try {
-    for (const ParamTensor& t : model.tensors()) {
+    for (const ParamTensor& t : tensors) {
       read_tensor(file, path, "/model/" + t.name, c.params.data() + t.offset, t.numel, crc);
       if (!with_optimizer) continue;
       read_tensor(file, path, "/optimizer/m/" + t.name, c.state.adam_m.data() + t.offset, t.numel, crc);

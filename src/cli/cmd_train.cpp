@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "kvroute/hf_model.h"
 #include "kvroute/config.h"
 #include "kvroute/trainer.h"
 
@@ -36,12 +37,14 @@ void add_train_command(CLI::App& app) {
       train(plan.config, TrainOptions{plan.checkpoint, plan.notes});
       return;
     }
-    const Config cfg = load_config(files, overrides);
+    Config cfg = load_config(files, overrides);
+    TrainOptions options;
+    // model.init_from may name a Hugging Face folder: its config.json then defines the model.
+    if (adopt_hf_model_config(cfg, options.notes)) validate(cfg);
     if (dump) {
       std::cout << to_yaml(cfg);
       return;
     }
-    TrainOptions options;
     options.force = force;
     train(cfg, options);
   });

@@ -13,6 +13,8 @@ void add_generate_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
 void add_ckpt_command(CLI::App& app);
 void add_data_command(CLI::App& app);
+// `kvroute import hf` and `kvroute export hf` (cmd_hf.cpp).
+void add_hf_commands(CLI::App& app);
 // `kvroute data probe` (cmd_data_probe.cpp), registered by add_data_command.
 void add_data_probe_command(CLI::App& data);
 

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   kvroute::cli::add_bench_command(app);
   kvroute::cli::add_ckpt_command(app);
   kvroute::cli::add_data_command(app);
+  kvroute::cli::add_hf_commands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -130,7 +130,8 @@ Corpus load_corpus(const DataConfig& dc, CorpusParts parts) {
   return c;
 }
 
-void check_model_vocab(const Corpus& corpus, int model_vocab_size) {
+void check_model_vocab(const Corpus& corpus, int model_vocab_size, bool pretrained) {
+  if (pretrained && model_vocab_size > corpus.vocab_size) return;
   if (corpus.vocab_size != model_vocab_size)
     throw std::runtime_error("model.vocab_size is " + std::to_string(model_vocab_size) + " but the tokenizer (" +
                              corpus.tokenizer + ", data.tokenizer) has " + std::to_string(corpus.vocab_size) +

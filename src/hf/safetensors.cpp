@@ -159,14 +159,24 @@ const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
 std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
   const SafetensorsEntry* e = find(name);
   if (!e) fail(path_, "has no tensor '" + name + "'");
-  const unsigned char* p = data_ + e->begin;
   std::vector<float> out(e->numel());
+  read_f32_into(name, out.data(), out.size());
+  return out;
+}
+
+void SafetensorsFile::read_f32_into(const std::string& name, float* out, std::size_t n) const {
+  const SafetensorsEntry* e = find(name);
+  if (!e) fail(path_, "has no tensor '" + name + "'");
+  if (n != e->numel())
+    fail(path_, "tensor '" + name + "' has " + std::to_string(e->numel()) + " elements, " + std::to_string(n) +
+                    " were expected");
+  const unsigned char* p = data_ + e->begin;
   // The data is little-endian, as this machine (x86-64, aarch64).
   if (e->dtype == "F32") {
-    std::memcpy(out.data(), p, out.size() * 4);
+    std::memcpy(out, p, n * 4);
   } else if (e->dtype == "BF16" || e->dtype == "F16") {
     const bool bf16 = e->dtype == "BF16";
-    for (std::size_t i = 0; i < out.size(); ++i) {
+    for (std::size_t i = 0; i < n; ++i) {
       uint16_t h;
       std::memcpy(&h, p + 2 * i, 2);
       out[i] = bf16 ? float_from_bf16(h) : float_from_f16(h);
@@ -174,7 +184,18 @@ std::vector<float> SafetensorsFile::read_f32(const std::string& name) const {
   } else {
     fail(path_, "tensor '" + name + "' is " + e->dtype + "; only F32, BF16 and F16 weights are supported");
   }
-  return out;
+}
+
+void SafetensorsFile::drop_pages(const std::string& name) const {
+  const SafetensorsEntry* e = find(name);
+  if (!e || e->end == e->begin) return;
+  // madvise needs a page-aligned start; the pages are clean file pages, so dropping them loses nothing.
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const auto base = reinterpret_cast<std::uintptr_t>(map_);
+  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(data_ + e->begin) / page * page;
+  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(data_ + e->end);
+  if (begin < base) return;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors, const std::string& dtype,

@@ -27,17 +27,38 @@ namespace {
 std::string layer_name(int l, const char* what) { return "layers/" + std::to_string(l) + "/" + what; }
 }  // namespace
 
-std::size_t Model::add_tensor(const std::string& name, std::vector<int> shape, bool decay) {
-  ParamTensor t;
-  t.name = name;
-  t.shape = std::move(shape);
-  t.numel = 1;
-  for (int d : t.shape) t.numel *= static_cast<std::size_t>(d);
-  t.offset = n_params_;
-  t.weight_decay = decay;
-  n_params_ += t.numel;
-  tensors_.push_back(t);
-  return t.offset;
+std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg) {
+  std::vector<ParamTensor> out;
+  std::size_t n = 0;
+  auto add = [&](const std::string& name, std::vector<int> shape, bool decay) {
+    ParamTensor t;
+    t.name = name;
+    t.shape = std::move(shape);
+    t.numel = 1;
+    for (int d : t.shape) t.numel *= static_cast<std::size_t>(d);
+    t.offset = n;
+    t.weight_decay = decay;
+    n += t.numel;
+    out.push_back(std::move(t));
+  };
+  const int C = cfg.d_model, F = cfg.d_ff, D = cfg.n_heads > 0 ? cfg.d_model / cfg.n_heads : 0;
+  const int HD = cfg.n_heads * D, KD = cfg.n_kv_heads * D;
+  // This order is what makes backward finish the gradients a suffix at a time (GradsReady).
+  add("embed", {cfg.vocab_size, C}, true);
+  for (int l = 0; l < cfg.n_layers; ++l) {
+    add(layer_name(l, "attn_norm"), {C}, false);
+    add(layer_name(l, "attn/wq"), {HD, C}, true);
+    add(layer_name(l, "attn/wk"), {KD, C}, true);
+    add(layer_name(l, "attn/wv"), {KD, C}, true);
+    add(layer_name(l, "attn/wo"), {C, HD}, true);
+    add(layer_name(l, "mlp_norm"), {C}, false);
+    add(layer_name(l, "mlp/w_gate"), {F, C}, true);
+    add(layer_name(l, "mlp/w_up"), {F, C}, true);
+    add(layer_name(l, "mlp/w_down"), {C, F}, true);
+  }
+  add("final_norm", {C}, false);
+  if (!cfg.tie_embeddings) add("lm_head", {cfg.vocab_size, C}, true);
+  return out;
 }
 
 Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), be_(backend) {
@@ -45,25 +66,25 @@ Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), be_(backend)
     throw std::invalid_argument("model: n_kv_heads must divide n_heads");
   if (cfg.d_model % cfg.n_heads != 0 || (cfg.d_model / cfg.n_heads) % 2 != 0)
     throw std::invalid_argument("model: d_model / n_heads must be an even integer (RoPE pairs)");
-  const int C = cfg.d_model, F = cfg.d_ff, D = head_dim();
-  const int HD = cfg.n_heads * D, KD = cfg.n_kv_heads * D;
-  // This order is what makes backward finish the gradients a suffix at a time (GradsReady).
-  off_embed_ = add_tensor("embed", {cfg.vocab_size, C}, true);
+  tensors_ = parameter_layout(cfg);
+  n_params_ = tensors_.back().offset + tensors_.back().numel;
+  auto at = [&](const std::string& name) { return tensor(name).offset; };
+  off_embed_ = at("embed");
   for (int l = 0; l < cfg.n_layers; ++l) {
     LayerOffsets o;
-    o.attn_norm = add_tensor(layer_name(l, "attn_norm"), {C}, false);
-    o.wq = add_tensor(layer_name(l, "attn/wq"), {HD, C}, true);
-    o.wk = add_tensor(layer_name(l, "attn/wk"), {KD, C}, true);
-    o.wv = add_tensor(layer_name(l, "attn/wv"), {KD, C}, true);
-    o.wo = add_tensor(layer_name(l, "attn/wo"), {C, HD}, true);
-    o.mlp_norm = add_tensor(layer_name(l, "mlp_norm"), {C}, false);
-    o.w_gate = add_tensor(layer_name(l, "mlp/w_gate"), {F, C}, true);
-    o.w_up = add_tensor(layer_name(l, "mlp/w_up"), {F, C}, true);
-    o.w_down = add_tensor(layer_name(l, "mlp/w_down"), {C, F}, true);
+    o.attn_norm = at(layer_name(l, "attn_norm"));
+    o.wq = at(layer_name(l, "attn/wq"));
+    o.wk = at(layer_name(l, "attn/wk"));
+    o.wv = at(layer_name(l, "attn/wv"));
+    o.wo = at(layer_name(l, "attn/wo"));
+    o.mlp_norm = at(layer_name(l, "mlp_norm"));
+    o.w_gate = at(layer_name(l, "mlp/w_gate"));
+    o.w_up = at(layer_name(l, "mlp/w_up"));
+    o.w_down = at(layer_name(l, "mlp/w_down"));
     layers_.push_back(o);
   }
-  off_final_norm_ = add_tensor("final_norm", {C}, false);
-  off_head_ = cfg.tie_embeddings ? off_embed_ : add_tensor("lm_head", {cfg.vocab_size, C}, true);
+  off_final_norm_ = at("final_norm");
+  off_head_ = cfg.tie_embeddings ? off_embed_ : at("lm_head");
   params_ = DeviceBuffer<float>(be_, n_params_);
   grads_ = DeviceBuffer<float>(be_, n_params_);
   // A bf16 backend keeps one rounded copy of the weights per optimizer step (backend.h).

@@ -1,5 +1,8 @@
 #include "train/train_state.h"
 
+#include "kvroute/hf_model.h"
+#include "kvroute/tokenizer.h"
+
 namespace kvroute {
 
 void check_tokenizer(const CheckpointInfo& info, const TokenizerIdentity& tokenizer, std::vector<std::string>& notes) {
@@ -64,6 +67,27 @@ void restore_loader_position(WindowLoader& loader, const TrainingState& state, c
 
 void init_weights_from(const std::string& path, Model& model, const TokenizerIdentity& tokenizer,
                        std::vector<std::string>& notes) {
+  if (is_hf_model_dir(path)) {
+    // A Hugging Face folder: its config.json already set the model keys (adopt_hf_model_config).
+    const HfModelConfig hf = read_hf_config(path);
+    if (auto diff = model_shape_differences(hf.model, model.config()); !diff.empty()) {
+      std::string msg = "model.init_from '" + path + "' does not fit the model being built (its config.json vs this config):";
+      for (const std::string& d : diff) msg += "\n  " + d;
+      throw CheckpointError(msg);
+    }
+    CheckpointInfo info;
+    info.path = path;
+    try {
+      const auto tok = load_tokenizer(path);
+      info.tokenizer = TokenizerIdentity{path, tok->vocab_size(), fingerprint_hex(tok->fingerprint())};
+    } catch (const std::exception& e) {
+      notes.push_back("model.init_from '" + path + "': its tokenizer cannot be read (" + e.what() +
+                      "), so it is not checked against the data's");
+    }
+    check_tokenizer(info, tokenizer, notes);
+    model.params_from_host(read_hf_weights(path, hf, &notes));
+    return;
+  }
   const CheckpointContents c = read_checkpoint(path, model, /*with_optimizer=*/false);
   check_tokenizer(c.info, tokenizer, notes);
   model.params_from_host(c.params);

@@ -267,7 +267,7 @@ TrainingRun::TrainingRun(const Config& cfg, const TrainOptions& options)
   if (world_ > 1) comm_ = with_collective_watchdog(std::move(comm_), tc_.collective_timeout_s, &watchdog_);
   lead_ = rank_ == 0;
   corpus_ = load_corpus(cfg_.data);
-  check_model_vocab(corpus_, cfg_.model.vocab_size);
+  check_model_vocab(corpus_, cfg_.model.vocab_size, !cfg_.model.init_from.empty());
   B_ = tc_.batch_size, T_ = tc_.seq_len, L_ = cfg_.model.n_layers;
   if (corpus_.val.size() < static_cast<std::size_t>(T_) + 1)
     throw std::runtime_error("validation split has only " + std::to_string(corpus_.val.size()) +

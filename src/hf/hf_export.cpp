@@ -1,0 +1,209 @@
+// kvroute export hf: a kvroute checkpoint -> a Hugging Face model folder.
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "checkpoint/durable_file.h"
+#include "kvroute/checkpoint.h"
+#include "kvroute/hf_model.h"
+#include "kvroute/model.h"
+#include "kvroute/safetensors.h"
+#include "kvroute/strategy.h"
+
+namespace kvroute {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// GPT-2's byte <-> printable-character table: bytes that print as themselves keep their code
+// point, the rest take 256, 257, ... in byte order. A byte-level BPE with no merges whose
+// vocabulary maps each byte's character to the byte's value is exactly kvroute's byte tokenizer.
+std::string byte_char_utf8(int b) {
+  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+  int cp = b;
+  if (!printable) {
+    int n = 0;
+    for (int x = 0; x < b; ++x) n += !((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF));
+    cp = 256 + n;
+  }
+  std::string s;
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else {  // every code point here is below 0x800: two bytes
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
+std::string byte_tokenizer_json() {
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_char_utf8(b)] = b;
+  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
+                           {"use_regex", false}};
+  json t = {{"version", "1.0"},
+            {"truncation", nullptr},
+            {"padding", nullptr},
+            {"added_tokens", json::array()},
+            {"normalizer", nullptr},
+            {"pre_tokenizer", byte_level},
+            {"post_processor", nullptr},
+            {"decoder", byte_level},
+            {"model",
+             {{"type", "BPE"},
+              {"dropout", nullptr},
+              {"unk_token", nullptr},
+              {"continuing_subword_prefix", nullptr},
+              {"end_of_word_suffix", nullptr},
+              {"fuse_unk", false},
+              {"byte_fallback", false},
+              {"ignore_merges", false},
+              {"vocab", vocab},
+              {"merges", json::array()}}}};
+  return t.dump(1) + "\n";
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream out(p, std::ios::binary);
+  out << text;
+  out.flush();
+  if (!out) throw std::runtime_error("export: writing '" + p.string() + "' failed");
+}
+
+// bos/eos ids of an imported tokenizer (generation_config.json travels with it), else -1.
+std::pair<int, int> special_ids(const fs::path& tok_dir) {
+  std::error_code ec;
+  const fs::path gen = tok_dir / "generation_config.json";
+  if (!fs::exists(gen, ec)) return {-1, -1};
+  try {
+    const json j = json::parse(read_text(gen));
+    auto id = [&](const char* k) {
+      if (!j.contains(k)) return -1;
+      if (j[k].is_number_integer()) return j[k].get<int>();
+      if (j[k].is_array() && !j[k].empty() && j[k][0].is_number_integer()) return j[k][0].get<int>();
+      return -1;
+    };
+    return {id("bos_token_id"), id("eos_token_id")};
+  } catch (const json::exception&) {
+    return {-1, -1};
+  }
+}
+
+// The "kvroute" block of config.json: how the model was trained to share its cache.
+std::string kvroute_block(const Config& cfg, const CheckpointInfo& info) {
+  const RoutingConfig& r = cfg.routing;
+  // A model trained for one fixed map serves best with it; a stochastically routed one tolerates
+  // any map, and CLA with groups of 2 (half the cache) is the paper's usual operating point.
+  std::string recommended = "full";
+  std::string why = "trained without routing: serve with a full cache";
+  if (r.mode == "fixed") {
+    recommended = r.strategy;
+    why = "trained with this fixed sharing map";
+  } else if (r.mode == "stochastic") {
+    recommended = "cla:2";
+    why = "trained with stochastic routing: tolerates any map; cla:2 keeps half the cache";
+  }
+  const SharingStrategy s = parse_strategy(recommended, cfg.model.n_layers);
+  json j = {{"version", KVROUTE_VERSION},
+            {"step", info.step},
+            {"routing",
+             {{"mode", r.mode}, {"p", r.p}, {"scheme", r.scheme}, {"granularity", r.granularity},
+              {"strategy", r.strategy}, {"group", r.group}}},
+            {"recommended_sharing",
+             {{"strategy", recommended}, {"source_layer", s.src}, {"kv_fraction", s.kv_fraction()}, {"why", why}}},
+            {"note", "layer l reads the K/V of layer source_layer[l]; transformers ignores this block"}};
+  return j.dump();
+}
+
+}  // namespace
+
+HfExportReport export_hf(const HfExportOptions& o) {
+  if (o.dtype != "bf16" && o.dtype != "fp32")
+    throw std::invalid_argument("export: --dtype must be bf16 or fp32, not '" + o.dtype + "'");
+  std::error_code ec;
+  if (fs::exists(o.out, ec) && !o.force) throw std::runtime_error("export: '" + o.out + "' exists (--force replaces it)");
+  const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  const Config& cfg = info.config;
+  HfExportReport report;
+  report.architecture = o.architecture.empty() ? hf_architecture_for(cfg.model) : o.architecture;
+
+  const std::vector<ParamTensor> layout = parameter_layout(cfg.model);
+  const CheckpointContents c = read_checkpoint(o.checkpoint, cfg.model, layout, /*with_optimizer=*/false);
+
+  // Tokenizer: an imported (Hugging Face) one is copied back; kvroute's own are written in HF form.
+  const std::string& spec = cfg.data.tokenizer;
+  const fs::path tmp = o.out + ".tmp";
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  int bos = -1, eos = -1;
+  auto add_file = [&](const std::string& name) { report.files.push_back(name); };
+  if (spec == "byte") {
+    write_text(tmp / "tokenizer.json", byte_tokenizer_json());
+    write_text(tmp / "tokenizer_config.json",
+               json({{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", cfg.model.context},
+                     {"clean_up_tokenization_spaces", false}})
+                       .dump(2) + "\n");
+    add_file("tokenizer.json");
+    add_file("tokenizer_config.json");
+    report.notes.push_back("byte tokenizer written as a byte-level BPE without merges (ids = byte values)");
+  } else if (fs::is_directory(spec, ec)) {
+    const bool from_hf = fs::exists(fs::path(spec) / "tokenizer.json", ec) ||
+                         fs::exists(fs::path(spec) / "tokenizer_config.json", ec);
+    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                             "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json"}) {
+      if (!fs::exists(fs::path(spec) / name, ec)) continue;
+      fs::copy_file(fs::path(spec) / name, tmp / name);
+      add_file(name);
+    }
+    if (from_hf) {
+      std::tie(bos, eos) = special_ids(spec);
+    } else {
+      // kvroute's SentencePiece tokenizers: ids 0, 1, 2 are <unk>, <s>, </s> (tokenizer.h).
+      bos = 1;
+      eos = 2;
+      write_text(tmp / "tokenizer_config.json",
+                 json({{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
+                       {"unk_token", "<unk>"}, {"add_bos_token", false}, {"add_eos_token", false},
+                       {"legacy", true}, {"model_max_length", cfg.model.context}})
+                         .dump(2) + "\n");
+      add_file("tokenizer_config.json");
+    }
+  } else {
+    report.notes.push_back("tokenizer '" + spec + "' of the checkpoint is not found: no tokenizer files written");
+  }
+
+  std::vector<NamedTensor> tensors;
+  std::vector<std::string> names;
+  for (const ParamTensor& t : layout) {
+    NamedTensor n;
+    n.name = hf_tensor_name(t.name);
+    n.shape.assign(t.shape.begin(), t.shape.end());
+    n.data = c.params.data() + t.offset;
+    tensors.push_back(std::move(n));
+  }
+  // transformers refuses a safetensors file without format metadata.
+  write_safetensors((tmp / "model.safetensors").string(), tensors, o.dtype == "bf16" ? "BF16" : "F32",
+                    {{"format", "pt"}});
+  add_file("model.safetensors");
+  write_text(tmp / "config.json", hf_config_json(cfg.model, report.architecture, o.dtype == "bf16" ? "bfloat16" : "float32",
+                                                 bos, eos, kvroute_block(cfg, info)));
+  add_file("config.json");
+  for (const std::string& f : report.files) report.bytes += static_cast<double>(fs::file_size(tmp / f));
+  fs::remove_all(o.out, ec);
+  fs::rename(tmp, o.out);
+  fsync_directory(fs::absolute(o.out).parent_path());
+  return report;
+}
+
+}  // namespace kvroute
