@@ -142,13 +142,16 @@ HfExportReport export_hf(const HfExportOptions& o) {
   const CheckpointContents c = read_checkpoint(o.checkpoint, cfg.model, layout, /*with_optimizer=*/false);
 
   // Tokenizer: an imported (Hugging Face) one is copied back; kvroute's own are written in HF form.
-  const std::string& spec = cfg.data.tokenizer;
+  // A checkpoint that records no tokenizer (imported from a folder without one) exports none.
+  const std::string spec = info.tokenizer.name.empty() ? "" : cfg.data.tokenizer;
   const fs::path tmp = o.out + ".tmp";
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
   int bos = -1, eos = -1;
   auto add_file = [&](const std::string& name) { report.files.push_back(name); };
-  if (spec == "byte") {
+  if (spec.empty()) {
+    report.notes.push_back("the checkpoint records no tokenizer: no tokenizer files written");
+  } else if (spec == "byte") {
     write_text(tmp / "tokenizer.json", byte_tokenizer_json());
     write_text(tmp / "tokenizer_config.json",
                json({{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", cfg.model.context},
