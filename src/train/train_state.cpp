@@ -1,5 +1,7 @@
 #include "train/train_state.h"
 
+#include <filesystem>
+
 #include "kvroute/hf_model.h"
 #include "kvroute/tokenizer.h"
 
@@ -75,16 +77,19 @@ void init_weights_from(const std::string& path, Model& model, const TokenizerIde
       for (const std::string& d : diff) msg += "\n  " + d;
       throw CheckpointError(msg);
     }
-    CheckpointInfo info;
-    info.path = path;
-    try {
+    std::error_code ec;
+    if (!std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json", ec) &&
+        !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.model", ec)) {
+      notes.push_back("model.init_from '" + path + "' has no tokenizer files, so the data's tokenizer (" +
+                      tokenizer.name + ") is not checked against the model's");
+    } else {
+      // Loading it is the check: a folder whose tokenizer kvroute cannot read is refused here.
       const auto tok = load_tokenizer(path);
+      CheckpointInfo info;
+      info.path = path;
       info.tokenizer = TokenizerIdentity{path, tok->vocab_size(), fingerprint_hex(tok->fingerprint())};
-    } catch (const std::exception& e) {
-      notes.push_back("model.init_from '" + path + "': its tokenizer cannot be read (" + e.what() +
-                      "), so it is not checked against the data's");
+      check_tokenizer(info, tokenizer, notes);
     }
-    check_tokenizer(info, tokenizer, notes);
     model.params_from_host(read_hf_weights(path, hf, &notes));
     return;
   }

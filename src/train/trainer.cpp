@@ -326,8 +326,11 @@ void TrainingRun::start() {
         notes_.push_back("removed model.h5.tmp, left by an interrupted write of the final weights");
     }
   } else {
-    model_->init_weights(static_cast<uint64_t>(tc_.seed));
-    if (!cfg_.model.init_from.empty()) init_weights_from(cfg_.model.init_from, *model_, tokenizer_, notes_);
+    // Fine-tuning replaces every weight: drawing a random init first would only cost time and memory.
+    if (cfg_.model.init_from.empty())
+      model_->init_weights(static_cast<uint64_t>(tc_.seed));
+    else
+      init_weights_from(cfg_.model.init_from, *model_, tokenizer_, notes_);
   }
 
   tokens_per_step_ = double(B_) * T_ * tc_.grad_accum * world_;
