@@ -17,7 +17,7 @@
 // gradients, AdamW state, activations and all other ops stay fp32.
 //
 // Each op's kernels live in their own file (matmul_cuda.cu, elementwise_cuda.cu,
-// embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, cross_entropy_cuda.cu,
+// embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, bias_cuda.cu, cross_entropy_cuda.cu,
 // adamw_cuda.cu, attention_cuda.cu); memory, streams and scratch live in
 // cuda_backend.cu. This header is for .cu files only (it includes CUDA headers).
 #pragma once
@@ -135,8 +135,12 @@ class CudaBackend final : public Backend {
                         const float* rstd, int N, int C) override;
 
   // rope_cuda.cu
-  void rope_forward(float* x, int B, int T, int H, int D, int pos0, float theta) override;
-  void rope_backward(float* dx, int B, int T, int H, int D, int pos0, float theta) override;
+  void rope_forward(float* x, int B, int T, int H, int D, int pos0, const RopeSpec& rope) override;
+  void rope_backward(float* dx, int B, int T, int H, int D, int pos0, const RopeSpec& rope) override;
+
+  // bias_cuda.cu
+  void bias_forward(float* y, const float* b, int N, int C) override;
+  void bias_backward(float* db, const float* dy, int N, int C) override;
 
   // attention_cuda.cu
   void attention_forward(const AttentionForward& p) override;
@@ -163,6 +167,7 @@ class CudaBackend final : public Backend {
   enum ScratchSlot {
     kScratchReduce,
     kScratchNormDw,
+    kScratchBiasDb,
     kScratchAttnDelta,
     kScratchBf16A,   // bf16 copy of matmul's A
     kScratchBf16B,   // bf16 copy of matmul's B

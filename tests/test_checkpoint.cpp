@@ -366,6 +366,47 @@ TEST_F(Checkpoint, AConfigThatDoesNotFitIsRefusedNamingTheKeys) {
   EXPECT_TRUE(same_bits(model.params_to_host(), before));
 }
 
+TEST_F(Checkpoint, FamilyFeaturesRoundTripTheirKeysAndTensors) {
+  // head_dim, q/k/v biases, q/k norms and llama3 RoPE: the config keys come back from the file,
+  // the extra tensors load bit for bit, and a model without them is refused naming the key.
+  const fs::path path = temp_dir("features") / "c.h5";
+  Config cfg;
+  cfg.model = tiny_model();
+  cfg.model.head_dim = 8;
+  cfg.model.qkv_bias = cfg.model.qk_norm = true;
+  cfg.model.rope_scaling = "llama3";
+  cfg.model.rope_factor = 4;
+  cfg.model.rope_original_context = 64;
+  Model model(cfg.model, be_.get());
+  model.init_weights(3);
+  std::vector<float> params = model.params_to_host();
+  for (float& x : params) x += 0.25f;  // biases and gains away from their init
+  model.params_from_host(params);
+  save_checkpoint(path.string(), model, cfg, 1);
+  const CheckpointInfo info = read_checkpoint_info(path.string());
+  EXPECT_EQ(info.config.model.head_dim, 8);
+  EXPECT_TRUE(info.config.model.qkv_bias);
+  EXPECT_TRUE(info.config.model.qk_norm);
+  EXPECT_EQ(info.config.model.rope_scaling, "llama3");
+  EXPECT_EQ(info.config.model.rope_factor, 4);
+  EXPECT_EQ(info.config.model.rope_original_context, 64);
+  Model back(info.config.model, be_.get());
+  load_weights(path.string(), back);
+  EXPECT_TRUE(same_bits(back.params_to_host(), params));
+
+  ModelConfig plain = cfg.model;
+  plain.qk_norm = false;
+  plain.head_dim = 0;
+  Model other(plain, be_.get());
+  try {
+    load_weights(path.string(), other);
+    ADD_FAILURE() << "weights of another model were loaded";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("model.qk_norm: true vs false"));
+    EXPECT_THAT(e.what(), HasSubstr("model.head_dim: 8 vs 16"));
+  }
+}
+
 TEST_F(Checkpoint, AWeightsOnlyFileLoadsWeightsButCannotBeResumed) {
   const fs::path dir = temp_dir("weights_only");
   Config cfg;

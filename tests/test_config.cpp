@@ -26,7 +26,15 @@ model:
   n_kv_heads: 2
   d_ff: 384
   context: 256
+  head_dim: 24
+  qkv_bias: true
+  qk_norm: true
   rope_theta: 500000.5
+  rope_scaling: llama3
+  rope_factor: 16
+  rope_low_freq_factor: 2
+  rope_high_freq_factor: 8
+  rope_original_context: 4096
   norm_eps: 1e-6
   tie_embeddings: false
   init_std: 0.015
@@ -196,6 +204,15 @@ TEST_F(ConfigTest, EveryFieldIsSettable) {
   EXPECT_EQ(m.d_ff, 384);
   EXPECT_EQ(m.context, 256);
   EXPECT_EQ(m.rope_theta, 500000.5);
+  EXPECT_EQ(m.head_dim, 24);
+  EXPECT_EQ(resolved_head_dim(m), 24);
+  EXPECT_TRUE(m.qkv_bias);
+  EXPECT_TRUE(m.qk_norm);
+  EXPECT_EQ(m.rope_scaling, "llama3");
+  EXPECT_EQ(m.rope_factor, 16);
+  EXPECT_EQ(m.rope_low_freq_factor, 2);
+  EXPECT_EQ(m.rope_high_freq_factor, 8);
+  EXPECT_EQ(m.rope_original_context, 4096);
   EXPECT_EQ(m.norm_eps, 1e-6);
   EXPECT_FALSE(m.tie_embeddings);
   EXPECT_EQ(m.init_std, 0.015);
@@ -340,6 +357,13 @@ TEST_F(ConfigTest, OutOfRangeValuesNameTheBound) {
   EXPECT_THAT(yaml_error("model:\n  vocab_size: 1\n"), HasSubstr("model.vocab_size: must be >= 2, got 1"));
   EXPECT_THAT(yaml_error("train:\n  threads: -1\n"), HasSubstr("train.threads: must be >= 0, got -1"));
   EXPECT_THAT(yaml_error("model:\n  rope_theta: 0\n"), HasSubstr("model.rope_theta: must be > 0, got 0"));
+  EXPECT_THAT(yaml_error("model:\n  head_dim: -2\n"), HasSubstr("model.head_dim: must be >= 0, got -2"));
+  EXPECT_THAT(yaml_error("model:\n  rope_factor: 0\n"), HasSubstr("model.rope_factor: must be > 0, got 0"));
+  EXPECT_THAT(yaml_error("model:\n  rope_original_context: 0\n"),
+              HasSubstr("model.rope_original_context: must be >= 1, got 0"));
+  EXPECT_THAT(yaml_error("model:\n  rope_scaling: yarn\n"),
+              HasSubstr("model.rope_scaling: expected one of none|llama3, got 'yarn'"));
+  EXPECT_THAT(yaml_error("model:\n  qkv_bias: 1\n"), HasSubstr("model.qkv_bias: expected true or false"));
   EXPECT_THAT(yaml_error("routing:\n  p: 1.5\n"), HasSubstr("routing.p: must be in [0, 1], got 1.5"));
   EXPECT_THAT(override_error("train.zero=2"), HasSubstr("train.zero: must be in [0, 1], got 2"));
   EXPECT_THAT(override_error("train.allreduce_bucket_mb=0"), HasSubstr("train.allreduce_bucket_mb: must be in"));
@@ -441,6 +465,22 @@ TEST_F(ConfigTest, CrossFieldRules) {
   c = Config{};
   c.model.d_model = 12;  // head dim 3
   EXPECT_THAT(validate_error(c), HasSubstr("model.d_model / model.n_heads = 3 must be even"));
+
+  c = Config{};
+  c.model.head_dim = 7;
+  EXPECT_THAT(validate_error(c), HasSubstr("model.head_dim (7) must be even"));
+  c.model.d_model = 130;  // an explicit head_dim frees d_model from n_heads
+  c.model.head_dim = 8;
+  EXPECT_NO_THROW(validate(c));
+  EXPECT_EQ(resolved_head_dim(c.model), 8);
+  EXPECT_EQ(resolved_head_dim(Config{}.model), 32);
+
+  c = Config{};
+  c.model.rope_scaling = "llama3";
+  c.model.rope_high_freq_factor = 1;  // == rope_low_freq_factor
+  EXPECT_THAT(validate_error(c), HasSubstr("model.rope_high_freq_factor (1) must be > model.rope_low_freq_factor (1)"));
+  c.model.rope_scaling = "none";  // only llama3 reads them
+  EXPECT_NO_THROW(validate(c));
 
   c = Config{};
   c.train.seq_len = 256;

@@ -303,24 +303,56 @@ TEST(CudaOps, RoPE) {
   KVR_REQUIRE_CUDA();
   Backends be;
   std::mt19937 rng(8);
+  // Llama 3.1 scaling with a short original context, so the three bands all occur at D 32..128.
+  RopeSpec llama3;
+  llama3.theta = 500000;
+  llama3.scaling = RopeScaling::Llama3;
+  llama3.factor = 8;
+  llama3.original_context = 256;
   struct Case {
     int B, T, H, D, pos0;
+    RopeSpec spec;
   };
-  for (const Case c : {Case{2, 19, 3, 64, 7}, Case{1, 1, 4, 128, 1000}, Case{3, 40, 2, 32, 0}}) {
+  for (const Case c : {Case{2, 19, 3, 64, 7, RopeSpec{10000.0}}, Case{1, 1, 4, 128, 1000, RopeSpec{10000.0}},
+                       Case{3, 40, 2, 32, 0, RopeSpec{10000.0}}, Case{2, 19, 3, 64, 7, llama3},
+                       Case{1, 3, 4, 128, 5000, llama3}}) {
     const std::size_t n = static_cast<std::size_t>(c.B) * c.T * c.H * c.D;
-    const std::string tag = " D=" + std::to_string(c.D) + " pos0=" + std::to_string(c.pos0);
+    const std::string tag = " D=" + std::to_string(c.D) + " pos0=" + std::to_string(c.pos0) +
+                            (c.spec.scaling == RopeScaling::Llama3 ? " llama3" : "");
     const auto host = random_floats(n, rng);
     Mirror<float> x(be, host);
-    be.gpu->rope_forward(x.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
-    be.cpu->rope_forward(x.cpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    be.gpu->rope_forward(x.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, c.spec);
+    be.cpu->rope_forward(x.cpu.get(), c.B, c.T, c.H, c.D, c.pos0, c.spec);
     expect_close(x, kMathTol, "rope_forward" + tag);
     Mirror<float> dx(be, random_floats(n, rng));
-    be.gpu->rope_backward(dx.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
-    be.cpu->rope_backward(dx.cpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    be.gpu->rope_backward(dx.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, c.spec);
+    be.cpu->rope_backward(dx.cpu.get(), c.B, c.T, c.H, c.D, c.pos0, c.spec);
     expect_close(dx, kMathTol, "rope_backward" + tag);
     // The backward is the inverse rotation: forward then backward restores x.
-    be.gpu->rope_backward(x.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, 10000.f);
+    be.gpu->rope_backward(x.gpu.get(), c.B, c.T, c.H, c.D, c.pos0, c.spec);
     expect_close(x.gpu.download(), host, kMathTol, "rope round trip" + tag);
+  }
+  RopeSpec bad = llama3;
+  bad.high_freq_factor = bad.low_freq_factor;
+  Mirror<float> x(be, random_floats(64, rng));
+  EXPECT_THROW(be.gpu->rope_forward(x.gpu.get(), 1, 1, 1, 64, 0, bad), std::invalid_argument);
+}
+
+TEST(CudaOps, Bias) {
+  KVR_REQUIRE_CUDA();
+  Backends be;
+  std::mt19937 rng(9);
+  for (const auto [N, C] : {std::pair{1, 7}, std::pair{37, 96}, std::pair{3000, 640}}) {
+    const std::string tag = " N=" + std::to_string(N) + " C=" + std::to_string(C);
+    const std::size_t nc = static_cast<std::size_t>(N) * C;
+    Mirror<float> y(be, random_floats(nc, rng)), b(be, random_floats(C, rng));
+    be.gpu->bias_forward(y.gpu.get(), b.gpu.get(), N, C);
+    be.cpu->bias_forward(y.cpu.get(), b.cpu.get(), N, C);
+    expect_close(y, kMathTol, "bias_forward" + tag);
+    Mirror<float> dy(be, random_floats(nc, rng)), db(be, random_floats(C, rng));  // backward adds into db
+    be.gpu->bias_backward(db.gpu.get(), dy.gpu.get(), N, C);
+    be.cpu->bias_backward(db.cpu.get(), dy.cpu.get(), N, C);
+    expect_close(db, Tol{1e-4, 1e-4}, "bias_backward" + tag);  // sums over N rows
   }
 }
 
@@ -1061,6 +1093,30 @@ TEST(CudaOps, ModelStepMatchesCpu) {
       expect_adamw_close(layout, got, want, bf16 ? 0.1 : 0.01);
     }
   }
+}
+
+TEST(CudaOps, ModelStepWithFamilyFeaturesMatchesCpu) {
+  // q/k/v biases, per-head q/k RMSNorm, head_dim 64 != d_model / n_heads, Llama 3.1 RoPE
+  // scaling and an untied head: the ops the Llama / Qwen2 / Qwen3 imports run.
+  KVR_REQUIRE_CUDA();
+  ModelConfig mc = small_model();
+  mc.n_heads = 4;
+  mc.n_kv_heads = 2;
+  mc.head_dim = 64;
+  mc.qkv_bias = true;
+  mc.qk_norm = true;
+  mc.rope_scaling = "llama3";
+  mc.rope_original_context = 64;
+  mc.tie_embeddings = false;
+  const int B = 3, T = 100;
+  auto cpu = make_backend("cpu");
+  const StepResult want = model_step(cpu.get(), mc, B, T, 6);
+  Model layout(mc, cpu.get());
+  auto gpu = make_backend("cuda");
+  const StepResult got = model_step(gpu.get(), mc, B, T, 6);
+  EXPECT_NEAR(got.loss, want.loss, 1e-5 * std::fabs(want.loss));
+  expect_tensors_close(layout, got.grads, want.grads, 1e-3, "grad");
+  expect_adamw_close(layout, got, want, 0.01);
 }
 
 TEST(CudaOps, ModelStepIsBitwiseDeterministic) {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "data_fixtures.h"
@@ -80,10 +81,11 @@ TEST_P(GoldenModel, ImportedLogitsMatchTransformers) {
       kvroute_logits(params, hf.model, ref.ids, ref.B, ref.T, identity_routes(ref.B, hf.model.n_layers));
   ASSERT_EQ(logits.size(), ref.logits.size());
   const double err = max_relative_error(logits, ref.logits);
+  std::cout << GetParam() << ": max |kvroute - transformers| / max |transformers| = " << err << "\n";
   EXPECT_LT(err, 1e-4) << GetParam() << ": max |kvroute - transformers| / max |transformers| = " << err;
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenModel, ::testing::Values("llama2", "mistral"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenModel, ::testing::Values("llama2", "llama3", "mistral", "qwen2", "qwen3"));
 
 TEST(HfConfig, EachFixtureMapsToTheModelKeysItsFamilyNeeds) {
   const HfModelConfig llama3 = read_hf_config(fixture("llama3").string());
@@ -256,7 +258,7 @@ TEST(HfImport, DamagedFoldersAreRefusedNamingTheFileAndTheTensor) {
 
 TEST(HfExport, ExportThenImportIsBitExactInFp32AndRoundsOnceInBf16) {
   const fs::path tmp = fresh_temp_dir("hf_roundtrip");
-  for (const char* name : {"llama2", "mistral"}) {
+  for (const char* name : {"llama2", "llama3", "mistral", "qwen2", "qwen3"}) {
     SCOPED_TRACE(name);
     const fs::path ckpt = tmp / (std::string(name) + ".h5");
     HfImportOptions io;

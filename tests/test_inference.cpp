@@ -197,10 +197,48 @@ TEST(InferenceEngine, TeacherForcedLossEqualsTrainingForward) {
   }
 }
 
+TEST(InferenceEngine, CachedDecodeMatchesFullForwardWithFamilyFeatures) {
+  // q/k/v biases, per-head q/k norm, head_dim != d_model / n_heads, Llama 3.1 RoPE scaling and
+  // an untied head: the cache holds K after bias, norm and RoPE, and a sharing layer reads it.
+  ModelConfig mc = tiny_model();
+  mc.qkv_bias = mc.qk_norm = true;
+  mc.head_dim = 6;
+  mc.rope_scaling = "llama3";
+  mc.rope_original_context = 8;
+  mc.tie_embeddings = false;
+  auto be = make_backend("cpu");
+  Model model(mc, be.get());
+  model.init_weights(12);
+  std::vector<float> p = model.params_to_host();
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.f, 0.3f);
+  for (const ParamTensor& t : model.tensors())  // biases and gains away from 0 and 1
+    if (t.shape.size() == 1)
+      for (std::size_t i = 0; i < t.numel; ++i) p[t.offset + i] += normal(rng);
+  model.params_from_host(p);
+  const int V = mc.vocab_size, T = 12;
+  const std::vector<int32_t> tokens = random_tokens(2 * T, V, 6);
+  for (const SharingStrategy& s : zoo()) {
+    const std::vector<float> ref = reference_logits(model, tokens, 2, T, s);
+    InferenceEngine engine(model, s, 2, T);
+    EXPECT_EQ(engine.cache().bytes_per_token(), 2u * s.n_cache_layers() * mc.n_kv_heads * 6 * sizeof(float)) << s.name;
+    const std::vector<float> first = engine.prefill({{tokens.begin(), tokens.begin() + 4}, {tokens.begin() + T, tokens.begin() + T + 4}});
+    for (int b = 0; b < 2; ++b)
+      expect_row_near(first.data() + b * V, ref.data() + (b * T + 3) * V, V, s.name + " prefill");
+    while (engine.length(0) < T) {
+      const std::vector<float> logits = engine.decode({tokens[engine.length(0)], tokens[T + engine.length(1)]}, {0, 1});
+      const int pos = engine.length(0) - 1;
+      for (int b = 0; b < 2; ++b)
+        expect_row_near(logits.data() + b * V, ref.data() + (b * T + pos) * V, V,
+                        s.name + " decode at position " + std::to_string(pos));
+    }
+  }
+}
+
 TEST(KvCache, AllocatesExactlyTheReportedBytesForSourceLayersOnly) {
   CountingBackend be;
   const ModelConfig mc = tiny_model();
-  const std::size_t row = static_cast<std::size_t>(mc.n_kv_heads) * (mc.d_model / mc.n_heads);  // Hkv * D
+  const std::size_t row = static_cast<std::size_t>(mc.n_kv_heads) * resolved_head_dim(mc);  // Hkv * D
   std::size_t full_bytes = 0;
   for (const SharingStrategy& s : zoo()) {
     const std::size_t before = be.live_bytes;

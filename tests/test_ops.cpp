@@ -278,7 +278,7 @@ TEST(CpuRope, ForwardMatchesReference) {
   const float theta = 10000.f;
   Floats x = random_floats(B * T * H * D, 14);
   const Vec want = ref::rope(to_double(x), B, T, H, D, pos0, theta);
-  be.rope_forward(x.data(), B, T, H, D, pos0, theta);
+  be.rope_forward(x.data(), B, T, H, D, pos0, RopeSpec{theta});
   expect_close(x, want, 1e-5, 1e-5, "rope");
 }
 
@@ -288,20 +288,148 @@ TEST(CpuRope, BackwardIsInverseRotationAndMatchesFiniteDifferences) {
   const float theta = 500.f;
   const Floats x0 = random_floats(B * T * H * D, 15);
   Floats x = x0;
-  be.rope_forward(x.data(), B, T, H, D, pos0, theta);
-  be.rope_backward(x.data(), B, T, H, D, pos0, theta);
+  be.rope_forward(x.data(), B, T, H, D, pos0, RopeSpec{theta});
+  be.rope_backward(x.data(), B, T, H, D, pos0, RopeSpec{theta});
   expect_close(x, to_double(x0), 1e-5, 1e-5, "forward then backward");
 
   // dL/dx for L = sum(rope(x) * R) is rope_backward(R).
   const Floats R = random_floats(x0.size(), 16);
   Floats grad = R;
-  be.rope_backward(grad.data(), B, T, H, D, pos0, theta);
+  be.rope_backward(grad.data(), B, T, H, D, pos0, RopeSpec{theta});
   Vec xd = to_double(x0);
   const Vec Rd = to_double(R);
   const Vec g = finite_diff(xd, [&] { return dot(ref::rope(xd, B, T, H, D, pos0, theta), Rd); });
   expect_close(grad, g, 1e-4, 1e-5, "rope grad");
 
-  EXPECT_THROW(be.rope_forward(x.data(), 1, 1, 1, 7, 0, theta), std::invalid_argument);
+  EXPECT_THROW(be.rope_forward(x.data(), 1, 1, 1, 7, 0, RopeSpec{theta}), std::invalid_argument);
+}
+
+// Llama 3.1 inverse frequencies straight from the published recipe, in the order it is written
+// (Hugging Face transformers, _compute_llama3_parameters): scale every frequency whose
+// wavelength exceeds the low-frequency wavelength, then replace the medium band with the
+// interpolation between the scaled and the unscaled value.
+std::vector<double> llama3_inv_freq(double theta, int D, double factor, double low, double high, double old_context) {
+  std::vector<double> out;
+  const double pi = 3.14159265358979323846;
+  for (int j = 0; j < D; j += 2) {
+    const double inv_freq = 1.0 / std::pow(theta, static_cast<double>(j) / D);
+    const double wavelen = 2 * pi / inv_freq;
+    const double low_freq_wavelen = old_context / low, high_freq_wavelen = old_context / high;
+    double scaled = wavelen > low_freq_wavelen ? inv_freq / factor : inv_freq;
+    const double smooth = (old_context / wavelen - low) / (high - low);
+    const double smoothed = (1 - smooth) * scaled / factor + smooth * scaled;
+    const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+    out.push_back(medium ? smoothed : scaled);
+  }
+  return out;
+}
+
+// rope with per-pair inverse frequencies, in double.
+Vec rope_with_freqs(const Vec& x, int B, int T, int H, int D, int pos0, const std::vector<double>& inv_freq) {
+  Vec y(x);
+  const int half = D / 2;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t)
+      for (int h = 0; h < H; ++h)
+        for (int i = 0; i < half; ++i) {
+          const double angle = (pos0 + t) * inv_freq[i];
+          const std::size_t base = ((static_cast<std::size_t>(b) * T + t) * H + h) * D;
+          const double a = x[base + i], c = x[base + i + half];
+          y[base + i] = a * std::cos(angle) - c * std::sin(angle);
+          y[base + i + half] = a * std::sin(angle) + c * std::cos(angle);
+        }
+  return y;
+}
+
+RopeSpec llama3_spec(double theta, double factor, double low, double high, int old_context) {
+  RopeSpec s;
+  s.theta = theta;
+  s.scaling = RopeScaling::Llama3;
+  s.factor = factor;
+  s.low_freq_factor = low;
+  s.high_freq_factor = high;
+  s.original_context = old_context;
+  return s;
+}
+
+TEST(CpuRope, Llama3InverseFrequenciesFollowTheRecipe) {
+  // Llama 3.1's own settings: theta 500000, head_dim 128, factor 8, low 1, high 4, 8192.
+  const RopeSpec spec = llama3_spec(500000, 8, 1, 4, 8192);
+  const std::vector<double> want = llama3_inv_freq(500000, 128, 8, 1, 4, 8192);
+  int kept = 0, divided = 0, ramped = 0;
+  for (int i = 0; i < 64; ++i) {
+    const double f = std::pow(500000.0, -2.0 * i / 128), got = rope_inv_freq(spec, i, 128);
+    EXPECT_NEAR(got, want[i], 1e-12 * want[i]) << "pair " << i;
+    kept += got == f;
+    divided += std::abs(got - f / 8) <= 1e-15 * f;
+    ramped += got < f && got > f / 8 * (1 + 1e-12);
+  }
+  // All three bands are present (the high band unchanged, the low one divided by 8).
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(divided, 0);
+  EXPECT_GT(ramped, 0);
+  EXPECT_EQ(kept + divided + ramped, 64);
+  // Without scaling: theta^(-2i/D) exactly as before.
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(rope_inv_freq(RopeSpec{10000.0}, i, 16), std::pow(10000.0, -2.0 * i / 16));
+}
+
+TEST(CpuRope, Llama3ForwardAndBackwardMatchReference) {
+  CpuBackend be;
+  const int B = 2, T = 9, H = 3, D = 16, pos0 = 5;
+  // theta 100, D 16: wavelengths 6.3 .. 2100; with an original context of 64 (bands at 16 and
+  // 64) some pairs are kept, some ramped and some divided.
+  const RopeSpec spec = llama3_spec(100, 4, 1, 4, 64);
+  const std::vector<double> inv_freq = llama3_inv_freq(100, D, 4, 1, 4, 64);
+  Floats x = random_floats(B * T * H * D, 40);
+  const Floats x0 = x;
+  be.rope_forward(x.data(), B, T, H, D, pos0, spec);
+  expect_close(x, rope_with_freqs(to_double(x0), B, T, H, D, pos0, inv_freq), 1e-5, 1e-5, "llama3 rope");
+  // It differs from the unscaled rotation.
+  Floats plain = x0;
+  be.rope_forward(plain.data(), B, T, H, D, pos0, RopeSpec{100.0});
+  double diff = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) diff = std::max(diff, double(std::abs(x[i] - plain[i])));
+  EXPECT_GT(diff, 0.1);
+  // Backward: the gradient of sum(rope(x) * R).
+  const Floats R = random_floats(x0.size(), 41);
+  Floats grad = R;
+  be.rope_backward(grad.data(), B, T, H, D, pos0, spec);
+  Vec xd = to_double(x0);
+  const Vec Rd = to_double(R);
+  const Vec g = finite_diff(xd, [&] { return dot(rope_with_freqs(xd, B, T, H, D, pos0, inv_freq), Rd); });
+  expect_close(grad, g, 1e-4, 1e-5, "llama3 rope grad");
+  // Unusable settings are refused.
+  RopeSpec bad = spec;
+  bad.high_freq_factor = bad.low_freq_factor;
+  EXPECT_THROW(be.rope_forward(x.data(), B, T, H, D, pos0, bad), std::invalid_argument);
+  EXPECT_THROW(be.rope_forward(x.data(), B, T, H, D, pos0, RopeSpec{0.0}), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------- bias
+
+TEST(CpuBias, ForwardAndBackwardMatchReference) {
+  CpuBackend be;
+  for (const auto [N, C] : {std::pair{5, 3}, std::pair{700, 96}}) {  // the second above the parallel threshold
+    const Floats y0 = random_floats(static_cast<std::size_t>(N) * C, 42), b = random_floats(C, 43);
+    Floats y = y0;
+    be.bias_forward(y.data(), b.data(), N, C);
+    Vec want(y0.size());
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < C; ++c) want[n * C + c] = double(y0[n * C + c]) + b[c];
+    expect_close(y, want, 1e-6, 1e-6, "bias_forward");
+
+    const Floats dy = random_floats(y0.size(), 44), db0 = random_floats(C, 45);
+    Floats db = db0;
+    be.bias_backward(db.data(), dy.data(), N, C);  // adds into db
+    Vec sums(C);
+    for (int c = 0; c < C; ++c) {
+      sums[c] = db0[c];
+      for (int n = 0; n < N; ++n) sums[c] += dy[n * C + c];
+    }
+    expect_close(db, sums, 1e-5, 1e-5 * std::sqrt(double(N)), "bias_backward");
+  }
+  float y = 0, b = 0;
+  EXPECT_THROW(be.bias_forward(&y, &b, 1, 0), std::invalid_argument);
 }
 
 // ---------------------------------------------------------------- swiglu

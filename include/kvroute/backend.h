@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kvroute/attention.h"
+#include "kvroute/rope.h"
 
 namespace kvroute {
 
@@ -89,10 +90,16 @@ struct BackendMemory {
     (dx, dw, dout, x, w, rstd, N, C)) \
   \
   /* ---- RoPE, in place on x[B,T,H,D] (rotate-half pairing: i with i+D/2), positions pos0..pos0+T-1 ---- */ \
-  X(void, rope_forward, (float* x, int B, int T, int H, int D, int pos0, float theta), (x, B, T, H, D, pos0, theta)) \
+  /* Pair i turns by (pos0 + t) * rope_inv_freq(rope, i, D) (rope.h: theta and the optional scaling). */ \
+  X(void, rope_forward, (float* x, int B, int T, int H, int D, int pos0, const RopeSpec& rope), \
+    (x, B, T, H, D, pos0, rope)) \
   /* In place on the gradient: applies the inverse rotation. */ \
-  X(void, rope_backward, (float* dx, int B, int T, int H, int D, int pos0, float theta), \
-    (dx, B, T, H, D, pos0, theta)) \
+  X(void, rope_backward, (float* dx, int B, int T, int H, int D, int pos0, const RopeSpec& rope), \
+    (dx, B, T, H, D, pos0, rope)) \
+  \
+  /* ---- bias: y[N,C] += b[C] on every row; backward db[C] += column sums of dy[N,C] ---- */ \
+  X(void, bias_forward, (float* y, const float* b, int N, int C), (y, b, N, C)) \
+  X(void, bias_backward, (float* db, const float* dy, int N, int C), (db, dy, N, C)) \
   \
   /* ---- SwiGLU: out = silu(gate) * up, all [n] ---- */ \
   X(void, swiglu_forward, (float* out, const float* gate, const float* up, std::size_t n), (out, gate, up, n)) \

@@ -17,20 +17,25 @@ struct ModelConfig {
   int n_kv_heads = 4;       // must divide n_heads (grouped-query attention)
   int d_ff = 512;           // SwiGLU hidden width
   int context = 128;        // maximum sequence length
+  int head_dim = 0;         // per-head width; 0 = d_model / n_heads (use resolved_head_dim)
+  bool qkv_bias = false;    // biases on the q/k/v projections (Qwen2)
+  bool qk_norm = false;     // RMSNorm over each head's q and k before RoPE (Qwen3)
   double rope_theta = 10000.0;
+  std::string rope_scaling = "none";  // none | llama3 (Llama 3.1 inverse-frequency scaling; rope.h)
+  double rope_factor = 8.0;           // llama3: low frequencies are divided by this
+  double rope_low_freq_factor = 1.0;  // llama3: wavelengths above original_context / this are scaled
+  double rope_high_freq_factor = 4.0; // llama3: wavelengths below original_context / this are kept
+  int rope_original_context = 8192;   // llama3: the pre-training context
   double norm_eps = 1e-5;
-  int head_dim = 0;                        // 0 = d_model / n_heads
-  bool qkv_bias = false;                   // biases on the q/k/v projections (Qwen2)
-  bool qk_norm = false;                    // per-head RMSNorm of q and k before RoPE (Qwen3)
-  std::string rope_scaling = "none";       // none | llama3
-  double rope_factor = 8.0;                // llama3 scaling parameters
-  double rope_low_freq_factor = 1.0;
-  double rope_high_freq_factor = 4.0;
-  int rope_original_context = 8192;
   bool tie_embeddings = true;
   double init_std = 0.02;
   std::string init_from;    // checkpoint to take weights from (fine-tuning); empty = random init
 };
+
+// model.head_dim, or d_model / n_heads when it is 0 (0 when n_heads is not positive).
+inline int resolved_head_dim(const ModelConfig& m) {
+  return m.head_dim > 0 ? m.head_dim : m.n_heads > 0 ? m.d_model / m.n_heads : 0;
+}
 
 struct RoutingConfig {
   std::string mode = "none";         // none | stochastic | fixed

@@ -134,6 +134,7 @@ class InferenceEngine {
   DeviceBuffer<int32_t> ids_;
   DeviceBuffer<float> x_, ln1_, rstd1_, q_, att_, mid_, ln2_, rstd2_, gate_, up_, act_, k_new_, v_new_;
   DeviceBuffer<float> rows_, lnf_, rstdf_, logits_, losses_;
+  DeviceBuffer<float> q_pre_, rstd_q_, k_pre_, rstd_k_;  // model.qk_norm only
   DeviceBuffer<int32_t> targets_;
 };
 

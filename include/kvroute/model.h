@@ -1,5 +1,6 @@
-// Decoder-only transformer: pre-norm RMSNorm, RoPE, grouped-query attention
-// with stochastic KV routing, SwiGLU MLP, tied or untied output head.
+// Decoder-only transformer: pre-norm RMSNorm, RoPE (optionally Llama 3.1 scaled), grouped-query
+// attention (optional q/k/v biases, per-head q/k RMSNorm, any head_dim) with stochastic KV
+// routing, SwiGLU MLP, tied or untied output head.
 // Written once against the Backend op interface; forward and backward live
 // side by side in src/model/model.cpp.
 #pragma once
@@ -11,6 +12,7 @@
 
 #include "kvroute/backend.h"
 #include "kvroute/config.h"
+#include "kvroute/rope.h"
 #include "kvroute/routing.h"
 
 namespace kvroute {
@@ -56,10 +58,18 @@ struct LayerBuffers {
   float *ln1 = nullptr, *rstd1 = nullptr, *q = nullptr, *att = nullptr, *mid = nullptr;
   float *ln2 = nullptr, *rstd2 = nullptr, *gate = nullptr, *up = nullptr, *act = nullptr;
   float* lse = nullptr;  // [B, H, Tq]; may be null when no backward follows
+  // model.qk_norm only (else unused): the projections before the per-head norm, [N, n_heads *
+  // head_dim] and [N, n_kv_heads * head_dim], and the norm's rstd, [N * n_heads] and
+  // [N * n_kv_heads]. Backward reads them; k_pre and rstd_k are written only with compute_kv.
+  float *q_pre = nullptr, *rstd_q = nullptr, *k_pre = nullptr, *rstd_k = nullptr;
   // [N, n_kv_heads * head_dim] scratch for fresh K/V rows. Unused (may be null) when they can be
   // written in place: slot and pos0 null and seq_stride == Tq * n_kv_heads * head_dim.
   float *k_new = nullptr, *v_new = nullptr;
 };
+
+// The RoPE of a model config (model.rope_theta, model.rope_scaling and its rope_* keys).
+// Throws std::invalid_argument for an unknown scaling or unusable values.
+RopeSpec rope_spec(const ModelConfig& cfg);
 
 class Model {
  public:
@@ -70,7 +80,9 @@ class Model {
 
   const ModelConfig& config() const { return cfg_; }
   Backend* backend() const { return be_; }
-  int head_dim() const { return cfg_.d_model / cfg_.n_heads; }
+  int head_dim() const { return resolved_head_dim(cfg_); }
+  // RoPE as model.rope_theta and model.rope_scaling say.
+  const RopeSpec& rope() const { return rope_; }
 
   // ---- parameters: one buffer, named views ----
   const std::vector<ParamTensor>& tensors() const { return tensors_; }
@@ -78,7 +90,8 @@ class Model {
   std::size_t num_params() const { return n_params_; }
   float* params() { return params_.get(); }
   float* grads() { return grads_.get(); }
-  // Normal(0, init_std) matrices (output projections scaled by 1/sqrt(2 n_layers)), unit norm gains.
+  // Normal(0, init_std) matrices (output projections scaled by 1/sqrt(2 n_layers)), unit norm
+  // gains, zero biases.
   void init_weights(uint64_t seed);
   std::vector<float> params_to_host() const { return params_.download(); }
   std::vector<float> grads_to_host() const { return grads_.download(); }
@@ -131,9 +144,11 @@ class Model {
   const std::string& recompute() const { return recompute_; }
 
  private:
-  // Offsets (in floats) of one layer's tensors in the parameter buffer.
+  // Offsets (in floats) of one layer's tensors in the parameter buffer. bq, bk, bv (qkv_bias)
+  // and q_norm, k_norm (qk_norm) are 0 when the model has no such tensors.
   struct LayerOffsets {
-    std::size_t attn_norm, wq, wk, wv, wo, mlp_norm, w_gate, w_up, w_down;
+    std::size_t attn_norm = 0, wq = 0, wk = 0, wv = 0, bq = 0, bk = 0, bv = 0, q_norm = 0, k_norm = 0, wo = 0,
+                mlp_norm = 0, w_gate = 0, w_up = 0, w_down = 0;
   };
   float run_forward(const int32_t* tokens, const int32_t* targets, int B, int T, const RouteTable& routes,
                     bool keep_grad, float loss_scale);
@@ -155,6 +170,7 @@ class Model {
   float* dW(std::size_t off) { return grads_.get() + off; }
 
   ModelConfig cfg_;
+  RopeSpec rope_;
   Backend* be_;
   std::vector<ParamTensor> tensors_;
   std::size_t n_params_ = 0;
@@ -173,6 +189,9 @@ class Model {
     DeviceBuffer<float> q, att;     // [L or 1][N,H*D]
     DeviceBuffer<float> k, v;       // [L][N,Hkv*D], always kept: other layers read them
     DeviceBuffer<float> lse;        // [L or 1][B,H,T]
+    // qk_norm only (else empty): q before its norm and the norm's rstd; K likewise, always kept.
+    DeviceBuffer<float> q_pre, rstd_q;  // [L or 1][N,H*D], [L or 1][N*H]
+    DeviceBuffer<float> k_pre, rstd_k;  // [L][N,Hkv*D], [L][N*Hkv]
     DeviceBuffer<float> gate, up, act;  // [L or 1][N,F]
     DeviceBuffer<float> lnf, rstdf; // [N,C], [N]
     DeviceBuffer<float> logits;     // [N,V], becomes dlogits in training

@@ -262,13 +262,14 @@ std::vector<std::string> model_shape_differences(const ModelConfig& a, const Mod
   cmp("n_heads", a.n_heads, b.n_heads);
   cmp("n_kv_heads", a.n_kv_heads, b.n_kv_heads);
   cmp("d_ff", a.d_ff, b.d_ff);
-  cmp("head_dim", a.head_dim, b.head_dim);
-  for (auto [key, x, y] : {std::tuple{"qkv_bias", a.qkv_bias, b.qkv_bias}, std::tuple{"qk_norm", a.qk_norm, b.qk_norm}})
+  cmp("head_dim", resolved_head_dim(a), resolved_head_dim(b));
+  auto cmp_bool = [&](const char* key, bool x, bool y) {
     if (x != y)
       out.push_back(std::string("model.") + key + ": " + (x ? "true" : "false") + " vs " + (y ? "true" : "false"));
-  if (a.tie_embeddings != b.tie_embeddings)
-    out.push_back(std::string("model.tie_embeddings: ") + (a.tie_embeddings ? "true" : "false") + " vs " +
-                  (b.tie_embeddings ? "true" : "false"));
+  };
+  cmp_bool("tie_embeddings", a.tie_embeddings, b.tie_embeddings);
+  cmp_bool("qkv_bias", a.qkv_bias, b.qkv_bias);
+  cmp_bool("qk_norm", a.qk_norm, b.qk_norm);
   return out;
 }
 

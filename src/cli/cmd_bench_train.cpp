@@ -166,8 +166,8 @@ void add_bench_train(CLI::App& bench) {
          << format("%.1f GiB", r.device_memory.device_total_bytes / 1073741824.0) << ", "
          << r.device_memory.allocations << " allocations |\n";
     os << "\n"
-       << "model FLOPs/token = 6 x " << format("%.2fM", (r.flops_per_token - 6.0 * mc.n_layers * tc.seq_len * mc.d_model) / 6e6)
-       << " matmul parameters + 6 x L x T x d_model (attention, causal) = " << format("%.1f M", r.flops_per_token / 1e6)
+       << "model FLOPs/token = 6 x " << format("%.2fM", (r.flops_per_token - 6.0 * mc.n_layers * tc.seq_len * mc.n_heads * resolved_head_dim(mc)) / 6e6)
+       << " matmul parameters + 6 x L x T x n_heads x head_dim (attention, causal) = " << format("%.1f M", r.flops_per_token / 1e6)
        << "\n";
     if (spec.profile) print_profile(os, r, spec.steps);
     std::cout << os.str();

@@ -71,7 +71,22 @@ const std::vector<Field>& registry() {
       {FIELD(model.n_kv_heads), .doc = "key/value heads; must divide n_heads (GQA)", .range = at_least(1)},
       {FIELD(model.d_ff), .doc = "SwiGLU hidden width", .range = at_least(1)},
       {FIELD(model.context), .doc = "maximum sequence length", .range = at_least(1)},
+      {FIELD(model.head_dim), .doc = "width of one attention head (even); 0 = d_model / n_heads",
+       .range = at_least(0)},
+      {FIELD(model.qkv_bias), .doc = "add a learned bias after the q, k and v projections (Qwen2)"},
+      {FIELD(model.qk_norm), .doc = "RMSNorm each head's q and k (gains of head_dim) before RoPE (Qwen3)"},
       {FIELD(model.rope_theta), .doc = "RoPE base frequency", .range = greater_than(0)},
+      {FIELD(model.rope_scaling), .doc = "RoPE inverse-frequency scaling: none, or llama3 (Llama 3.1, the rope_* keys below)",
+       .choices = {"none", "llama3"}},
+      {FIELD(model.rope_factor), .doc = "llama3: low frequencies are divided by this", .range = greater_than(0)},
+      {FIELD(model.rope_low_freq_factor), .doc = "llama3: wavelengths above rope_original_context / this are divided "
+                                                 "by rope_factor",
+       .range = greater_than(0)},
+      {FIELD(model.rope_high_freq_factor), .doc = "llama3: wavelengths below rope_original_context / this are kept "
+                                                  "(> rope_low_freq_factor); in between a smooth ramp",
+       .range = greater_than(0)},
+      {FIELD(model.rope_original_context), .doc = "llama3: the context the model was pre-trained with",
+       .range = at_least(1)},
       {FIELD(model.norm_eps), .doc = "RMSNorm epsilon", .range = greater_than(0)},
       {FIELD(model.tie_embeddings), .doc = "share the input embedding with the output head"},
       {FIELD(model.init_std), .doc = "std of the normal weight init", .range = greater_than(0)},
@@ -422,13 +437,18 @@ void validate(const Config& cfg) {
   if (m.n_kv_heads >= 1)
     add(m.n_heads % m.n_kv_heads != 0, "model.n_kv_heads (" + num(m.n_kv_heads) + ") must divide model.n_heads (" +
                                            num(m.n_heads) + ")");
-  if (m.n_heads >= 1) {
+  if (m.head_dim > 0)
+    add(m.head_dim % 2 != 0, "model.head_dim (" + num(m.head_dim) + ") must be even (RoPE rotates pairs)");
+  else if (m.n_heads >= 1) {
     if (m.d_model % m.n_heads != 0)
       add(true, "model.d_model (" + num(m.d_model) + ") must be divisible by model.n_heads (" + num(m.n_heads) + ")");
     else
       add((m.d_model / m.n_heads) % 2 != 0, "head dim model.d_model / model.n_heads = " + num(m.d_model / m.n_heads) +
                                                 " must be even (RoPE rotates pairs)");
   }
+  add(m.rope_scaling == "llama3" && !(m.rope_high_freq_factor > m.rope_low_freq_factor),
+      "model.rope_high_freq_factor (" + format_double(m.rope_high_freq_factor) +
+          ") must be > model.rope_low_freq_factor (" + format_double(m.rope_low_freq_factor) + ") for llama3 RoPE scaling");
   add(cfg.train.seq_len > m.context,
       "train.seq_len (" + num(cfg.train.seq_len) + ") must be <= model.context (" + num(m.context) + ")");
   add(cfg.routing.mode == "fixed" && cfg.routing.strategy.empty(),

@@ -58,8 +58,12 @@ class CpuBackend final : public Backend {
                         const float* rstd, int N, int C) override;
 
   // rope_cpu.cpp
-  void rope_forward(float* x, int B, int T, int H, int D, int pos0, float theta) override;
-  void rope_backward(float* dx, int B, int T, int H, int D, int pos0, float theta) override;
+  void rope_forward(float* x, int B, int T, int H, int D, int pos0, const RopeSpec& rope) override;
+  void rope_backward(float* dx, int B, int T, int H, int D, int pos0, const RopeSpec& rope) override;
+
+  // bias_cpu.cpp
+  void bias_forward(float* y, const float* b, int N, int C) override;
+  void bias_backward(float* db, const float* dy, int N, int C) override;
 
   // swiglu_cpu.cpp
   void swiglu_forward(float* out, const float* gate, const float* up, std::size_t n) override;

@@ -50,6 +50,12 @@ void InferenceEngine::ensure_scratch(int N) {
   rstdf_ = DeviceBuffer<float>(be, n);
   logits_ = DeviceBuffer<float>(be, n * mc.vocab_size);
   losses_ = DeviceBuffer<float>(be, n);
+  if (mc.qk_norm) {
+    q_pre_ = DeviceBuffer<float>(be, n * HD);
+    rstd_q_ = DeviceBuffer<float>(be, n * mc.n_heads);
+    k_pre_ = DeviceBuffer<float>(be, n * KD);
+    rstd_k_ = DeviceBuffer<float>(be, n * mc.n_kv_heads);
+  }
   scratch_rows_ = N;
 }
 
@@ -75,6 +81,10 @@ void InferenceEngine::run_step(const std::vector<int32_t>& ids, const ForwardSte
   buf.act = act_.get();
   buf.k_new = k_new_.get();
   buf.v_new = v_new_.get();
+  buf.q_pre = q_pre_.get();
+  buf.rstd_q = rstd_q_.get();
+  buf.k_pre = k_pre_.get();
+  buf.rstd_k = rstd_k_.get();
   std::vector<int32_t> src(step.B);
   for (int l = 0; l < model_.config().n_layers; ++l) {
     std::fill(src.begin(), src.end(), strategy_.src[l]);

@@ -7,7 +7,7 @@
 namespace kvroute {
 
 std::size_t kv_bytes_per_token(const ModelConfig& mc, const SharingStrategy& strategy) {
-  const std::size_t head_dim = static_cast<std::size_t>(mc.d_model / mc.n_heads);
+  const std::size_t head_dim = static_cast<std::size_t>(resolved_head_dim(mc));
   return 2 * static_cast<std::size_t>(strategy.n_cache_layers()) * mc.n_kv_heads * head_dim * sizeof(float);
 }
 
@@ -19,7 +19,7 @@ KvCache::KvCache(Backend* backend, const ModelConfig& mc, const SharingStrategy&
   if (max_len < 1 || max_len > mc.context)
     throw std::invalid_argument("KV cache: length " + std::to_string(max_len) + " must be in 1.." +
                                 std::to_string(mc.context) + " (the model's context)");
-  const std::size_t row = static_cast<std::size_t>(mc.n_kv_heads) * (mc.d_model / mc.n_heads);
+  const std::size_t row = static_cast<std::size_t>(mc.n_kv_heads) * resolved_head_dim(mc);
   bytes_per_token_ = kv_bytes_per_token(mc, strategy);
   const std::size_t per_layer = static_cast<std::size_t>(max_batch) * max_len * row;
   k_ = DeviceBuffer<float>(backend, n_cache_layers_ * per_layer);

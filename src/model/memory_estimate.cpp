@@ -11,29 +11,32 @@ namespace kvroute {
 
 std::size_t param_count(const ModelConfig& mc) {
   const std::size_t C = mc.d_model, F = mc.d_ff, V = mc.vocab_size, L = mc.n_layers;
-  const std::size_t D = mc.n_heads > 0 ? C / mc.n_heads : 0;
+  const std::size_t D = resolved_head_dim(mc);
   const std::size_t HD = static_cast<std::size_t>(mc.n_heads) * D, KD = static_cast<std::size_t>(mc.n_kv_heads) * D;
-  const std::size_t per_layer = 2 * C + 2 * HD * C + 2 * KD * C + 3 * F * C;
+  const std::size_t per_layer = 2 * C + 2 * HD * C + 2 * KD * C + 3 * F * C + (mc.qkv_bias ? HD + 2 * KD : 0) +
+                                (mc.qk_norm ? 2 * D : 0);
   return V * C + L * per_layer + C + (mc.tie_embeddings ? 0 : V * C);
 }
 
 double training_activation_bytes(const ModelConfig& mc, int B, int T, const std::string& recompute) {
   // Mirrors Model::ensure_activations (model.cpp); a test checks the two agree.
   const double N = double(B) * T, L = mc.n_layers, C = mc.d_model, F = mc.d_ff, V = mc.vocab_size;
-  const double D = mc.n_heads > 0 ? double(mc.d_model / mc.n_heads) : 0;
+  const double D = resolved_head_dim(mc);
   const double HD = mc.n_heads * D, KD = mc.n_kv_heads * D;
   const double La = recompute == "none" ? L : 1, Lm = recompute != "layer" ? L : 1;
+  const double qk_norm = mc.qk_norm ? La * N * (HD + mc.n_heads) + L * N * (KD + mc.n_kv_heads) : 0;
   const double floats = (L + 1) * N * C + Lm * N * C + La * N * C + Lm * N * C + 2 * L * N + 2 * La * N * HD +
                         2 * L * N * KD + La * N * mc.n_heads + 3 * Lm * N * F + N * C + N + N * V + N +
-                        2 * N * C + 2 * N * HD + 2 * L * N * KD + 3 * N * F;
+                        2 * N * C + 2 * N * HD + 2 * L * N * KD + 3 * N * F + qk_norm;
   return 4 * floats + 2 * 4 * N;  // + tokens and targets (int32)
 }
 
 double inference_scratch_bytes(const ModelConfig& mc, double rows) {
   const double C = mc.d_model, F = mc.d_ff, V = mc.vocab_size;
-  const double D = mc.n_heads > 0 ? double(mc.d_model / mc.n_heads) : 0;
+  const double D = resolved_head_dim(mc);
   const double HD = mc.n_heads * D, KD = mc.n_kv_heads * D;
-  return 4 * rows * (7 * C + 2 * HD + 3 * F + 2 * KD + V + 4);
+  const double qk_norm = mc.qk_norm ? HD + KD + mc.n_heads + mc.n_kv_heads : 0;  // pre-norm q, k and rstd
+  return 4 * rows * (7 * C + 2 * HD + 3 * F + 2 * KD + V + 4 + qk_norm);
 }
 
 double training_memory_bytes(const Config& cfg) {

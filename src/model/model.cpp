@@ -1,8 +1,9 @@
 // The transformer's forward and backward, side by side, against the op interface.
 //
-// Per layer (N = B*T tokens, C = d_model):
-//   ln1  = rmsnorm(x)                 q = rope(ln1 Wq^T)
-//   k,v  = rope(ln1 Wk^T), ln1 Wv^T   only if some sequence reads this layer's K/V
+// Per layer (N = B*T tokens, C = d_model; [+ b], [qnorm] only with qkv_bias, qk_norm):
+//   ln1  = rmsnorm(x)                 q = rope(qnorm(ln1 Wq^T [+ bq]))
+//   k,v  = rope(knorm(ln1 Wk^T [+ bk])), ln1 Wv^T [+ bv]
+//                                     only if some sequence reads this layer's K/V
 //   att  = attention(q, K/V of src[b])   (stochastic KV routing)
 //   mid  = x + att Wo^T
 //   ln2  = rmsnorm(mid)               act = silu(ln2 Wg^T) * (ln2 Wu^T)
@@ -16,6 +17,7 @@
 // its complete dK/dV through its own projections.
 #include "kvroute/model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 
@@ -41,15 +43,25 @@ std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg) {
     n += t.numel;
     out.push_back(std::move(t));
   };
-  const int C = cfg.d_model, F = cfg.d_ff, D = cfg.n_heads > 0 ? cfg.d_model / cfg.n_heads : 0;
+  const int C = cfg.d_model, F = cfg.d_ff, D = resolved_head_dim(cfg);
   const int HD = cfg.n_heads * D, KD = cfg.n_kv_heads * D;
-  // This order is what makes backward finish the gradients a suffix at a time (GradsReady).
+  // This order is what makes backward finish the gradients a suffix at a time (GradsReady):
+  // a layer's first tensor is attn_norm.
   add("embed", {cfg.vocab_size, C}, true);
   for (int l = 0; l < cfg.n_layers; ++l) {
     add(layer_name(l, "attn_norm"), {C}, false);
     add(layer_name(l, "attn/wq"), {HD, C}, true);
     add(layer_name(l, "attn/wk"), {KD, C}, true);
     add(layer_name(l, "attn/wv"), {KD, C}, true);
+    if (cfg.qkv_bias) {
+      add(layer_name(l, "attn/bq"), {HD}, false);
+      add(layer_name(l, "attn/bk"), {KD}, false);
+      add(layer_name(l, "attn/bv"), {KD}, false);
+    }
+    if (cfg.qk_norm) {
+      add(layer_name(l, "attn/q_norm"), {D}, false);
+      add(layer_name(l, "attn/k_norm"), {D}, false);
+    }
     add(layer_name(l, "attn/wo"), {C, HD}, true);
     add(layer_name(l, "mlp_norm"), {C}, false);
     add(layer_name(l, "mlp/w_gate"), {F, C}, true);
@@ -61,11 +73,28 @@ std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg) {
   return out;
 }
 
-Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), be_(backend) {
+RopeSpec rope_spec(const ModelConfig& cfg) {
+  RopeSpec r;
+  r.theta = cfg.rope_theta;
+  if (cfg.rope_scaling == "llama3") r.scaling = RopeScaling::Llama3;
+  else if (cfg.rope_scaling != "none")
+    throw std::invalid_argument("model.rope_scaling: unknown '" + cfg.rope_scaling + "' (none or llama3)");
+  r.factor = cfg.rope_factor;
+  r.low_freq_factor = cfg.rope_low_freq_factor;
+  r.high_freq_factor = cfg.rope_high_freq_factor;
+  r.original_context = cfg.rope_original_context;
+  if (const std::string problem = rope_spec_problem(r); !problem.empty())
+    throw std::invalid_argument("model RoPE: " + problem);
+  return r;
+}
+
+Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), rope_(rope_spec(cfg)), be_(backend) {
   if (cfg.n_heads <= 0 || cfg.n_kv_heads <= 0 || cfg.n_heads % cfg.n_kv_heads != 0)
     throw std::invalid_argument("model: n_kv_heads must divide n_heads");
-  if (cfg.d_model % cfg.n_heads != 0 || (cfg.d_model / cfg.n_heads) % 2 != 0)
-    throw std::invalid_argument("model: d_model / n_heads must be an even integer (RoPE pairs)");
+  if (cfg.head_dim < 0 || (cfg.head_dim == 0 && cfg.d_model % cfg.n_heads != 0) || head_dim() % 2 != 0 ||
+      head_dim() <= 0)
+    throw std::invalid_argument("model: head_dim (model.head_dim, or d_model / n_heads when 0) must be an even "
+                                "integer > 0 (RoPE pairs), got " + std::to_string(head_dim()));
   tensors_ = parameter_layout(cfg);
   n_params_ = tensors_.back().offset + tensors_.back().numel;
   auto at = [&](const std::string& name) { return tensor(name).offset; };
@@ -76,6 +105,15 @@ Model::Model(const ModelConfig& cfg, Backend* backend) : cfg_(cfg), be_(backend)
     o.wq = at(layer_name(l, "attn/wq"));
     o.wk = at(layer_name(l, "attn/wk"));
     o.wv = at(layer_name(l, "attn/wv"));
+    if (cfg.qkv_bias) {
+      o.bq = at(layer_name(l, "attn/bq"));
+      o.bk = at(layer_name(l, "attn/bk"));
+      o.bv = at(layer_name(l, "attn/bv"));
+    }
+    if (cfg.qk_norm) {
+      o.q_norm = at(layer_name(l, "attn/q_norm"));
+      o.k_norm = at(layer_name(l, "attn/k_norm"));
+    }
     o.wo = at(layer_name(l, "attn/wo"));
     o.mlp_norm = at(layer_name(l, "mlp_norm"));
     o.w_gate = at(layer_name(l, "mlp/w_gate"));
@@ -104,6 +142,14 @@ void Model::init_weights(uint64_t seed) {
   const double out_scale = 1.0 / std::sqrt(2.0 * cfg_.n_layers);
   uint64_t counter = 0;
   for (const auto& t : tensors_) {
+    const bool is_bias = t.name.ends_with("attn/bq") || t.name.ends_with("attn/bk") || t.name.ends_with("attn/bv");
+    const bool is_qk_norm = t.name.ends_with("attn/q_norm") || t.name.ends_with("attn/k_norm");
+    if (is_bias || is_qk_norm) {
+      // Constants that draw no random numbers: with qkv_bias or qk_norm on, every other tensor
+      // gets the values it gets without them (and zero biases leave the function unchanged).
+      std::fill(host.begin() + t.offset, host.begin() + t.offset + t.numel, is_bias ? 0.f : 1.f);
+      continue;
+    }
     const bool is_norm = t.shape.size() == 1;
     const bool is_out_proj = t.name.ends_with("attn/wo") || t.name.ends_with("mlp/w_down");
     const double std = cfg_.init_std * (is_out_proj ? out_scale : 1.0);
@@ -155,6 +201,12 @@ void Model::ensure_activations(int B, int T) {
   a.k = DeviceBuffer<float>(be_, L * N * KD);
   a.v = DeviceBuffer<float>(be_, L * N * KD);
   a.lse = DeviceBuffer<float>(be_, La * N * cfg_.n_heads);
+  if (cfg_.qk_norm) {
+    a.q_pre = DeviceBuffer<float>(be_, La * N * HD);
+    a.rstd_q = DeviceBuffer<float>(be_, La * N * cfg_.n_heads);
+    a.k_pre = DeviceBuffer<float>(be_, L * N * KD);
+    a.rstd_k = DeviceBuffer<float>(be_, L * N * cfg_.n_kv_heads);
+  }
   a.gate = DeviceBuffer<float>(be_, Lm * N * F);
   a.up = DeviceBuffer<float>(be_, Lm * N * F);
   a.act = DeviceBuffer<float>(be_, Lm * N * F);
@@ -177,8 +229,8 @@ std::size_t Model::activation_bytes() const {
   const Activations& a = act_;
   std::size_t total = 0;
   for (const DeviceBuffer<float>* b : {&a.resid, &a.resid_mid, &a.ln1, &a.ln2, &a.rstd1, &a.rstd2, &a.q, &a.att,
-                                       &a.k, &a.v, &a.lse, &a.gate, &a.up, &a.act, &a.lnf, &a.rstdf, &a.logits,
-                                       &a.losses, &a.dresid, &a.dln, &a.datt, &a.dq, &a.dk, &a.dv, &a.dact,
+                                       &a.k, &a.v, &a.lse, &a.q_pre, &a.rstd_q, &a.k_pre, &a.rstd_k, &a.gate, &a.up,
+                                       &a.act, &a.lnf, &a.rstdf, &a.logits, &a.losses, &a.dresid, &a.dln, &a.datt, &a.dq, &a.dk, &a.dv, &a.dact,
                                        &a.dgate, &a.dup})
     total += b->bytes();
   return total + a.tokens.bytes() + a.targets.bytes();
@@ -215,6 +267,13 @@ LayerBuffers Model::training_buffers(int l) {
   b.q = a.q.get() + la * N * HD;
   b.att = a.att.get() + la * N * HD;
   b.lse = a.lse.get() + la * N * H;
+  if (cfg_.qk_norm) {
+    const std::size_t KD = static_cast<std::size_t>(cfg_.n_kv_heads) * head_dim();
+    b.q_pre = a.q_pre.get() + la * N * HD;
+    b.rstd_q = a.rstd_q.get() + la * N * H;
+    b.k_pre = a.k_pre.get() + l * N * KD;
+    b.rstd_k = a.rstd_k.get() + l * N * cfg_.n_kv_heads;
+  }
   b.mid = a.resid_mid.get() + lm * N * C;
   b.gate = a.gate.get() + lm * N * F;
   b.up = a.up.get() + lm * N * F;
@@ -283,7 +342,7 @@ void Model::attention_half(int l, const ForwardStep& s, const KvStore& kv, const
   const LayerOffsets& w = layers_[l];
   const int B = s.B, Tq = s.Tq, N = B * Tq, C = cfg_.d_model, D = head_dim();
   const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D;
-  const float eps = static_cast<float>(cfg_.norm_eps), theta = static_cast<float>(cfg_.rope_theta);
+  const float eps = static_cast<float>(cfg_.norm_eps);
   auto pos = [&](int b) { return s.pos0 ? s.pos0[b] : 0; };
   auto slot = [&](int b) { return s.slot ? s.slot[b] : b; };
   for (int b = 0; b < B; ++b)
@@ -293,10 +352,20 @@ void Model::attention_half(int l, const ForwardStep& s, const KvStore& kv, const
                                   ") is outside the K/V storage (" + std::to_string(kv.n_slots) + " slots x " +
                                   std::to_string(kv.max_len) + " positions)");
 
+  if (cfg_.qk_norm && (!a.q_pre || !a.rstd_q || (compute_kv && (!a.k_pre || !a.rstd_k))))
+    throw std::invalid_argument("layer_forward: a qk_norm model needs the q_pre, rstd_q, k_pre and rstd_k buffers");
+
+  // The projection (+ bias) into `pre` (= out without qk_norm), then the per-head norm into out.
+  auto project = [&](std::size_t wt, std::size_t bias, std::size_t norm, int width, int heads, float* pre,
+                     float* rstd, float* out) {
+    be_->matmul(a.ln1, W(wt), pre, N, width, C, false, true, 1.f, 0.f);
+    if (cfg_.qkv_bias) be_->bias_forward(pre, W(bias), N, width);
+    if (cfg_.qk_norm && norm) be_->rmsnorm_forward(out, rstd, pre, W(norm), N * heads, D, eps);
+  };
   be_->rmsnorm_forward(a.ln1, a.rstd1, a.x, W(w.attn_norm), N, C, eps);
-  be_->matmul(a.ln1, W(w.wq), a.q, N, HD, C, false, true, 1.f, 0.f);
+  project(w.wq, w.bq, w.q_norm, HD, H, cfg_.qk_norm ? a.q_pre : a.q, a.rstd_q, a.q);
   for_each_run(s, false, [&](int b0, int n) {
-    be_->rope_forward(a.q + static_cast<std::size_t>(b0) * Tq * HD, n, Tq, H, D, pos(b0), theta);
+    be_->rope_forward(a.q + static_cast<std::size_t>(b0) * Tq * HD, n, Tq, H, D, pos(b0), rope_);
   });
   if (compute_kv) {
     if (!kv.k_layers[l] || !kv.v_layers[l])
@@ -304,11 +373,11 @@ void Model::attention_half(int l, const ForwardStep& s, const KvStore& kv, const
     const bool in_place = !s.slot && !s.pos0 && kv.seq_stride == static_cast<long>(Tq) * KD;
     float* k = in_place ? kv.k_layers[l] : a.k_new;
     float* v = in_place ? kv.v_layers[l] : a.v_new;
-    be_->matmul(a.ln1, W(w.wk), k, N, KD, C, false, true, 1.f, 0.f);
+    project(w.wk, w.bk, w.k_norm, KD, Hkv, cfg_.qk_norm ? a.k_pre : k, a.rstd_k, k);
     for_each_run(s, false, [&](int b0, int n) {
-      be_->rope_forward(k + static_cast<std::size_t>(b0) * Tq * KD, n, Tq, Hkv, D, pos(b0), theta);
+      be_->rope_forward(k + static_cast<std::size_t>(b0) * Tq * KD, n, Tq, Hkv, D, pos(b0), rope_);
     });
-    be_->matmul(a.ln1, W(w.wv), v, N, KD, C, false, true, 1.f, 0.f);
+    project(w.wv, w.bv, 0, KD, Hkv, v, nullptr, v);
     if (!in_place) {
       const std::size_t row_bytes = static_cast<std::size_t>(Tq) * KD * sizeof(float);
       for (int b = 0; b < B; ++b) {
@@ -411,7 +480,6 @@ void Model::run_backward(int B, int T, const RouteTable& routes, const GradsRead
   Activations& a = act_;
   const int N = B * T, C = cfg_.d_model, F = cfg_.d_ff, D = head_dim(), L = cfg_.n_layers;
   const int H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, HD = H * D, KD = Hkv * D, V = cfg_.vocab_size;
-  const float theta = static_cast<float>(cfg_.rope_theta);
   const std::size_t NC = static_cast<std::size_t>(N) * C, NF = static_cast<std::size_t>(N) * F;
   const float* dlogits = a.logits.get();
 
@@ -478,16 +546,32 @@ void Model::run_backward(int B, int T, const RouteTable& routes, const GradsRead
     p.dv_layers = dv_layers.data();
     be_->attention_backward(p);
 
-    be_->rope_backward(a.dq.get(), B, T, H, D, 0, theta);
-    be_->matmul(a.dq.get(), W(w.wq), a.dln.get(), N, C, HD, false, false, 1.f, 0.f);
-    be_->matmul(a.dq.get(), ln1, dW(w.wq), HD, C, N, true, false, 1.f, 1.f);
+    // From the gradient of the projection's output (after its norm, if any) to the gradient of
+    // the projection itself (and the norm gains, the bias); datt, spent, holds the pre-norm gradient.
+    auto unproject = [&](float* dout, std::size_t bias, std::size_t norm, int width, int heads, const float* pre,
+                         const float* rstd) -> float* {
+      float* dpre = dout;
+      if (cfg_.qk_norm && norm) {
+        dpre = a.datt.get();
+        be_->fill_zero(dpre, static_cast<std::size_t>(N) * width * sizeof(float));
+        be_->rmsnorm_backward(dpre, dW(norm), dout, pre, W(norm), rstd, N * heads, D);
+      }
+      if (cfg_.qkv_bias) be_->bias_backward(dW(bias), dpre, N, width);
+      return dpre;
+    };
+    be_->rope_backward(a.dq.get(), B, T, H, D, 0, rope_);
+    const float* dq = unproject(a.dq.get(), w.bq, w.q_norm, HD, H, buf.q_pre, buf.rstd_q);
+    be_->matmul(dq, W(w.wq), a.dln.get(), N, C, HD, false, false, 1.f, 0.f);
+    be_->matmul(dq, ln1, dW(w.wq), HD, C, N, true, false, 1.f, 1.f);
     if (routes.is_source(l)) {
       // Every reader of layer l (all above it, and l itself) has now added its dK/dV.
-      be_->rope_backward(dk_layers[l], B, T, Hkv, D, 0, theta);
-      be_->matmul(dk_layers[l], W(w.wk), a.dln.get(), N, C, KD, false, false, 1.f, 1.f);
-      be_->matmul(dk_layers[l], ln1, dW(w.wk), KD, C, N, true, false, 1.f, 1.f);
-      be_->matmul(dv_layers[l], W(w.wv), a.dln.get(), N, C, KD, false, false, 1.f, 1.f);
-      be_->matmul(dv_layers[l], ln1, dW(w.wv), KD, C, N, true, false, 1.f, 1.f);
+      be_->rope_backward(dk_layers[l], B, T, Hkv, D, 0, rope_);
+      const float* dk = unproject(dk_layers[l], w.bk, w.k_norm, KD, Hkv, buf.k_pre, buf.rstd_k);
+      const float* dv = unproject(dv_layers[l], w.bv, 0, KD, Hkv, nullptr, nullptr);
+      be_->matmul(dk, W(w.wk), a.dln.get(), N, C, KD, false, false, 1.f, 1.f);
+      be_->matmul(dk, ln1, dW(w.wk), KD, C, N, true, false, 1.f, 1.f);
+      be_->matmul(dv, W(w.wv), a.dln.get(), N, C, KD, false, false, 1.f, 1.f);
+      be_->matmul(dv, ln1, dW(w.wv), KD, C, N, true, false, 1.f, 1.f);
     }
     be_->rmsnorm_backward(a.dresid.get(), dW(w.attn_norm), a.dln.get(), x, W(w.attn_norm),
                           buf.rstd1, N, C);

@@ -64,7 +64,8 @@ void synthetic_batch(std::vector<int32_t>& inputs, std::vector<int32_t>& targets
 
 double training_flops_per_token(const ModelConfig& m, long params, int seq_len) {
   const long embed = m.tie_embeddings ? 0 : static_cast<long>(m.vocab_size) * m.d_model;
-  return 6.0 * static_cast<double>(params - embed) + 6.0 * m.n_layers * double(seq_len) * m.d_model;
+  const double attention_width = double(m.n_heads) * resolved_head_dim(m);  // d_model unless head_dim says otherwise
+  return 6.0 * static_cast<double>(params - embed) + 6.0 * m.n_layers * double(seq_len) * attention_width;
 }
 
 double measure_matmul_flops(Backend* backend, int n, int repeats) {
