@@ -96,6 +96,7 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
     splits[1].name = "val";
     uint64_t tokens_so_far = 0;
     DocumentReader reader(o.inputs, o.documents, kPieceBytes);
+    reader.set_cut([&](std::string_view text, std::size_t from) { return tok->next_cut(text, from); });
 
     auto close_shard = [&](SplitOutput& s) {
       const ShardHeader h = s.writer->close();

@@ -27,6 +27,9 @@
 //               <unk>) are cut out of the text first, and every stretch between them is
 //               encoded by SentencePiece with the model's own normalization and dummy
 //               prefix. decode() is SentencePiece's (the leading dummy space dropped).
+//               tokenizer_config.json's "legacy": false (Llama 2's own files say so) is
+//               read as legacy too; transformers' non-legacy mode differs only in the text
+//               right after a special token spelled in the text (no dummy prefix there).
 //
 // What round-trips:
 //   byte, kvroute SentencePiece, HF byte-level BPE: decode(encode(s)) == s for every byte
@@ -34,16 +37,21 @@
 //     valid UTF-8 character (which HF, taking Python str, never sees) is a piece of its own
 //     and the pre-tokenizer regex runs on the valid stretches between such bytes. For
 //     kvroute SentencePiece it holds because encode() itself sends the bytes SentencePiece
-//     would alter (invalid UTF-8, the U+2581 "▁" meta symbol, NUL) as byte pieces. Added
-//     (special) tokens spelled in the text become their ids and decode to their text.
+//     would alter (invalid UTF-8, the U+2581 "▁" meta symbol, NUL) as byte pieces. In
+//     byte-level BPE, added (special) tokens spelled in the text become their ids and
+//     decode to their text; with the NFC normalizer (Qwen2) decode(encode(s)) == NFC(s).
 //   hf SentencePiece: normalization is lossy. decode(encode(s)) == normalize(s): NFKC (under
 //     nmt_nfkc), extra whitespace removed (remove_extra_whitespaces), "▁" read as a space,
 //     invalid UTF-8 replaced, special tokens in the text decoded to "" (<unk> to " ⁇ ").
 //
-// encode_parallel() cuts the text where the tokenizer allows (next_cut): after any newline
+// encode_parallel() and `kvroute data encode` cut text where the tokenizer allows
+// (next_cut), so ids never depend on the cuts or the thread count: after any newline
 // for byte and kvroute SentencePiece (encode() of a text equals the concatenation of
-// encode() of its lines); after "x\n" before "y" (ASCII letters) for byte-level BPE; never
-// for hf SentencePiece, whose dummy prefix makes every cut visible.
+// encode() of its lines); after "x\n" before "y" (ASCII letters) for byte-level BPE (no
+// pre-tokenizer pattern in use, GPT-2's, Llama 3's, Qwen2's or Digits, matches from a letter
+// across a newline into a letter or looks behind; a file whose added tokens hold a newline
+// or strip whitespace, or whose ByteLevel adds a prefix space, is never cut); never for hf
+// SentencePiece, whose dummy prefix makes every cut visible.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,8 @@
 // Hugging Face byte-level BPE tokenizers: tokenizer.json of GPT-2, Llama 3, Qwen2, SmolLM2
 // and their kin. encode() follows the `tokenizers` library step by step:
-//   1. added tokens (tokenizer.json added_tokens) are cut out of the raw text first;
+//   1. added tokens (tokenizer.json added_tokens) are cut out of the raw text first, then
+//      the normalizer (none, or NFC as Qwen2 has it; utf8proc) runs on the rest, and the
+//      added tokens marked "normalized" are cut out of that;
 //   2. every byte that is not part of a valid UTF-8 character becomes a piece of its own
 //      (HF only ever sees valid text; this is kvroute's rule for the rest);
 //   3. the pre-tokenizer's regexes cut the valid stretches into pieces, each match and
@@ -10,10 +12,13 @@
 //      merges neighbouring symbols, lowest merge rank first (leftmost on ties), exactly
 //      as tokenizers' Word::merge_all; with ignore_merges a piece that is itself in the
 //      vocabulary is one token (Llama 3).
-// decode() maps each token's characters back to bytes, so decode(encode(x)) == x.
+// decode() maps each token's characters back to bytes, so decode(encode(x)) == x (== NFC(x)
+// with the NFC normalizer).
 #include <pcre2.h>
+#include <utf8proc.h>
 
 #include <array>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -118,7 +123,9 @@ class HfBpeTokenizer final : public Tokenizer {
         out.push_back(a.id);
         continue;
       }
-      for (const TextPiece& b : normalized_tokens_.split(a.text)) {
+      std::string normalized;
+      if (nfc_) normalized = nfc(a.text);
+      for (const TextPiece& b : normalized_tokens_.split(nfc_ ? std::string_view(normalized) : a.text)) {
         if (b.id >= 0) {
           out.push_back(b.id);
           continue;
@@ -270,16 +277,52 @@ class HfBpeTokenizer final : public Tokenizer {
     normalized_tokens_ = AddedTokenMatcher(std::move(normalized));
   }
 
+  // None (null, an empty Sequence) or NFC (alone or as the one member of a Sequence).
   void read_normalizer(const json& j, const Where& top) {
     if (!j.contains("normalizer") || j["normalizer"].is_null()) return;
-    const json& n = j["normalizer"];
-    const Where at = top / "normalizer";
-    const std::string type = n.is_object() ? hf_json::get_string(n, "type", at) : "";
-    // An empty Sequence changes nothing; anything else would change the text.
-    if (type == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array() && n["normalizers"].empty())
+    const json* n = &j["normalizer"];
+    const Where outer = top / "normalizer", inner = (outer / "normalizers")[0];
+    bool in_sequence = false;
+    std::string type = n->is_object() ? hf_json::get_string(*n, "type", outer) : "";
+    if (type == "Sequence") {
+      const json& list = hf_json::need_array(*n, "normalizers", outer);
+      if (list.empty()) return;
+      if (list.size() == 1 && list[0].is_object()) {
+        n = &list[0];
+        in_sequence = true;
+        type = hf_json::get_string(*n, "type", inner);
+      }
+    }
+    if (type == "NFC") {
+      nfc_ = true;
       return;
-    at.fail("is " + (type.empty() ? n.dump() : "\"" + type + "\"") +
-            "; kvroute's byte-level BPE supports no normalizer (null)");
+    }
+    (in_sequence ? inner : outer)
+        .fail("is " + (type.empty() ? n->dump() : "\"" + type + "\"") +
+              "; kvroute's byte-level BPE supports no normalizer (null) or NFC");
+  }
+
+  // NFC of the valid UTF-8 stretches of s; other bytes stay as they are.
+  static std::string nfc(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size();) {
+      std::size_t j = i, n;
+      while (j < s.size() && (n = utf8_char_length(s, j)) > 0) j += n;
+      if (j > i) {
+        utf8proc_uint8_t* dst = nullptr;
+        const auto len = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                      static_cast<utf8proc_ssize_t>(j - i), &dst, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+        if (len >= 0)
+          out.append(reinterpret_cast<const char*>(dst), static_cast<std::size_t>(len));
+        else
+          out.append(s.substr(i, j - i));
+        std::free(dst);
+      }
+      if (j < s.size()) out.push_back(s[j]);
+      i = j + 1;
+    }
+    return out;
   }
 
   void read_pre_tokenizer(const json& j, const Where& top) {
@@ -503,6 +546,7 @@ class HfBpeTokenizer final : public Tokenizer {
   std::unordered_map<std::string, int32_t> vocab_;
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left, right) -> (rank, merged id)
   bool ignore_merges_ = false;
+  bool nfc_ = false;  // the NFC normalizer
   int32_t unk_ = -1, bos_ = -1, eos_ = -1, max_id_ = -1;
   std::vector<AddedToken> added_;
   AddedTokenMatcher raw_tokens_, normalized_tokens_;
