@@ -2,6 +2,7 @@
 
 #include <regex.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace kvroute {
@@ -71,6 +72,7 @@ void DocumentReader::emit(DocumentPiece& out, bool ends) {
   buffer_.clear();
   out.ends_document = ends;
   out.input_offset = bytes_read_;
+  scanned_ = 0;
   if (ends) doc_open_ = false;
 }
 
@@ -115,9 +117,23 @@ bool DocumentReader::next(DocumentPiece& out) {
       emit(out, true);
       return true;
     }
-    if (buffer_.size() >= max_piece_) {
+    if (buffer_.size() >= max_piece_ && !cut_) {
       emit(out, false);
       return true;
+    }
+    if (buffer_.size() >= max_piece_) {
+      // The first allowed cut in the second half (a cut right at the end is not known
+      // to be allowed until the next line is read).
+      const std::size_t p = cut_(buffer_, std::max(scanned_, max_piece_ / 2));
+      if (p < buffer_.size()) {
+        std::string rest = buffer_.substr(p);
+        buffer_.resize(p);
+        emit(out, false);
+        out.input_offset -= rest.size();
+        buffer_ = std::move(rest);
+        return true;
+      }
+      scanned_ = buffer_.size() - 1;
     }
   }
 }

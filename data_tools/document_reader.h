@@ -1,12 +1,14 @@
-// Streams the documents of text files (encode.h's --docs rules) as pieces of at
-// most max_piece_bytes, cut at line ends, so a document of any size can be
-// encoded in parallel without holding it whole.
+// Streams the documents of text files (encode.h's --docs rules) as pieces of about
+// max_piece_bytes, cut at line ends (or where a tokenizer allows), so a document of any
+// size can be encoded in parallel without holding it whole.
 #pragma once
 
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kvroute/encode.h"
@@ -23,6 +25,10 @@ struct DocumentPiece {
 class DocumentReader {
  public:
   DocumentReader(std::vector<std::string> paths, DocumentRule rule, std::size_t max_piece_bytes = 1 << 20);
+  // Where a long document may be cut (Tokenizer::next_cut: the first allowed cut at or
+  // after `from`, text.size() for none). Unset, a piece ends after the line that fills it.
+  using Cut = std::function<std::size_t(std::string_view text, std::size_t from)>;
+  void set_cut(Cut cut) { cut_ = std::move(cut); }
   // The next piece, or false at the end. Throws std::runtime_error naming a file that cannot be read.
   bool next(DocumentPiece& out);
   uint64_t bytes_read() const { return bytes_read_; }
@@ -42,6 +48,8 @@ class DocumentReader {
   bool doc_open_ = false;
   uint64_t doc_ = 0, next_document_ = 0, bytes_read_ = 0;
   std::string buffer_, line_;
+  Cut cut_;
+  std::size_t scanned_ = 0;  // with cut_: buffer_ holds no allowed cut before this
 };
 
 }  // namespace kvroute

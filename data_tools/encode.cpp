@@ -63,10 +63,7 @@ std::vector<int32_t> encode_parallel(const Tokenizer& tok, std::string_view text
   std::vector<std::string_view> chunks;
   for (std::size_t i = 0; i < text.size();) {
     std::size_t end = std::min(text.size(), i + kPieceBytes);
-    if (end < text.size()) {
-      const std::size_t nl = text.find('\n', end);
-      end = nl == std::string_view::npos ? text.size() : nl + 1;
-    }
+    if (end < text.size()) end = std::max(end, tok.next_cut(text, end));  // where encoding the parts changes nothing
     chunks.push_back(text.substr(i, end - i));
     i = end;
   }
@@ -99,6 +96,7 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
     splits[1].name = "val";
     uint64_t tokens_so_far = 0;
     DocumentReader reader(o.inputs, o.documents, kPieceBytes);
+    reader.set_cut([&](std::string_view text, std::size_t from) { return tok->next_cut(text, from); });
 
     auto close_shard = [&](SplitOutput& s) {
       const ShardHeader h = s.writer->close();
@@ -186,9 +184,8 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
     for (SplitOutput& s : splits) info.shards.insert(info.shards.end(), s.done.begin(), s.done.end());
     if (o.tokenizer != "byte") {
       fs::create_directories(fs::path(tmp) / "tokenizer");
-      for (const char* f : {"tokenizer.model", "tokenizer.vocab", "tokenizer.yaml"})
-        if (fs::exists(fs::path(o.tokenizer) / f))
-          fs::copy_file(fs::path(o.tokenizer) / f, fs::path(tmp) / "tokenizer" / f);
+      for (const std::string& f : hf_tokenizer_files(o.tokenizer))
+        fs::copy_file(fs::path(o.tokenizer) / f, fs::path(tmp) / "tokenizer" / f);
     }
     write_manifest(info);
   });

@@ -135,7 +135,7 @@ void add_inspect_command(CLI::App& data) {
     std::string spec = tokenizer;
     if (spec.empty()) {
       const fs::path dir = fs::path(path).parent_path();
-      if (fs::exists(dir / "tokenizer" / "tokenizer.model"))
+      if (fs::exists(dir / "tokenizer" / "tokenizer.model") || fs::exists(dir / "tokenizer" / "tokenizer.json"))
         spec = (dir / "tokenizer").string();
       else if (shard.header().tokenizer_fingerprint == make_byte_tokenizer()->fingerprint())
         spec = "byte";

@@ -1,4 +1,5 @@
-// The SentencePiece tokenizer (a directory written by `kvroute data tokenizer`).
+// The SentencePiece tokenizer: a directory written by `kvroute data tokenizer`, or a
+// Hugging Face Llama 2 style tokenizer.model (the two modes of tokenizer.h).
 #include <sentencepiece_processor.h>
 
 #include <array>
@@ -7,8 +8,11 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "added_tokens.h"
+#include "hf_json.h"
 #include "kvroute/shard.h"
 #include "kvroute/tokenizer.h"
+#include "utf8.h"
 
 namespace kvroute {
 
@@ -17,34 +21,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::string_view kMetaSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's escaped space
-
-// Length of the valid UTF-8 character at s[i] (RFC 3629: no overlongs, no
-// surrogates, at most U+10FFFF), or 0 when the bytes there are not one.
-std::size_t utf8_char_length(std::string_view s, std::size_t i) {
-  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[i + k]); };
-  const unsigned char c = b(0);
-  if (c < 0x80) return 1;
-  std::size_t n;
-  unsigned lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  if (c >= 0xC2 && c <= 0xDF)
-    n = 2;
-  else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  if (b(1) < lo || b(1) > hi) return 0;
-  for (std::size_t k = 2; k < n; ++k)
-    if (b(k) < 0x80 || b(k) > 0xBF) return 0;
-  return n;
-}
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
@@ -87,23 +63,27 @@ class SentencePieceTokenizer final : public Tokenizer {
         surface_[id] = std::move(s);
       }
     }
-    for (int b = 0; b < 256; ++b)
-      if (byte_id_[b] < 0)
-        throw std::runtime_error("tokenizer '" + model +
-                                 "': has no byte pieces <0x00>..<0xFF>, so some text could "
-                                 "not be encoded; train it with byte_fallback (`kvroute data tokenizer` does)");
     eos_ = sp_.eos_id();
     if (eos_ < 0) throw std::runtime_error("tokenizer '" + model + "': has no end-of-document id </s>");
     const std::string probe = "Round  trip\tcheck: 1 2 3.\n  indented\r\n";
     std::vector<int> ids;
     std::string back;
-    if (!sp_.Encode(probe, &ids).ok() || !sp_.Decode(ids, &back).ok() || back != probe)
-      throw std::runtime_error("tokenizer '" + model +
-                               "': does not reproduce text exactly (trained with a "
-                               "normalization rule or a dummy prefix?); train one with `kvroute data tokenizer`");
+    const bool exact = sp_.Encode(probe, &ids).ok() && sp_.Decode(ids, &back).ok() && back == probe;
+    hf_ = !exact || fs::exists(fs::path(dir) / "tokenizer_config.json", ec) ||
+          fs::exists(fs::path(dir) / "special_tokens_map.json", ec);
+    if (hf_) {
+      read_hf_added_tokens();
+      return;
+    }
+    for (int b = 0; b < 256; ++b)
+      if (byte_id_[b] < 0)
+        throw std::runtime_error("tokenizer '" + model +
+                                 "': has no byte pieces <0x00>..<0xFF>, so some text could "
+                                 "not be encoded; train it with byte_fallback (`kvroute data tokenizer` does)");
   }
 
   std::vector<int32_t> encode(std::string_view text) const override {
+    if (hf_) return encode_hf(text);
     std::vector<int32_t> out;
     out.reserve(text.size() / 3 + 4);
     std::vector<int> ids;
@@ -146,6 +126,12 @@ class SentencePieceTokenizer final : public Tokenizer {
                                 std::to_string(vocab_ - 1));
       s += surface_[id];
     }
+    if (hf_) {
+      const std::vector<int> all(ids.begin(), ids.end());
+      s.clear();
+      const auto status = sp_.Decode(all, &s);
+      if (!status.ok()) throw std::runtime_error("tokenizer '" + dir_ + "': " + status.ToString());
+    }
     return s;
   }
 
@@ -159,8 +145,68 @@ class SentencePieceTokenizer final : public Tokenizer {
     if (id < 0 || id >= vocab_) return "<invalid " + std::to_string(id) + ">";
     return sp_.IdToPiece(id);
   }
+  int32_t bos_id() const override { return sp_.bos_id(); }
+  int32_t eos_id() const override { return eos_; }
+  // hf mode: every stretch gets a dummy prefix, so no cut leaves encode() unchanged.
+  std::size_t next_cut(std::string_view text, std::size_t from) const override {
+    return hf_ ? text.size() : Tokenizer::next_cut(text, from);
+  }
 
  private:
+  // The tokens transformers cuts out of the text before SentencePiece sees it: the
+  // added_tokens_decoder of tokenizer_config.json, else the control and unknown pieces.
+  void read_hf_added_tokens() {
+    std::vector<AddedToken> tokens;
+    const std::string file = (fs::path(dir_) / "tokenizer_config.json").string();
+    std::error_code ec;
+    if (fs::exists(file, ec)) {
+      const hf_json::json config = hf_json::read(file);
+      const hf_json::Where top{file, ""};
+      if (config.is_object() && config.contains("added_tokens_decoder") && !config["added_tokens_decoder"].is_null()) {
+        const hf_json::json& list = hf_json::need_object(config, "added_tokens_decoder", top);
+        for (const auto& [key, e] : list.items()) {
+          const hf_json::Where at = top / "added_tokens_decoder" / key;
+          AddedToken t;
+          try {
+            t.id = std::stoi(key);
+          } catch (const std::exception&) {
+            at.fail("is not a token id");
+          }
+          if (t.id < 0 || t.id >= vocab_) at.fail("is outside the model's ids 0.." + std::to_string(vocab_ - 1));
+          if (!e.is_object()) at.fail("is not an object");
+          t.content = hf_json::get_string(e, "content", at);
+          if (t.content.empty()) (at / "content").fail("is missing or empty");
+          t.lstrip = hf_json::get_bool(e, "lstrip", at, false);
+          t.rstrip = hf_json::get_bool(e, "rstrip", at, false);
+          t.single_word = hf_json::get_bool(e, "single_word", at, false);
+          t.special = hf_json::get_bool(e, "special", at, true);
+          tokens.push_back(std::move(t));
+        }
+        added_ = AddedTokenMatcher(std::move(tokens));
+        return;
+      }
+    }
+    for (int id = 0; id < vocab_; ++id)
+      if (sp_.IsControl(id) || sp_.IsUnknown(id)) tokens.push_back({sp_.IdToPiece(id), id});
+    added_ = AddedTokenMatcher(std::move(tokens));
+  }
+
+  // transformers' LlamaTokenizer (legacy): added tokens first, SentencePiece on the rest.
+  std::vector<int32_t> encode_hf(std::string_view text) const {
+    std::vector<int32_t> out;
+    std::vector<int> ids;
+    for (const TextPiece& p : added_.split(text)) {
+      if (p.id >= 0) {
+        out.push_back(p.id);
+        continue;
+      }
+      const auto status = sp_.Encode(p.text, &ids);
+      if (!status.ok()) throw std::runtime_error("tokenizer '" + dir_ + "': " + status.ToString());
+      out.insert(out.end(), ids.begin(), ids.end());
+    }
+    return out;
+  }
+
   std::string dir_;
   sentencepiece::SentencePieceProcessor sp_;
   uint64_t fingerprint_ = 0;
@@ -168,6 +214,8 @@ class SentencePieceTokenizer final : public Tokenizer {
   int eos_ = -1;
   std::array<int32_t, 256> byte_id_;
   std::vector<std::string> surface_;  // the text each id decodes to
+  bool hf_ = false;                   // Hugging Face mode (see tokenizer.h)
+  AddedTokenMatcher added_;           // hf mode: cut out of the text before SentencePiece
 };
 
 }  // namespace
@@ -176,10 +224,5 @@ std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& dir) 
   return std::make_unique<SentencePieceTokenizer>(dir);
 }
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
-  if (spec == "byte") return make_byte_tokenizer();
-  if (spec.empty()) throw std::runtime_error("data.tokenizer is empty (use \"byte\" or a tokenizer directory)");
-  return load_sentencepiece_tokenizer(spec);
-}
 
 }  // namespace kvroute

@@ -46,7 +46,7 @@ uint64_t ShardDirInfo::tokens(const std::string& split_name) const {
 
 std::string ShardDirInfo::tokenizer_spec() const {
   const fs::path t = fs::path(dir) / "tokenizer";
-  if (fs::exists(t / "tokenizer.model")) return t.string();
+  if (fs::exists(t / "tokenizer.model") || fs::exists(t / "tokenizer.json")) return t.string();
   return tokenizer_identity == "byte" ? "byte" : "";
 }
 
