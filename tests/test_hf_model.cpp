@@ -348,6 +348,20 @@ TEST(HfCli, ImportInfoTrainFromTheFolderAndExport) {
   EXPECT_EQ(j["kvroute"]["routing"]["mode"], "stochastic");
   EXPECT_EQ(j["kvroute"]["recommended_sharing"]["strategy"], "cla:2");
   EXPECT_TRUE(fs::exists(tmp / "exported/tokenizer.json"));  // the byte tokenizer in Hugging Face form
+  // The exported folder comes back in: its byte-level tokenizer.json is the tokenizer, and the
+  // model generates through a shared cache.
+  r = run("import hf " + (tmp / "exported").string() + " --out " + (tmp / "back.h5").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("back-tokenizer"));
+  r = run("generate " + (tmp / "back.h5").string() + " --strategy cla:2 --prompt 'In the' --max-new-tokens 4");
+  ASSERT_EQ(r.status, 0) << r.output;
+  // A tokenizer with more ids than the model's vocabulary is refused before any weight is read.
+  const fs::path mixed = copy_fixture("llama2", tmp);
+  fs::copy(fs::path(KVROUTE_SOURCE_DIR) / "tests/fixtures/tokenizers/bpe_llama3/tokenizer.json", mixed / "tokenizer.json");
+  r = run("import hf " + mixed.string() + " --out " + (tmp / "mixed.h5").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, AllOf(HasSubstr("more than config.json's vocab_size 300"), HasSubstr(mixed.string())));
+  EXPECT_FALSE(fs::exists(tmp / "mixed.h5"));
   r = run("import hf " + (tmp / "nope").string() + " --out " + (tmp / "x.h5").string());
   EXPECT_NE(r.status, 0);
   EXPECT_THAT(r.output, HasSubstr("no such directory"));

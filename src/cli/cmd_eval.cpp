@@ -150,7 +150,8 @@ void add_eval_command(CLI::App& app) {
       // greedy:N chooses on the training split (EvalSpec::selection_tokens); other rows need only val.
       const bool any_greedy = std::any_of(specs.begin(), specs.end(), [](const std::string& s) { return is_greedy_strategy(s); });
       const Corpus corpus = load_corpus(cfg.data, any_greedy ? CorpusParts::train_and_val : CorpusParts::val_only);
-      if (corpus.vocab_size != cfg.model.vocab_size)
+      // An imported model's embedding may be padded beyond its tokenizer's ids, never smaller.
+      if (corpus.vocab_size > cfg.model.vocab_size)
         throw std::runtime_error("checkpoint " + ckpt + ": model.vocab_size is " + std::to_string(cfg.model.vocab_size) +
                                  " but the validation data's tokenizer has " + std::to_string(corpus.vocab_size) + " tokens");
       check_tokenizer_or_warn(infos[i], {corpus.tokenizer, corpus.vocab_size, corpus.tokenizer_fingerprint},

@@ -58,7 +58,8 @@ void add_generate_command(CLI::App& app) {
                                   std::to_string(mc.n_layers) + " layers]");
     }
     const std::unique_ptr<Tokenizer> tok = load_tokenizer(cfg.data.tokenizer);
-    if (tok->vocab_size() != mc.vocab_size)
+    // An imported model's embedding may have more rows than its tokenizer has ids (padded), never fewer.
+    if (tok->vocab_size() > mc.vocab_size)
       throw std::invalid_argument("model.vocab_size is " + std::to_string(mc.vocab_size) + " but data.tokenizer '" +
                                   cfg.data.tokenizer + "' has " + std::to_string(tok->vocab_size()) + " tokens");
     check_tokenizer_or_warn(info, {tok->identity(), tok->vocab_size(), fingerprint_hex(tok->fingerprint())},
@@ -90,7 +91,14 @@ void add_generate_command(CLI::App& app) {
 
     for (std::size_t i = 0; i < ids.size(); ++i) {
       if (ids.size() > 1) std::cout << "=== prompt " << i + 1 << " ===\n";
-      std::cout << prompts[i] << tok->decode(r.tokens[i]) << "\n";
+      // Ids of padded embedding rows have no text: left out, and said.
+      std::vector<int32_t> known;
+      for (int32_t id : r.tokens[i])
+        if (id < tok->vocab_size()) known.push_back(id);
+      std::cout << prompts[i] << tok->decode(known) << "\n";
+      if (known.size() != r.tokens[i].size())
+        std::cerr << "note: " << r.tokens[i].size() - known.size() << " generated id(s) lie beyond the tokenizer's "
+                  << tok->vocab_size() << " ids (padded embedding rows) and have no text\n";
     }
     const std::size_t full_per_token = kv_bytes_per_token(mc, parse_strategy("full", mc.n_layers));
     std::cout << "---\n"

@@ -12,6 +12,7 @@
 #include "kvroute/model.h"
 #include "kvroute/safetensors.h"
 #include "kvroute/strategy.h"
+#include "kvroute/tokenizer.h"
 
 namespace kvroute {
 namespace fs = std::filesystem;
@@ -163,9 +164,10 @@ HfExportReport export_hf(const HfExportOptions& o) {
   } else if (fs::is_directory(spec, ec)) {
     const bool from_hf = fs::exists(fs::path(spec) / "tokenizer.json", ec) ||
                          fs::exists(fs::path(spec) / "tokenizer_config.json", ec);
-    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                             "generation_config.json", "vocab.json", "merges.txt", "added_tokens.json"}) {
-      if (!fs::exists(fs::path(spec) / name, ec)) continue;
+    std::vector<std::string> names = hf_tokenizer_files(spec);
+    if (fs::exists(fs::path(spec) / "generation_config.json", ec)) names.push_back("generation_config.json");
+    for (const std::string& name : names) {
+      if (name == "tokenizer.vocab" || name == "tokenizer.yaml") continue;  // kvroute's own notes, not HF files
       fs::copy_file(fs::path(spec) / name, tmp / name);
       add_file(name);
     }

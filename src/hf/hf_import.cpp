@@ -66,10 +66,14 @@ std::string shape_text(const std::vector<int64_t>& s) {
   return t + "]";
 }
 
-// Tokenizer files of a Hugging Face folder, copied as they are.
-const char* const kTokenizerFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                                       "special_tokens_map.json", "generation_config.json", "vocab.json",
-                                       "merges.txt", "added_tokens.json"};
+// Tokenizer files of a Hugging Face folder, copied as they are; generation_config.json too, for
+// the bos/eos ids an export writes back.
+std::vector<std::string> tokenizer_files(const std::string& dir) {
+  std::vector<std::string> files = hf_tokenizer_files(dir);
+  std::error_code ec;
+  if (fs::exists(fs::path(dir) / "generation_config.json", ec)) files.push_back("generation_config.json");
+  return files;
+}
 
 bool has_tokenizer(const std::string& dir) {
   std::error_code ec;
@@ -154,8 +158,8 @@ HfImportReport import_hf(const HfImportOptions& options) {
     const std::string tmp = tok_dir + ".tmp";
     fs::remove_all(tmp, ec);
     fs::create_directories(tmp);
-    for (const char* name : kTokenizerFiles)
-      if (fs::exists(fs::path(options.dir) / name, ec)) fs::copy_file(fs::path(options.dir) / name, fs::path(tmp) / name);
+    for (const std::string& name : tokenizer_files(options.dir))
+      fs::copy_file(fs::path(options.dir) / name, fs::path(tmp) / name);
     std::unique_ptr<Tokenizer> tok;
     try {
       tok = load_tokenizer(tmp);
