@@ -423,7 +423,7 @@ TEST(AttentionBf16Cpu, RoundsWhereTheCudaKernelsRound) {
 }
 
 // Both paths compute the same products in the same order (bf16_tile_gemm.h): equal where the
-// instruction adds as documented (Zen 4: bit for bit), and always within P's rounding bound.
+// instruction adds as documented (this AMD EPYC: bit for bit), and always within P's rounding bound.
 TEST(AttentionBf16Cpu, NativeMatchesEmulated) {
   if (!cpu::attention_bf16_native_available()) GTEST_SKIP() << "this CPU has no AVX512-BF16";
   for (const Case& c : cases()) {

@@ -11,7 +11,7 @@
 // - emulated, everywhere: each pair widened to fp32 and added with two FMAs, high half first,
 //   in the order VDPBF16PS adds them (c += a1 * b1; c += a0 * b0, each rounded to nearest
 //   even). The products of two bf16 values are exact in fp32, so the two kernels agree bit for
-//   bit where the instruction adds in that order (checked on Zen 4: it does), except that the
+//   bit where the instruction adds in that order (checked on an AMD EPYC with avx512_bf16: it does), except that the
 //   instruction flushes subnormal inputs and results to zero.
 #pragma once
 
