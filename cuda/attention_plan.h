@@ -14,6 +14,8 @@
 #include <cstddef>
 #include <string>
 
+#include "kvroute/attention.h"
+
 namespace kvroute {
 
 namespace attention_plan_detail {
@@ -69,8 +71,7 @@ constexpr std::size_t attention_fp32_smem_bytes(int head_dim) {
   return f > q ? (f > k ? f : k) : (q > k ? q : k);
 }
 
-// Head dims with a tensor-core kernel.
-constexpr bool attention_bf16_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+// Head dims with a tensor-core kernel: attention_bf16_head_dim, kvroute/attention.h.
 
 struct AttentionKernelChoice {
   bool tensor_cores = false;  // run the bf16 kernels (else the fp32 ones)

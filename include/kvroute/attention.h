@@ -33,6 +33,11 @@ struct AttentionShape {
   long kv_seq_stride = 0;  // elements between sequences in K/V; 0 means Tk * n_kv_heads * head_dim
 };
 
+// Head dims at which train.precision bf16 runs attention in bf16 (Q, K, V, dout, P and dS
+// rounded; fp32 softmax and sums): CUDA's tensor-core kernels and their CPU twin
+// (src/cpu/attention_bf16_cpu.h). Other head dims run the fp32 attention on both backends.
+constexpr bool attention_bf16_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
 struct AttentionForward {
   AttentionShape shape;
   const float* q = nullptr;

@@ -26,8 +26,10 @@ struct BackendOptions {
   // "fp32": every op in fp32. "bf16": matmul rounds its operands to bf16 (nearest even) and
   // multiplies with fp32 accumulation and fp32 output: on tensor cores (CUDA), on AMX or
   // AVX512-BF16 through oneDNN (CPU), or as an fp32 sgemm of the rounded operands on CPUs
-  // without native bf16. CUDA attention (head_dim 64, 128; forward and backward) also rounds
-  // Q/K/V, dout and the probabilities to bf16 with fp32 softmax and sums; CPU attention stays fp32.
+  // without native bf16. Attention at head_dim 64 and 128 (forward and backward) also rounds
+  // Q/K/V, dout, the probabilities and dS to bf16, with fp32 softmax and sums: CUDA's tensor-core
+  // kernels, and on the CPU their twin with the same rounding points (AVX512-BF16 dot products,
+  // or the same products on fp32 vectors; src/cpu/attention_bf16_cpu.h). Other head dims: fp32.
   // Buffers stay fp32, and every other op, the weights, gradients and optimizer state too.
   // "auto" is resolved by make_backend (resolve_precision below) before a backend sees it.
   std::string precision = "fp32";

@@ -9,12 +9,17 @@
 // group, so there are no races and no atomics, and every sum runs in a fixed
 // order (bitwise deterministic). Sequences that share a source layer write
 // disjoint slices (offset b * seq_stride).
+//
+// With train.precision bf16 at head_dim 64 and 128 both directions run the bf16 twin of the
+// CUDA tensor-core kernels instead (attention_bf16_cpu.cpp).
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
 
+#include "cpu/attention_bf16_cpu.h"
+#include "cpu/attention_geometry.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/cpu_math.h"
 #include "cpu/tile_gemm.h"
@@ -31,68 +36,8 @@ constexpr int kBackwardQueryBlock = 32;
 constexpr int kBackwardKeyBlock = 32;
 static_assert(kBackwardQueryBlock % cpu::kTileCols == 0 && kBackwardKeyBlock % cpu::kTileRows == 0);
 
-// Shape with its derived strides, validated once per call.
-struct Geometry {
-  int B, Tq, Tk, H, Hkv, D, group;
-  long q_pos0;
-  float scale;
-  std::size_t q_row;   // elements between time steps in q/out/dq: H * D
-  std::size_t kv_row;  // elements between time steps in K/V: Hkv * D
-  std::size_t kv_seq;  // elements between sequences in K/V
-
-  bool empty() const { return B == 0 || Tq == 0; }
-  // Query i (relative) sees keys [0, keys_visible(i)).
-  int keys_visible(long i) const { return static_cast<int>(std::min<long>(Tk, q_pos0 + i + 1)); }
-  std::size_t q_offset(int b, int i, int h) const {
-    return (static_cast<std::size_t>(b) * Tq + i) * q_row + static_cast<std::size_t>(h) * D;
-  }
-  std::size_t kv_offset(int b, int kv_head) const {
-    return static_cast<std::size_t>(b) * kv_seq + static_cast<std::size_t>(kv_head) * D;
-  }
-  std::size_t lse_offset(int b, int h, int i) const {
-    return (static_cast<std::size_t>(b) * H + h) * Tq + i;
-  }
-};
-
-Geometry make_geometry(const AttentionShape& s, const int32_t* src, const float* const* k_layers,
-                       const float* const* v_layers, const char* op) {
-  using cpu::require;
-  require(s.B >= 0 && s.Tq >= 0, op, "B and Tq must be >= 0");
-  Geometry g{};
-  g.B = s.B;
-  g.Tq = s.Tq;
-  g.Tk = s.Tk;
-  g.H = s.n_heads;
-  g.Hkv = s.n_kv_heads;
-  g.D = s.head_dim;
-  g.q_pos0 = s.q_pos0;
-  g.scale = s.scale;
-  if (g.empty()) return g;
-  require(s.Tk >= 1, op, "Tk must be >= 1");
-  require(s.n_heads >= 1 && s.n_kv_heads >= 1 && s.head_dim >= 1, op, "heads and head_dim must be >= 1");
-  require(s.n_heads % s.n_kv_heads == 0, op,
-          "n_kv_heads (" + std::to_string(s.n_kv_heads) + ") must divide n_heads (" +
-              std::to_string(s.n_heads) + ")");
-  require(s.q_pos0 >= 0, op, "q_pos0 must be >= 0");
-  require(std::isfinite(s.scale) && s.scale != 0.f, op,
-          "shape.scale must be set (usually 1/sqrt(head_dim))");
-  g.group = s.n_heads / s.n_kv_heads;
-  g.q_row = static_cast<std::size_t>(g.H) * g.D;
-  g.kv_row = static_cast<std::size_t>(g.Hkv) * g.D;
-  const std::size_t dense_seq = static_cast<std::size_t>(g.Tk) * g.kv_row;
-  require(s.kv_seq_stride == 0 || s.kv_seq_stride >= static_cast<long>(dense_seq), op,
-          "kv_seq_stride " + std::to_string(s.kv_seq_stride) + " is smaller than Tk * n_kv_heads * head_dim");
-  g.kv_seq = s.kv_seq_stride ? static_cast<std::size_t>(s.kv_seq_stride) : dense_seq;
-  require(src && k_layers && v_layers, op, "null src / k_layers / v_layers");
-  for (int b = 0; b < g.B; ++b) {
-    require(src[b] >= 0, op, "negative source layer for sequence " + std::to_string(b));
-    require(k_layers[src[b]] && v_layers[src[b]], op,
-            "null K/V for source layer " + std::to_string(src[b]));
-  }
-  return g;
-}
-
-int round_up(int x, int multiple) { return (x + multiple - 1) / multiple * multiple; }
+using Geometry = cpu::AttentionGeometry;
+using cpu::round_up;
 
 // dst[r * ld + c] = scale * src[r * src_stride + c] for r < rows, c < cols; zero elsewhere
 // in the [total_rows, ld] tile. Pads tiles to the multiples tile_gemm needs.
@@ -130,9 +75,9 @@ void add_rows(float* dst, std::size_t dst_stride, const float* tile, int ld, int
 }  // namespace
 
 void CpuBackend::attention_forward(const AttentionForward& p) {
-  const Geometry g = make_geometry(p.shape, p.src, p.k_layers, p.v_layers, "attention_forward");
+  if (bf16_attention(p.shape)) return cpu::attention_forward_bf16(p, bf16_attention_path_);
+  const Geometry g = cpu::forward_geometry(p);
   if (g.empty()) return;
-  cpu::require(p.q && p.out, "attention_forward", "null q or out");
   const int n_qblocks = (g.Tq + kQueryBlock - 1) / kQueryBlock;
   const long n_tasks = static_cast<long>(g.B) * g.H * n_qblocks;
   const int D = g.D;
@@ -232,13 +177,9 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
 // dq is accumulated transposed and added back at the end. Loops: query head of
 // the group, key tile (its dK/dV accumulate in tiles), query blocks that see it.
 void CpuBackend::attention_backward(const AttentionBackward& p) {
-  const Geometry g = make_geometry(p.shape, p.src, p.k_layers, p.v_layers, "attention_backward");
+  if (bf16_attention(p.shape)) return cpu::attention_backward_bf16(p, bf16_attention_path_);
+  const Geometry g = cpu::backward_geometry(p);
   if (g.empty()) return;
-  cpu::require(p.q && p.out && p.lse && p.dout, "attention_backward", "null q, out, lse or dout");
-  cpu::require(p.dq && p.dk_layers && p.dv_layers, "attention_backward", "null dq, dk_layers or dv_layers");
-  for (int b = 0; b < g.B; ++b)
-    cpu::require(p.dk_layers[p.src[b]] && p.dv_layers[p.src[b]], "attention_backward",
-                 "null dK/dV for source layer " + std::to_string(p.src[b]));
   constexpr int QB = kBackwardQueryBlock, KB = kBackwardKeyBlock;
   using cpu::floatv;
   using cpu::kLanes;

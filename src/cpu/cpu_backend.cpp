@@ -1,6 +1,8 @@
 // CPU memory and element-wise vector ops.
 #include "cpu/cpu_backend.h"
 
+#include "cpu/attention_bf16_cpu.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -17,10 +19,16 @@ CpuBackend::CpuBackend(const BackendOptions& options)
     : CpuBackend(options, cpu::native_bf16_available() ? cpu::Bf16Path::Native : cpu::Bf16Path::Emulated) {}
 
 CpuBackend::CpuBackend(const BackendOptions& options, cpu::Bf16Path bf16_path) : options_(options) {
-  if (options_.precision == "bf16")
+  if (options_.precision == "bf16") {
     bf16_ = std::make_unique<cpu::Bf16Matmul>(bf16_path);
-  else if (options_.precision != "fp32")
+    // The matmul's path also decides attention's (ONEDNN_MAX_CPU_ISA pins both), where the CPU has
+    // the instructions the attention kernels use.
+    bf16_attention_path_ = bf16_path == cpu::Bf16Path::Native && cpu::attention_bf16_native_available()
+                               ? cpu::Bf16Path::Native
+                               : cpu::Bf16Path::Emulated;
+  } else if (options_.precision != "fp32") {
     throw std::invalid_argument("CpuBackend: precision must be fp32 or bf16, not '" + options_.precision + "'");
+  }
 }
 
 void CpuBackend::register_weights(const float* w, std::size_t n) {

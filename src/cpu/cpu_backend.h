@@ -70,9 +70,11 @@ class CpuBackend final : public Backend {
   void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                        std::size_t n) override;
 
-  // attention_cpu.cpp
+  // attention_cpu.cpp (fp32), or with bf16 at head_dim 64 and 128 attention_bf16_cpu.cpp, as on CUDA
   void attention_forward(const AttentionForward& p) override;
   void attention_backward(const AttentionBackward& p) override;
+  // Which path the bf16 attention takes (the native one needs AVX512-BF16).
+  cpu::Bf16Path bf16_attention_path() const { return bf16_attention_path_; }
 
   // cross_entropy_cpu.cpp
   void cross_entropy(const float* logits, const int32_t* targets, float* losses, float* dlogits, int N,
@@ -88,8 +90,12 @@ class CpuBackend final : public Backend {
     if (bf16_) bf16_->written(dst, bytes);
   }
 
+  // Whether attention of this shape runs the bf16 kernels.
+  bool bf16_attention(const AttentionShape& s) const { return bf16_ && attention_bf16_head_dim(s.head_dim); }
+
   BackendOptions options_;
   std::unique_ptr<cpu::Bf16Matmul> bf16_;
+  cpu::Bf16Path bf16_attention_path_ = cpu::Bf16Path::Emulated;
   std::vector<float> peak_operands_;  // peak_gemm_flops' n x n operands
   std::unique_ptr<cpu::Bf16Matmul> peak_probe_;  // and its bf16 GEMM
 };
