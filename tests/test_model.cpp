@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "finite_difference.h"
 #include "kvroute/memory_estimate.h"
 #include "kvroute/model.h"
 #include "kvroute/optimizer.h"
@@ -57,32 +58,8 @@ void check_gradients(const ModelConfig& mc, const RouteTable& routes, uint32_t s
   Model model(mc, be.get());
   model.init_weights(seed);
   const Data d = make_batch(mc.vocab_size, seed + 1);
-  model.zero_grads();
-  model.forward_backward(d.tokens.data(), d.targets.data(), d.B, d.T, routes, 1.f);
-  const std::vector<float> grads = model.grads_to_host();
-  const std::vector<float> theta = model.params_to_host();
-  std::mt19937 rng(seed + 2);
-  std::normal_distribution<double> normal;
-  const double h = 1e-2;
-  int checked = 0;
-  for (const ParamTensor& t : model.tensors()) {
-    std::vector<double> u(t.numel);
-    double unorm = 0;
-    for (double& x : u) x = normal(rng), unorm += x * x;
-    unorm = std::sqrt(unorm);
-    double analytic = 0;
-    for (std::size_t i = 0; i < t.numel; ++i) analytic += grads[t.offset + i] * u[i] / unorm;
-    auto loss_at = [&](double eps) {
-      std::vector<float> p = theta;
-      for (std::size_t i = 0; i < t.numel; ++i) p[t.offset + i] += static_cast<float>(eps * u[i] / unorm);
-      model.params_from_host(p);
-      return static_cast<double>(model.forward(d.tokens.data(), d.targets.data(), d.B, d.T, routes));
-    };
-    const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
-    EXPECT_NEAR(analytic, numeric, 2e-3 + 3e-2 * std::abs(numeric)) << "tensor " << t.name;
-    ++checked;
-  }
-  model.params_from_host(theta);
+  const int checked = testing_fd::check_directional_derivatives(model, d.tokens.data(), d.targets.data(), d.B, d.T,
+                                                                routes, seed + 2, /*h=*/1e-2);
   EXPECT_EQ(checked, static_cast<int>(model.tensors().size()));
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "finite_difference.h"
 #include "kvroute/memory_estimate.h"
 #include "kvroute/model.h"
 #include "kvroute/routing.h"
@@ -125,7 +126,7 @@ void randomize(Model& model, uint32_t seed) {
 }
 
 // For each parameter tensor, the directional derivative along a random direction confined to
-// it against a central finite difference (as tests/test_model.cpp).
+// it against a central finite difference (tests/finite_difference.h).
 void check_gradients(const ModelConfig& mc, const RouteTable& routes, const std::string& recompute, uint32_t seed,
                      const std::string& what) {
   auto be = make_backend("cpu");
@@ -133,29 +134,9 @@ void check_gradients(const ModelConfig& mc, const RouteTable& routes, const std:
   model.set_recompute(recompute);
   randomize(model, seed);
   const Data d = make_batch(mc.vocab_size, seed + 1);
-  model.zero_grads();
-  model.forward_backward(d.tokens.data(), d.targets.data(), d.B, d.T, routes, 1.f);
-  const std::vector<float> grads = model.grads_to_host();
-  const std::vector<float> theta = model.params_to_host();
-  std::mt19937 rng(seed + 2);
-  std::normal_distribution<double> normal;
-  const double h = 3e-3;  // smaller than test_model.cpp's 1e-2: with q/k norms the loss curves more
-  for (const ParamTensor& t : model.tensors()) {
-    std::vector<double> u(t.numel);
-    double unorm = 0;
-    for (double& x : u) x = normal(rng), unorm += x * x;
-    unorm = std::sqrt(unorm);
-    double analytic = 0;
-    for (std::size_t i = 0; i < t.numel; ++i) analytic += grads[t.offset + i] * u[i] / unorm;
-    auto loss_at = [&](double eps) {
-      std::vector<float> p = theta;
-      for (std::size_t i = 0; i < t.numel; ++i) p[t.offset + i] += static_cast<float>(eps * u[i] / unorm);
-      model.params_from_host(p);
-      return static_cast<double>(model.forward(d.tokens.data(), d.targets.data(), d.B, d.T, routes));
-    };
-    const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
-    EXPECT_NEAR(analytic, numeric, 2e-3 + 3e-2 * std::abs(numeric)) << what << ", tensor " << t.name;
-  }
+  // h smaller than test_model.cpp's 1e-2: with q/k norms the loss curves more.
+  testing_fd::check_directional_derivatives(model, d.tokens.data(), d.targets.data(), d.B, d.T, routes, seed + 2,
+                                            /*h=*/3e-3, what);
 }
 
 std::vector<std::string> layer_tensor_names(const Model& model, int l) {
