@@ -31,6 +31,10 @@ struct ParamTensor {
 // tools lay out weights with it without building a model.
 std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg);
 
+// The model features that differ from kvroute's defaults, for logs and `ckpt info`, e.g.
+// ", head_dim 128, q/k norm, rope_theta 1e+06" ("" for a model with none).
+std::string model_features_text(const ModelConfig& cfg);
+
 // ---- the pieces of one forward pass, shared by training and the inference engine ----
 
 // The token grid of one forward call: B rows of Tq consecutive tokens each.

@@ -65,7 +65,7 @@ void print_info(const std::string& path, bool verify, bool show_config) {
             << "kv routing  " << routing_text(cfg.routing) << "\n"
             << "model       " << m.n_layers << " layers, d_model " << m.d_model << ", " << m.n_heads << " heads / "
             << m.n_kv_heads << " kv heads, d_ff " << m.d_ff << ", vocab " << m.vocab_size << ", context " << m.context
-            << (m.tie_embeddings ? ", tied embeddings" : "") << "\n"
+            << (m.tie_embeddings ? ", tied embeddings" : "") << model_features_text(m) << "\n"
             << "parameters  " << with_commas(info.num_params()) << " in " << info.tensors.size() << " tensors\n";
   std::size_t width = 0;
   for (const TensorInfo& t : info.tensors) width = std::max(width, t.name.size());

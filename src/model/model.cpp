@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 #include <stdexcept>
 
 #include "kvroute/rng.h"
@@ -71,6 +72,25 @@ std::vector<ParamTensor> parameter_layout(const ModelConfig& cfg) {
   add("final_norm", {C}, false);
   if (!cfg.tie_embeddings) add("lm_head", {cfg.vocab_size, C}, true);
   return out;
+}
+
+std::string model_features_text(const ModelConfig& cfg) {
+  const ModelConfig defaults;
+  auto number = [](double x) {
+    std::ostringstream os;
+    os << x;
+    return os.str();
+  };
+  std::string s;
+  if (cfg.head_dim > 0) s += ", head_dim " + std::to_string(cfg.head_dim);
+  if (cfg.qkv_bias) s += ", q/k/v biases";
+  if (cfg.qk_norm) s += ", q/k norm";
+  if (cfg.rope_theta != defaults.rope_theta) s += ", rope_theta " + number(cfg.rope_theta);
+  if (cfg.rope_scaling != "none")
+    s += ", rope " + cfg.rope_scaling + " (factor " + number(cfg.rope_factor) + ", original context " +
+         std::to_string(cfg.rope_original_context) + ")";
+  if (cfg.norm_eps != defaults.norm_eps) s += ", norm_eps " + number(cfg.norm_eps);
+  return s;
 }
 
 RopeSpec rope_spec(const ModelConfig& cfg) {

@@ -370,7 +370,8 @@ void TrainingRun::log_header() {
              "; validation sharded over the ranks");
   log.line("model: " + std::to_string(L_) + " layers, d_model " + std::to_string(cfg_.model.d_model) + ", heads " +
            std::to_string(cfg_.model.n_heads) + "/" + std::to_string(cfg_.model.n_kv_heads) + " kv, vocab " +
-           std::to_string(cfg_.model.vocab_size) + ", " + fmt("%.2fM", model.num_params() / 1e6) + " parameters");
+           std::to_string(cfg_.model.vocab_size) + model_features_text(cfg_.model) + ", " +
+           fmt("%.2fM", model.num_params() / 1e6) + " parameters");
   log.line("routing: mode " + cfg_.routing.mode +
            (cfg_.routing.mode == "stochastic"
                 ? ", p " + fmt("%g", cfg_.routing.p) + ", scheme " + cfg_.routing.scheme + ", per " + cfg_.routing.granularity
