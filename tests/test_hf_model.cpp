@@ -362,6 +362,16 @@ TEST(HfCli, ImportInfoTrainFromTheFolderAndExport) {
   EXPECT_NE(r.status, 0);
   EXPECT_THAT(r.output, AllOf(HasSubstr("more than config.json's vocab_size 300"), HasSubstr(mixed.string())));
   EXPECT_FALSE(fs::exists(tmp / "mixed.h5"));
+  // Weights that fail after the tokenizer was accepted leave no tokenizer folder either.
+  const fs::path broken = copy_fixture("llama2", tmp);
+  fs::copy(tmp / "exported/tokenizer.json", broken / "tokenizer.json");
+  fs::remove(broken / "model.safetensors");
+  r = run("import hf " + broken.string() + " --out " + (tmp / "broken.h5").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("has neither model.safetensors"));
+  EXPECT_FALSE(fs::exists(tmp / "broken.h5"));
+  EXPECT_FALSE(fs::exists(tmp / "broken-tokenizer"));
+  EXPECT_FALSE(fs::exists(tmp / "broken-tokenizer.tmp"));
   r = run("import hf " + (tmp / "nope").string() + " --out " + (tmp / "x.h5").string());
   EXPECT_NE(r.status, 0);
   EXPECT_THAT(r.output, HasSubstr("no such directory"));

@@ -147,6 +147,7 @@ HfImportReport import_hf(const HfImportOptions& options) {
 
   // The tokenizer first: it is small, and its problems should show before minutes of reading weights.
   TokenizerIdentity tokenizer;
+  std::string tok_tmp;  // the tokenizer copy, renamed into place only once the checkpoint is written
   std::string tok_dir = options.tokenizer_out;
   if (tok_dir.empty()) {
     fs::path p(options.out);
@@ -173,8 +174,7 @@ HfImportReport import_hf(const HfImportOptions& options) {
                                " ids, more than config.json's vocab_size " +
                                std::to_string(report.config.model.vocab_size));
     }
-    fs::remove_all(tok_dir, ec);
-    fs::rename(tmp, tok_dir);
+    tok_tmp = tmp;
     report.tokenizer_dir = fs::absolute(tok_dir).string();
     tokenizer = TokenizerIdentity{report.tokenizer_dir, tok->vocab_size(), fingerprint_hex(tok->fingerprint())};
   } else {
@@ -182,17 +182,28 @@ HfImportReport import_hf(const HfImportOptions& options) {
                            "the checkpoint records no tokenizer");
   }
 
-  const std::vector<float> params = read_hf_weights(options.dir, report.config, &report.notes, &report.bytes_read);
-  Config cfg;
-  cfg.model = report.config.model;
-  if (!report.tokenizer_dir.empty()) cfg.data.tokenizer = report.tokenizer_dir;
-  // A long-context model's context stays as config.json says; training windows are set by train.seq_len.
-  if (cfg.train.seq_len > cfg.model.context) cfg.train.seq_len = cfg.model.context;
-  validate(cfg);
-  TrainingState state;
-  state.seed = cfg.train.seed;
-  const std::vector<ParamTensor> layout = parameter_layout(cfg.model);
-  save_checkpoint(options.out, layout, params, cfg, state, tokenizer);
+  // A folder whose weights fail leaves nothing behind: no checkpoint, no tokenizer folder.
+  std::vector<ParamTensor> layout;
+  try {
+    const std::vector<float> params = read_hf_weights(options.dir, report.config, &report.notes, &report.bytes_read);
+    Config cfg;
+    cfg.model = report.config.model;
+    if (!report.tokenizer_dir.empty()) cfg.data.tokenizer = report.tokenizer_dir;
+    // A long-context model's context stays as config.json says; training windows are set by train.seq_len.
+    if (cfg.train.seq_len > cfg.model.context) cfg.train.seq_len = cfg.model.context;
+    validate(cfg);
+    TrainingState state;
+    state.seed = cfg.train.seed;
+    layout = parameter_layout(cfg.model);
+    save_checkpoint(options.out, layout, params, cfg, state, tokenizer);
+  } catch (...) {
+    if (!tok_tmp.empty()) fs::remove_all(tok_tmp, ec);
+    throw;
+  }
+  if (!tok_tmp.empty()) {
+    fs::remove_all(tok_dir, ec);
+    fs::rename(tok_tmp, tok_dir);
+  }
   report.tensors = static_cast<long>(layout.size());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;
