@@ -9,13 +9,13 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --size) [ $# -ge 2 ] || { echo "error: --size needs smoke or paper" >&2; exit 2; }; size_args=(--size "$2"); shift 2 ;;
     --size=*) size_args=("$1"); shift ;;
-    -h|--help) echo "usage: $0 [--size smoke|paper] [pretrain ablation serving strategy-sweep finetune data-constrained]"; exit 0 ;;
+    -h|--help) echo "usage: $0 [--size smoke|paper] [pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained]"; exit 0 ;;
     -*) echo "error: unknown option '$1'" >&2; exit 2 ;;
     *) [ -x "$here/$1/run.sh" ] || { echo "error: no experiment '$1' (experiments/$1/run.sh)" >&2; exit 2; }; names+=("$1"); shift ;;
   esac
 done
 case "${size_args[*]:-}" in ""|"--size smoke"|"--size paper"|--size=smoke|--size=paper) ;; *) echo "error: --size must be smoke or paper (got '${size_args[*]}')" >&2; exit 2 ;; esac
-[ ${#names[@]} -gt 0 ] || names=(pretrain ablation serving strategy-sweep finetune data-constrained)
+[ ${#names[@]} -gt 0 ] || names=(pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained)
 failed=()
 for n in "${names[@]}"; do
   echo "=== $n $(date -u +%H:%M:%S)"
