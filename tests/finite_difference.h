@@ -1,4 +1,4 @@
-// Gradient checks by finite differences, shared by the model tests (test_model,
+// Gradient checks by finite differences and their batch, shared by the model tests (test_model,
 // test_model_features): along one random unit direction per tensor, the analytic directional
 // derivative (grads . u) must match the central difference (L(theta + h u) - L(theta - h u)) / 2h.
 #pragma once
@@ -15,6 +15,22 @@
 #include "kvroute/routing.h"
 
 namespace kvroute::testing_fd {
+
+// A small batch of random token ids and targets (B = 3 rows of T = 6).
+struct Data {
+  int B = 3, T = 6;
+  std::vector<int32_t> tokens, targets;
+};
+
+inline Data make_batch(int vocab, uint32_t seed) {
+  Data d;
+  std::mt19937 rng(seed);
+  for (int i = 0; i < d.B * d.T; ++i) {
+    d.tokens.push_back(rng() % vocab);
+    d.targets.push_back(rng() % vocab);
+  }
+  return d;
+}
 
 // `model` holds the weights at which the gradient is checked; they are restored afterwards.
 // Returns the number of tensors checked (every tensor of the model).

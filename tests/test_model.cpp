@@ -15,6 +15,9 @@ using namespace kvroute;
 
 namespace {
 
+using testing_fd::Data;
+using testing_fd::make_batch;
+
 ModelConfig tiny_model(int n_kv_heads = 1, bool tied = true) {
   ModelConfig m;
   m.vocab_size = 11;
@@ -27,21 +30,6 @@ ModelConfig tiny_model(int n_kv_heads = 1, bool tied = true) {
   m.tie_embeddings = tied;
   m.init_std = 0.3;  // larger weights give gradients well above float rounding
   return m;
-}
-
-struct Data {
-  int B = 3, T = 6;
-  std::vector<int32_t> tokens, targets;
-};
-
-Data make_batch(int vocab, uint32_t seed) {
-  Data d;
-  std::mt19937 rng(seed);
-  for (int i = 0; i < d.B * d.T; ++i) {
-    d.tokens.push_back(rng() % vocab);
-    d.targets.push_back(rng() % vocab);
-  }
-  return d;
 }
 
 RouteTable table(int B, int L, std::vector<std::vector<int>> rows) {

@@ -18,6 +18,9 @@ using namespace kvroute;
 
 namespace {
 
+using testing_fd::Data;
+using testing_fd::make_batch;
+
 ModelConfig tiny_model() {
   ModelConfig m;
   m.vocab_size = 11;
@@ -81,21 +84,6 @@ struct Named {
 std::vector<Named> feature_models() {
   return {{"qkv_bias", with_bias()},         {"qk_norm", with_qk_norm()},         {"head_dim", with_head_dim()},
           {"llama3", with_llama3_rope()},    {"untied", with_untied_head()},      {"everything", with_everything()}};
-}
-
-struct Data {
-  int B = 3, T = 6;
-  std::vector<int32_t> tokens, targets;
-};
-
-Data make_batch(int vocab, uint32_t seed) {
-  Data d;
-  std::mt19937 rng(seed);
-  for (int i = 0; i < d.B * d.T; ++i) {
-    d.tokens.push_back(rng() % vocab);
-    d.targets.push_back(rng() % vocab);
-  }
-  return d;
 }
 
 // A route table with sharing: row 0 chains, row 1 reads layer 0 from layer 3, row 2 is a
