@@ -75,12 +75,6 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary);
-  out << text;
-  out.flush();
-  if (!out) throw std::runtime_error("export: writing '" + p.string() + "' failed");
-}
 
 // bos/eos ids of an imported tokenizer (generation_config.json travels with it), else -1.
 std::pair<int, int> special_ids(const fs::path& tok_dir) {
@@ -153,8 +147,8 @@ HfExportReport export_hf(const HfExportOptions& o) {
   if (spec.empty()) {
     report.notes.push_back("the checkpoint records no tokenizer: no tokenizer files written");
   } else if (spec == "byte") {
-    write_text(tmp / "tokenizer.json", byte_tokenizer_json());
-    write_text(tmp / "tokenizer_config.json",
+    write_file_atomically(tmp / "tokenizer.json", byte_tokenizer_json());
+    write_file_atomically(tmp / "tokenizer_config.json",
                json({{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", cfg.model.context},
                      {"clean_up_tokenization_spaces", false}})
                        .dump(2) + "\n");
@@ -177,7 +171,7 @@ HfExportReport export_hf(const HfExportOptions& o) {
       // kvroute's SentencePiece tokenizers: ids 0, 1, 2 are <unk>, <s>, </s> (tokenizer.h).
       bos = 1;
       eos = 2;
-      write_text(tmp / "tokenizer_config.json",
+      write_file_atomically(tmp / "tokenizer_config.json",
                  json({{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
                        {"unk_token", "<unk>"}, {"add_bos_token", false}, {"add_eos_token", false},
                        {"legacy", true}, {"model_max_length", cfg.model.context}})
@@ -201,7 +195,7 @@ HfExportReport export_hf(const HfExportOptions& o) {
   write_safetensors((tmp / "model.safetensors").string(), tensors, o.dtype == "bf16" ? "BF16" : "F32",
                     {{"format", "pt"}});
   add_file("model.safetensors");
-  write_text(tmp / "config.json", hf_config_json(cfg.model, report.architecture, o.dtype == "bf16" ? "bfloat16" : "float32",
+  write_file_atomically(tmp / "config.json", hf_config_json(cfg.model, report.architecture, o.dtype == "bf16" ? "bfloat16" : "float32",
                                                  bos, eos, kvroute_block(cfg, info)));
   add_file("config.json");
   for (const std::string& f : report.files) report.bytes += static_cast<double>(fs::file_size(tmp / f));
