@@ -4,9 +4,14 @@
 #
 #   KVROUTE_BIN   the kvroute binary (default: build/kvroute of this checkout)
 #   --size smoke  minutes on a 2-core CPU, 1 seed (the default)
+#   --size small  models trained to 20 tokens per non-embedding parameter on the larger
+#                 corpus (scripts/data_docs.sh), 3 seeds; hours on a 2-core CPU, run in pieces
 #   --size paper  sized for GPUs (documented, not run here)
-#   KVROUTE_REUSE=1  keep finished runs (a run directory with model.h5) instead of retraining
-#   KVROUTE_SEEDS="1 2 3"  the training seeds (default: smoke 1, paper 1 2 3)
+#   KVROUTE_REUSE=1  keep a finished run (model.h5) whose resolved config is the one asked for,
+#                 and continue an unfinished one from its latest checkpoint (default for small;
+#                 0 retrains everything)
+#   KVROUTE_JOBS=N  trainings run side by side by train_async (default: small 2, else 1)
+#   KVROUTE_SEEDS="1 2 3"  the training seeds (default: smoke 1, small and paper 1 2 3)
 #   KVROUTE_TRAIN_ARGS="--set k=v ..."  appended to every training command
 set -euo pipefail
 
@@ -18,13 +23,16 @@ SIZE=smoke
 parse_size_args() {
   while [ $# -gt 0 ]; do
     case "$1" in
-      --size) [ $# -ge 2 ] || { echo "error: --size needs smoke or paper" >&2; exit 2; }; SIZE=$2; shift 2 ;;
+      --size) [ $# -ge 2 ] || { echo "error: --size needs smoke, small or paper" >&2; exit 2; }; SIZE=$2; shift 2 ;;
       --size=*) SIZE=${1#--size=}; shift ;;
-      -h|--help) echo "usage: $0 [--size smoke|paper]   (KVROUTE_BIN=path/to/kvroute)"; exit 0 ;;
-      *) echo "error: unknown argument '$1' (expected --size smoke|paper)" >&2; exit 2 ;;
+      -h|--help) echo "usage: $0 [--size smoke|small|paper]   (KVROUTE_BIN=path/to/kvroute)"; exit 0 ;;
+      *) echo "error: unknown argument '$1' (expected --size smoke|small|paper)" >&2; exit 2 ;;
     esac
   done
-  case "$SIZE" in smoke|paper) ;; *) echo "error: --size must be smoke or paper (got '$SIZE')" >&2; exit 2 ;; esac
+  case "$SIZE" in smoke|small|paper) ;; *) echo "error: --size must be smoke, small or paper (got '$SIZE')" >&2; exit 2 ;; esac
+  REUSE=${KVROUTE_REUSE:-$([ "$SIZE" = small ] && echo 1 || echo 0)}
+  JOBS=${KVROUTE_JOBS:-$([ "$SIZE" = small ] && echo 2 || echo 1)}
+  case "$JOBS" in ''|*[!0-9]*|0) echo "error: KVROUTE_JOBS must be a positive number (got '$JOBS')" >&2; exit 2 ;; esac
 }
 
 # init_experiment NAME "$@": parse arguments, set EXP_DIR, RUNS, RESULTS, PROV, start provenance.
@@ -41,6 +49,10 @@ init_experiment() {
   BASE_CFG=$EXP_ROOT/common/base.yaml
   cd "$REPO"
   [ -d data/kjv-sp2048-shards ] || { echo "error: data/kjv-sp2048-shards missing: run scripts/data.sh first" >&2; exit 2; }
+  # The small size trains on the larger corpus; its script skips every step already done.
+  if [ "$SIZE" = small ] && [ ! -s data/docs-sp2048-shards/manifest.yaml ]; then
+    KVROUTE=$KVROUTE_BIN "$REPO/scripts/data_docs.sh" 2048 || { echo "error: scripts/data_docs.sh failed" >&2; exit 2; }
+  fi
   mkdir -p "$RUNS" "$RESULTS"
   EXP_T0=$(date +%s)
   local commit dirty
@@ -78,19 +90,52 @@ run() {
   fi
 }
 
-# train_run DIR CONFIG... [--set k=v ...]: trains into DIR (removed first unless KVROUTE_REUSE=1 and finished).
+# train_run DIR CONFIG... [--set k=v ...]: trains into DIR. With REUSE=1 (KVROUTE_REUSE), a
+# finished run whose resolved config (DIR.config.yaml, written before training) equals the one
+# asked for is kept, and an unfinished one continues from its latest checkpoint; anything else
+# is removed and trained anew.
 train_run() {
   local dir=$1; shift
-  if [ "${KVROUTE_REUSE:-0}" = 1 ] && [ -f "$dir/model.h5" ]; then
-    local q; q=$(printf '%q ' "$KVROUTE_BIN" train "$@" --set "train.out_dir=$dir"); q=${q% }; q=${q//$REPO\//}
-    echo "- reused \`${dir#$REPO/}/model.h5\` (KVROUTE_REUSE=1), trained earlier by \`$q\`; its log's last line: \`$(grep -h "^final" "$dir/train.log" "$dir.train.log" 2>/dev/null | tail -n 1)\`" >> "$PROV"
-    return
-  fi
-  rm -rf "$dir"
-  mkdir -p "$(dirname "$dir")"
-  local extra=()
+  local extra=() want q
   read -ra extra <<< "${KVROUTE_TRAIN_ARGS:-}"
-  run "$dir.train.log" "$KVROUTE_BIN" train "$@" "${extra[@]}" --set "train.out_dir=$dir"
+  local args=("$@" "${extra[@]}" --set "train.out_dir=$dir")
+  want=$("$KVROUTE_BIN" train "${args[@]}" --dump-config) || { echo "error: config of $dir does not resolve" >&2; exit 2; }
+  if [ "$REUSE" = 1 ] && [ -f "$dir.config.yaml" ] && [ "$want" = "$(cat "$dir.config.yaml")" ]; then
+    q=$(printf '%q ' "$KVROUTE_BIN" train "${args[@]}"); q=${q% }; q=${q//$REPO\//}
+    if [ -f "$dir/model.h5" ]; then
+      echo "- kept \`${dir#$REPO/}/model.h5\` (same config), trained earlier by \`$q\`; its log's last line: \`$(grep -h "^final" "$dir/train.log" 2>/dev/null | tail -n 1)\`" >> "$PROV"
+      return
+    fi
+    if compgen -G "$dir/checkpoints/step_*.h5" > /dev/null; then
+      echo "- continuing \`${dir#$REPO/}\` from its latest checkpoint (started by \`$q\`)" >> "$PROV"
+      run "$dir.resume.log" "$KVROUTE_BIN" train --resume "$dir"
+      return
+    fi
+  fi
+  rm -rf "$dir" "$dir.config.yaml"
+  mkdir -p "$(dirname "$dir")"
+  printf '%s\n' "$want" > "$dir.config.yaml"
+  run "$dir.train.log" "$KVROUTE_BIN" train "${args[@]}"
+}
+
+# train_async ARGS...: train_run ARGS in the background, at most JOBS at a time (the oldest is
+# waited for first); train_wait waits for all of them and stops the experiment if one failed.
+# Each run has its own log; the provenance lines of runs side by side interleave.
+ASYNC_PIDS=()
+train_async() {
+  if [ "$JOBS" -le 1 ]; then train_run "$@"; return; fi
+  while [ ${#ASYNC_PIDS[@]} -ge "$JOBS" ]; do
+    wait "${ASYNC_PIDS[0]}" || { echo "error: a training run failed (see the lines above)" >&2; train_wait; exit 1; }
+    ASYNC_PIDS=("${ASYNC_PIDS[@]:1}")
+  done
+  ( train_run "$@" ) &
+  ASYNC_PIDS+=($!)
+}
+train_wait() {
+  local pid rc=0
+  for pid in "${ASYNC_PIDS[@]}"; do wait "$pid" || rc=1; done
+  ASYNC_PIDS=()
+  [ $rc = 0 ] || { echo "error: a training run failed (see the lines above)" >&2; exit 1; }
 }
 
 # seeds_for_size: the seeds this size runs (smoke: 1 seed; paper: 3; KVROUTE_SEEDS="1 2 3" overrides).
@@ -170,19 +215,21 @@ plot for [i=0:$((blocks - 1))] '$dat' index i using 1:2 with linespoints lw 2 pt
 GP
 }
 
-# eval_run OUTDIR CKPT... -- EVAL-ARGS...: kvroute eval into OUTDIR (reused when KVROUTE_REUSE=1
-# and OUTDIR/results.csv exists and is newer than every checkpoint).
+# eval_run OUTDIR CKPT... -- EVAL-ARGS...: kvroute eval into OUTDIR. With REUSE=1 its earlier
+# results are kept when the command is the same (OUTDIR.cmd) and newer than every checkpoint.
 eval_run() {
   local out=$1; shift
-  local ckpts=() c fresh=1
+  local ckpts=() c fresh=1 cmd
   while [ $# -gt 0 ] && [ "$1" != -- ]; do ckpts+=("$1"); shift; done
   [ $# -gt 0 ] && shift
-  if [ "${KVROUTE_REUSE:-0}" = 1 ] && [ -f "$out/results.csv" ]; then
+  cmd=$(printf '%q ' "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --out "$out")
+  if [ "$REUSE" = 1 ] && [ -f "$out/results.csv" ] && [ "$cmd" = "$(cat "$out.cmd" 2>/dev/null)" ]; then
     for c in "${ckpts[@]}"; do [ "$c" -nt "$out/results.csv" ] && fresh=0; done
-    if [ $fresh = 1 ]; then echo "- reused \`${out#$REPO/}/results.csv\` (KVROUTE_REUSE=1)" >> "$PROV"; return; fi
+    if [ $fresh = 1 ]; then echo "- kept \`${out#$REPO/}/results.csv\` (same command, newer than every checkpoint it evaluates)" >> "$PROV"; return; fi
   fi
-  rm -rf "$out"
+  rm -rf "$out" "$out.cmd"
   run "$out.log" "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --out "$out"
+  printf '%s' "$cmd" > "$out.cmd"
 }
 
 # csv_first CSV COLUMN: the named column of the first data row.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every experiment in turn: experiments/run_all.sh [--size smoke|paper] [NAME...]
+# Runs every experiment in turn: experiments/run_all.sh [--size smoke|small|paper] [NAME...]
 # (default: all, most important first). KVROUTE_BIN=path/to/kvroute picks the binary.
 # Each writes experiments/NAME/results/SIZE/ (table, plot, provenance.md).
 set -euo pipefail
@@ -7,14 +7,14 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 size_args=(); names=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --size) [ $# -ge 2 ] || { echo "error: --size needs smoke or paper" >&2; exit 2; }; size_args=(--size "$2"); shift 2 ;;
+    --size) [ $# -ge 2 ] || { echo "error: --size needs smoke, small or paper" >&2; exit 2; }; size_args=(--size "$2"); shift 2 ;;
     --size=*) size_args=("$1"); shift ;;
-    -h|--help) echo "usage: $0 [--size smoke|paper] [pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained]"; exit 0 ;;
+    -h|--help) echo "usage: $0 [--size smoke|small|paper] [pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained]"; exit 0 ;;
     -*) echo "error: unknown option '$1'" >&2; exit 2 ;;
     *) [ -x "$here/$1/run.sh" ] || { echo "error: no experiment '$1' (experiments/$1/run.sh)" >&2; exit 2; }; names+=("$1"); shift ;;
   esac
 done
-case "${size_args[*]:-}" in ""|"--size smoke"|"--size paper"|--size=smoke|--size=paper) ;; *) echo "error: --size must be smoke or paper (got '${size_args[*]}')" >&2; exit 2 ;; esac
+case "${size_args[*]:-}" in ""|"--size smoke"|"--size small"|"--size paper"|--size=smoke|--size=small|--size=paper) ;; *) echo "error: --size must be smoke, small or paper (got '${size_args[*]}')" >&2; exit 2 ;; esac
 [ ${#names[@]} -gt 0 ] || names=(pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained)
 failed=()
 for n in "${names[@]}"; do

@@ -5,25 +5,27 @@
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment pretrain "$@"
 
-P_VALUES="0 0.25 0.5 0.75"
+# small: p 0.25 is left out to fit the 3-hour suite (the claims compare 0 against >= 0.5).
+if [ "$SIZE" = small ]; then P_VALUES="0 0.5 0.75"; else P_VALUES="0 0.25 0.5 0.75"; fi
 STRATEGIES=full,cla:2,cla:3,cla:4
 LAYERS=$(awk '/^  n_layers:/ { print $2 }' "$SIZE_CFG")
 SHALLOW="$((LAYERS / 2)) $(((LAYERS + 2) / 3)) $((LAYERS / 4))"   # the cache layers cla:2, cla:3, cla:4 keep
-if [ "$SIZE" = smoke ]; then VAL_TOKENS=16384; else VAL_TOKENS=1048576; fi
+case "$SIZE" in smoke) VAL_TOKENS=16384 ;; small) VAL_TOKENS=262144 ;; *) VAL_TOKENS=1048576 ;; esac
 
 ckpts=(); shallow=()
 for seed in $(seeds_for_size); do
   for p in $P_VALUES; do
     d=$RUNS/p${p}__s$seed
-    train_run "$d" "$BASE_CFG" "$SIZE_CFG" "$EXP_DIR/routed.yaml" --set routing.p=$p --set train.seed=$seed
+    train_async "$d" "$BASE_CFG" "$SIZE_CFG" "$EXP_DIR/routed.yaml" --set routing.p=$p --set train.seed=$seed
     ckpts+=("$d/model.h5")
   done
   for n in $SHALLOW; do
     d=$RUNS/shallow${n}L__s$seed
-    train_run "$d" "$BASE_CFG" "$SIZE_CFG" --set model.n_layers=$n --set train.seed=$seed
+    train_async "$d" "$BASE_CFG" "$SIZE_CFG" --set model.n_layers=$n --set train.seed=$seed
     shallow+=("$d/model.h5")
   done
 done
+train_wait
 eval_run "$RUNS/eval-routed" "${ckpts[@]}" -- --strategies $STRATEGIES --no-speed --val-tokens $VAL_TOKENS
 eval_run "$RUNS/eval-shallow" "${shallow[@]}" -- --strategies full --no-speed --val-tokens $VAL_TOKENS
 cp "$RUNS/eval-routed/results.csv" "$RESULTS/eval-routed.csv"
