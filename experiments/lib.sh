@@ -57,7 +57,7 @@ init_experiment() {
   EXP_T0=$(date +%s)
   local commit dirty
   commit=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)
-  dirty=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | wc -l)
+  dirty=$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null | wc -l || true)
   {
     echo "# provenance: $EXP_NAME ($SIZE)"
     echo
@@ -136,6 +136,13 @@ train_wait() {
   for pid in "${ASYNC_PIDS[@]}"; do wait "$pid" || rc=1; done
   ASYNC_PIDS=()
   [ $rc = 0 ] || { echo "error: a training run failed (see the lines above)" >&2; exit 1; }
+}
+
+# routed_p05_run SEED: the run directory of the p 0.5 routed model (scheme any, per batch) that
+# ablation and strategy-sweep evaluate. At the small size it is pretrain's p0.5 run (the same
+# resolved config, so train_run keeps it when pretrain has trained it): one model, not three.
+routed_p05_run() {
+  if [ "$SIZE" = small ]; then echo "$EXP_ROOT/pretrain/runs/$SIZE/p0.5__s$1"; else echo "$RUNS/routed-p0.5__s$1"; fi
 }
 
 # seeds_for_size: the seeds this size runs (smoke: 1 seed; paper: 3; KVROUTE_SEEDS="1 2 3" overrides).

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every experiment in turn: experiments/run_all.sh [--size smoke|small|paper] [NAME...]
 # (default: all, most important first). KVROUTE_BIN=path/to/kvroute picks the binary.
-# Each writes experiments/NAME/results/SIZE/ (table, plot, provenance.md).
+# Each writes experiments/NAME/results/SIZE/ (table, plot, provenance.md); then summarize.sh
+# writes the claims table experiments/results-SIZE.md. --size small continues an interrupted
+# suite where it stopped (finished runs kept, unfinished ones resumed from their checkpoints).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 size_args=(); names=()
@@ -15,7 +17,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "${size_args[*]:-}" in ""|"--size smoke"|"--size small"|"--size paper"|--size=smoke|--size=small|--size=paper) ;; *) echo "error: --size must be smoke, small or paper (got '${size_args[*]}')" >&2; exit 2 ;; esac
-[ ${#names[@]} -gt 0 ] || names=(pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained)
+if [ ${#names[@]} = 0 ]; then
+  names=(pretrain ablation serving strategy-sweep finetune finetune-hf data-constrained)
+  # small: the claims' six experiments (finetune-hf has no small size); pretrain first, since
+  # ablation and strategy-sweep evaluate its p 0.5 models.
+  case "${size_args[*]:-}" in *small*) names=(pretrain finetune serving data-constrained ablation strategy-sweep) ;; esac
+fi
 failed=()
 for n in "${names[@]}"; do
   echo "=== $n $(date -u +%H:%M:%S)"
@@ -23,4 +30,6 @@ for n in "${names[@]}"; do
   if "$here/$n/run.sh" "${size_args[@]}"; then echo "=== $n done in $(($(date +%s) - t0)) s"
   else echo "=== $n FAILED after $(($(date +%s) - t0)) s" >&2; failed+=("$n"); fi
 done
+# The claims table from whatever results/SIZE/ now holds (experiments/results-SIZE.md).
+"$here/summarize.sh" "${size_args[@]}" || failed+=(summarize)
 [ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}" >&2; exit 1; }

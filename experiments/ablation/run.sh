@@ -4,19 +4,21 @@
 # each evaluated at retention 100/50/25% (full, cla:2, cla:4).
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment ablation "$@"
-if [ "$SIZE" = smoke ]; then VAL_TOKENS=16384; else VAL_TOKENS=1048576; fi
+case "$SIZE" in smoke) VAL_TOKENS=16384 ;; small) VAL_TOKENS=262144 ;; *) VAL_TOKENS=1048576 ;; esac
 
 ckpts=()
 for seed in $(seeds_for_size); do
   common=("$BASE_CFG" "$SIZE_CFG")
-  train_run "$RUNS/routed-p0.5__s$seed" "${common[@]}" "$EXP_DIR/routed.yaml" --set train.seed=$seed
-  ckpts+=("$RUNS/routed-p0.5__s$seed/model.h5")
+  routed=$(routed_p05_run "$seed")
+  train_async "$routed" "${common[@]}" "$EXP_DIR/routed.yaml" --set train.seed=$seed
+  ckpts+=("$routed/model.h5")
   for k in 2 4; do
-    train_run "$RUNS/CLA@${k}__s$seed" "${common[@]}" "$EXP_DIR/cla.yaml" --set routing.strategy=cla:$k --set train.seed=$seed
-    train_run "$RUNS/RD-CLA@${k}__s$seed" "${common[@]}" "$EXP_DIR/rdcla.yaml" --set routing.group=$k --set train.seed=$seed
+    train_async "$RUNS/CLA@${k}__s$seed" "${common[@]}" "$EXP_DIR/cla.yaml" --set routing.strategy=cla:$k --set train.seed=$seed
+    train_async "$RUNS/RD-CLA@${k}__s$seed" "${common[@]}" "$EXP_DIR/rdcla.yaml" --set routing.group=$k --set train.seed=$seed
     ckpts+=("$RUNS/CLA@${k}__s$seed/model.h5" "$RUNS/RD-CLA@${k}__s$seed/model.h5")
   done
 done
+train_wait
 eval_run "$RUNS/eval" "${ckpts[@]}" -- --strategies full,cla:2,cla:4 --no-speed --val-tokens $VAL_TOKENS
 cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
 {
@@ -27,10 +29,10 @@ cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
   echo "sharing strategy at evaluation and the share of the KV cache it keeps. Validation loss (nats per"
   echo "token, $(csv_first "$RESULTS/eval.csv" val_tokens) held-out tokens); seeds: $(seeds_for_size | wc -w); mean, '± sd (n)' when more than one."
   echo
-  eval_long "$RESULTS/eval.csv" | awk -F'\t' '{ printf "%s\t%s (%.1f%%)\t%s\n", $1, $3, 100 * $4, $6 }' | pivot "trained as"
+  eval_long "$RESULTS/eval.csv" | sed "s/^p0\.5\t/routed-p0.5\t/" | awk -F'\t' '{ printf "%s\t%s (%.1f%%)\t%s\n", $1, $3, 100 * $4, $6 }' | pivot "trained as"
 } > "$RESULTS/ablation.md"
 dat=$RUNS/retention-vs-loss.dat
-eval_long "$RESULTS/eval.csv" | awk -F'\t' '
+eval_long "$RESULTS/eval.csv" | sed "s/^p0\.5\t/routed-p0.5\t/" | awk -F'\t' '
   { k = $1 SUBSEP $4; if (!(k in n)) order[++m] = k; n[k]++; s[k] += $6; lab[k] = $1; x[k] = 100 * $4 }
   END { prev = ""; for (i = 1; i <= m; i++) { k = order[i]
           if (lab[k] != prev) { if (prev != "") printf "\n\n"; printf "\"%s\" y\n", lab[k]; prev = lab[k] }

@@ -13,6 +13,10 @@
 # The training text is the default corpus interleaved with probe-format documents, as in
 # experiments/finetune (see its README for why), tokenized with the model's own tokenizer.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+case " $* " in *" small "*|*" --size=small "*)
+  echo "error: finetune-hf has no small size (the small suite tests fine-tuning with experiments/finetune); use --size smoke, or --size paper with HF_MODEL" >&2
+  exit 2 ;;
+esac
 init_experiment finetune-hf "$@"
 if [ "$SIZE" = smoke ]; then
   PRE_STEPS=600; FT_STEPS=200; TRAIN_LINES=8000; PROBE_ITEMS=100; VAL_TOKENS=16384

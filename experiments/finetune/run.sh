@@ -10,12 +10,44 @@
 # retrieval working; it says nothing about retrieval in natural text.
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment finetune "$@"
+# small: the docs corpus (scripts/data_docs.sh) with probe documents as extra files, encoded
+# into one shard set (1 file in 20 for validation, probe files included). A probe training
+# document lists the pairs and then asks every key once, in random order, each answered
+# ("recall: a is b , c is d . c is d . a is b ."): one document teaches several retrievals,
+# and its prefix up to the first answer is exactly an eval prompt.
+small_finetune_data() {
+  PRE_STEPS=$(awk '/^  steps:/ { print $2 }' "$SIZE_CFG"); FT_STEPS=$((PRE_STEPS / 4)); PROBE_ITEMS=500
+  TOKENIZER=data/docs-sp2048
+  local probe_docs=150000 files=500
+  run "$RUNS/probe-train.log" "$KVROUTE_BIN" data probe --tokenizer "$TOKENIZER" --out "$RUNS/probe-train.tsv" \
+    --n $probe_docs --pairs $PAIRS --words 100 --seed 101
+  run "$RUNS/probe.log" "$KVROUTE_BIN" data probe --tokenizer "$TOKENIZER" --out "$RUNS/probe.tsv" \
+    --n $PROBE_ITEMS --pairs $PAIRS --words 100 --seed 103
+  rm -rf "$RUNS/probe-docs" && mkdir -p "$RUNS/probe-docs"
+  grep -v '^#' "$RUNS/probe-train.tsv" | awk -F'\t' -v dir="$RUNS/probe-docs" -v per=$((probe_docs / files)) 'BEGIN { srand(104) }
+    { p = $1; sub(/ \. [^ ]+ is$/, "", p); body = p; sub(/^recall: /, "", body); n = split(body, pr, " , ")
+      q = $1; sub(/^.* \. /, "", q); sub(/ is$/, "", q)
+      out = p " . " q " is " $2; m = 0
+      for (i = 1; i <= n; i++) { split(pr[i], kv, " is "); if (kv[1] != q) rest[++m] = pr[i] }
+      for (i = m; i > 1; i--) { j = 1 + int(rand() * i); t = rest[i]; rest[i] = rest[j]; rest[j] = t }
+      for (i = 1; i <= m; i++) out = out " . " rest[i]
+      print out " ." > (dir "/" int((NR - 1) / per) ".txt") }'
+  echo "- probe training documents: probe-train.tsv rewritten by the awk in experiments/finetune/run.sh into $files files of $((probe_docs / files)) documents (every key asked once)" >> "$PROV"
+  # shellcheck disable=SC2046
+  run "$RUNS/encode.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
+    --input $(find data/docs -name '*.txt' | sort -V) $(find "$RUNS/probe-docs" -name '*.txt' | sort -V) --out "$RUNS/mix-shards"
+  data=(--set "data.shards=$RUNS/mix-shards")
+}
+
+PAIRS=3
+if [ "$SIZE" = small ]; then
+  small_finetune_data   # above: sets PRE_STEPS, FT_STEPS, PROBE_ITEMS, data=(...)
+else
 if [ "$SIZE" = smoke ]; then
   PRE_STEPS=600; FT_STEPS=200; TRAIN_LINES=8000; PROBE_ITEMS=100
 else
   PRE_STEPS=5000; FT_STEPS=500; TRAIN_LINES=60000; PROBE_ITEMS=1000
 fi
-PAIRS=3
 TOKENIZER=$(awk '/^  tokenizer:/ { print $2 }' "$BASE_CFG")
 
 # Data: probe documents for training (seed 101) and validation (seed 102), the probe (seed 103).
@@ -30,20 +62,25 @@ paste -d'\n' <(head -n $TRAIN_LINES data/kjv.txt) <(grep -v '^$' "$RUNS/probe-tr
 paste -d'\n' <(tail -n 1000 data/kjv.txt) <(grep -v '^$' "$RUNS/probe-val.txt") > "$RUNS/mix-val.txt"
 echo "- \`paste -d'\\n' <(head -n $TRAIN_LINES data/kjv.txt) <(grep -v '^\$' probe-train.txt) > mix-train.txt\`; validation: the last 1000 lines of data/kjv.txt with probe-val.txt" >> "$PROV"
 data=(--set data.shards= --set "data.train_path=$RUNS/mix-train.txt" --set "data.val_path=$RUNS/mix-val.txt")
+fi
 
 ckpts=()
 for seed in $(seeds_for_size); do
+  train_async "$RUNS/pretrained-p0__s$seed" "$BASE_CFG" "$SIZE_CFG" "${data[@]}" --set train.steps=$PRE_STEPS --set train.seed=$seed
+done
+train_wait
+for seed in $(seeds_for_size); do
   pre=$RUNS/pretrained-p0__s$seed
-  train_run "$pre" "$BASE_CFG" "$SIZE_CFG" "${data[@]}" --set train.steps=$PRE_STEPS --set train.seed=$seed
   for kind in plain routed; do
-    train_run "$RUNS/finetuned-${kind}__s$seed" "$BASE_CFG" "$SIZE_CFG" "$EXP_DIR/finetune-$kind.yaml" "${data[@]}" \
+    train_async "$RUNS/finetuned-${kind}__s$seed" "$BASE_CFG" "$SIZE_CFG" "$EXP_DIR/finetune-$kind.yaml" "${data[@]}" \
       --set "model.init_from=$pre/model.h5" --set train.steps=$FT_STEPS --set train.warmup_steps=$((FT_STEPS / 10)) \
       --set train.seed=$((seed + 100))
   done
   ckpts+=("$pre/model.h5" "$RUNS/finetuned-plain__s$seed/model.h5" "$RUNS/finetuned-routed__s$seed/model.h5")
 done
+train_wait
 eval_run "$RUNS/eval" "${ckpts[@]}" -- --strategies full,cla:2,cla:3,cla:4 --no-speed --probe "$RUNS/probe.tsv" \
-  --val-tokens $([ "$SIZE" = smoke ] && echo 16384 || echo 1048576)
+  --val-tokens $(case "$SIZE" in smoke) echo 16384 ;; small) echo 262144 ;; *) echo 1048576 ;; esac)
 cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
 cp "$RUNS/probe.tsv" "$RESULTS/probe.tsv"
 
@@ -55,7 +92,7 @@ rename_rows() { sed -e 's/^pretrained-p0\t/pretrained (p_route 0), no fine-tunin
   echo "Pretrained $PRE_STEPS steps without routing, then $FT_STEPS more steps either plainly or with stochastic"
   echo "routing (p 0.6, scheme any), same data and budget. Seeds: $(seeds_for_size | wc -w); mean, '± sd (n)' when more than one."
   echo
-  echo "## validation loss (nats per token, $(csv_first "$RESULTS/eval.csv" val_tokens) held-out tokens: verses + probe-format documents)"
+  echo "## validation loss (nats per token, $(csv_first "$RESULTS/eval.csv" val_tokens) held-out tokens: $([ "$SIZE" = small ] && echo "documentation files and probe-document files" || echo "verses + probe-format documents"))"
   echo
   eval_long "$RESULTS/eval.csv" | awk -F'\t' '{ printf "%s\t%s (%.1f%%)\t%s\n", $1, $3, 100 * $4, $6 }' | rename_rows | pivot "model"
   echo

@@ -13,6 +13,10 @@ CFG=$EXP_DIR/model-$SIZE.yaml
 if [ "$SIZE" = smoke ]; then
   LENGTHS="128 512 1024"; DECODE_LEN=16; REPEATS=3
   SWEEP_LEN=128; BATCHES="1 4 16 64"; SWEEP_DECODE=8; SWEEP_REPEATS=1; CAP_MB=200
+elif [ "$SIZE" = small ]; then
+  # 4K-token prompts; cap 768 MiB: g=1's cache alone is 512 MiB at batch 8 (8 x 64 MiB), g=4's 128 MiB.
+  LENGTHS="1024 4096"; DECODE_LEN=32; REPEATS=3
+  SWEEP_LEN=4096; BATCHES="1 2 4 8"; SWEEP_DECODE=16; SWEEP_REPEATS=1; CAP_MB=768
 else
   LENGTHS="512 2048 8192"; DECODE_LEN=128; REPEATS=5
   SWEEP_LEN=2048; BATCHES="1 8 32 128 512"; SWEEP_DECODE=64; SWEEP_REPEATS=3; CAP_MB=40960
@@ -66,6 +70,13 @@ cp "$rows" "$RESULTS/batches.tsv"
   echo "| batch | g | KV MiB | peak MiB | fits $CAP_MB MiB | decode tok/s |"
   echo "|---:|---:|---:|---:|---|---:|"
   awk -F'\t' -v cap="$CAP_MB" '{ peak = $5 / 1024; printf "| %s | %s | %.2f | %.1f | %s | %s |\n", $3, $2, $4 / 1048576, peak, peak <= cap ? "yes" : "**OOM**", peak <= cap ? sprintf("%.1f", $7) : sprintf("(%.1f)", $7) }' "$RESULTS/batches.tsv"
+  echo
+  # The smallest batch at which the full cache (g=1) no longer fits the cap but g=4 does.
+  awk -F'\t' -v cap="$CAP_MB" '{ peak[$3, $2] = $5 / 1024; if (!($3 in seen)) { seen[$3] = 1; order[++m] = $3 } }
+    END { for (i = 1; i <= m; i++) { b = order[i]
+            if (((b, 1) in peak) && ((b, 4) in peak) && peak[b, 1] > cap && peak[b, 4] <= cap) {
+              printf "First batch at which g=1 exceeds the %d MiB cap while g=4 fits: **%s** (peak %.1f MiB against %.1f MiB).\n", cap, b, peak[b, 1], peak[b, 4]; exit } }
+          printf "No batch of this sweep has g=1 over the %d MiB cap with g=4 under it.\n", cap }' "$RESULTS/batches.tsv"
 } > "$RESULTS/serving.md"
 
 dat=$RUNS/ttft.dat

@@ -4,7 +4,7 @@
 # layer reads the nearest cache layer below it).
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment strategy-sweep "$@"
-if [ "$SIZE" = smoke ]; then VAL_TOKENS=16384; RANDOM_SETS=6; else VAL_TOKENS=1048576; RANDOM_SETS=12; fi
+case "$SIZE" in smoke) VAL_TOKENS=16384; RANDOM_SETS=6 ;; small) VAL_TOKENS=262144; RANDOM_SETS=6 ;; *) VAL_TOKENS=1048576; RANDOM_SETS=12 ;; esac
 LAYERS=$(awk '/^  n_layers:/ { print $2 }' "$SIZE_CFG")
 
 # Random cache sets: seeded (awk srand), sizes 2..LAYERS-1, always containing layer 0.
@@ -19,9 +19,11 @@ STRATEGIES="full;cla:2;cla:3;cla:4;first;half;keep:2;keep:3;keep:$((LAYERS / 2))
 
 ckpts=()
 for seed in $(seeds_for_size); do
-  train_run "$RUNS/routed-p0.5__s$seed" "$BASE_CFG" "$SIZE_CFG" "$EXP_DIR/routed.yaml" --set train.seed=$seed
-  ckpts+=("$RUNS/routed-p0.5__s$seed/model.h5")
+  routed=$(routed_p05_run "$seed")
+  train_async "$routed" "$BASE_CFG" "$SIZE_CFG" "$EXP_DIR/routed.yaml" --set train.seed=$seed
+  ckpts+=("$routed/model.h5")
 done
+train_wait
 eval_run "$RUNS/eval" "${ckpts[@]}" -- --strategies "$STRATEGIES" --no-speed --val-tokens $VAL_TOKENS
 cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
 cp "$RUNS/eval/results.md" "$RESULTS/eval-full-report.md"
