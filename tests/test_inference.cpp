@@ -331,6 +331,52 @@ TEST(InferenceEngine, BatchedPromptsOfDifferentLengthsMatchOneAtATime) {
   }
 }
 
+// Chunked prefill (set_prefill_chunk): the same logits, every token's and the last one's, and
+// the same generations as one step per prompt, for chunks that divide the prompts, that do
+// not, of one token and longer than every prompt; and less memory held for a long prompt.
+TEST(InferenceEngine, ChunkedPrefillMatchesOneStepAndHoldsLessMemory) {
+  Fixture f;
+  const int V = f.model.config().vocab_size;
+  const std::vector<std::vector<int32_t>> prompts = {random_tokens(7, V, 1), random_tokens(7, V, 2),
+                                                     random_tokens(4, V, 3)};
+  GenerateOptions opt;
+  opt.max_new_tokens = 5;
+  for (const SharingStrategy& s : parse_strategy_list("full,cla:2,first,list:0,1,1,3", kLayers)) {
+    InferenceEngine whole(f.model, s, 3, 16);
+    const std::vector<float> all = whole.prefill(prompts, true), last = whole.prefill(prompts);
+    const GenerationResult gen = whole.generate(prompts, opt);
+    for (int chunk : {1, 3, 4, 100}) {
+      const std::string what = s.name + ", chunk " + std::to_string(chunk);
+      InferenceEngine chunked(f.model, s, 3, 16);
+      chunked.set_prefill_chunk(chunk);
+      const std::vector<float> c_all = chunked.prefill(prompts, true);
+      ASSERT_EQ(c_all.size(), all.size()) << what;
+      for (std::size_t r = 0; r < all.size() / V; ++r)
+        expect_row_near(c_all.data() + r * V, all.data() + r * V, V, what + ", row " + std::to_string(r));
+      const std::vector<float> c_last = chunked.prefill(prompts);
+      ASSERT_EQ(c_last.size(), last.size()) << what;
+      for (int i = 0; i < 3; ++i) expect_row_near(c_last.data() + i * V, last.data() + i * V, V, what);
+      for (int i = 0; i < 3; ++i) EXPECT_EQ(chunked.length(i), static_cast<int>(prompts[i].size())) << what;
+      const GenerationResult c_gen = chunked.generate(prompts, opt);
+      EXPECT_EQ(c_gen.tokens, gen.tokens) << what;
+    }
+  }
+  // One 16-token prompt: held memory (cache + scratch) after the prefill, chunk 4 against none.
+  auto held_after_prefill = [&](int chunk) {
+    CountingBackend be;
+    Model model(tiny_model(), &be);
+    model.init_weights(11);
+    const std::size_t weights = be.live_bytes;
+    InferenceEngine engine(model, parse_strategy("full", kLayers), 1, 16);
+    engine.set_prefill_chunk(chunk);
+    engine.prefill({random_tokens(16, V, 9)});
+    return be.live_bytes - weights;
+  };
+  EXPECT_LT(held_after_prefill(4), held_after_prefill(0));
+  InferenceEngine e(f.model, parse_strategy("full", kLayers), 1, 16);
+  EXPECT_THROW(e.set_prefill_chunk(-1), std::invalid_argument);
+}
+
 TEST(InferenceEngine, StopsAtTheEndOfTheCache) {
   Fixture f;
   InferenceEngine engine(f.model, parse_strategy("cla:2", kLayers), 1, 8);

@@ -14,14 +14,18 @@ if [ "$SIZE" = smoke ]; then
   LENGTHS="128 512 1024"; DECODE_LEN=16; REPEATS=3
   SWEEP_LEN=128; BATCHES="1 4 16 64"; SWEEP_DECODE=8; SWEEP_REPEATS=1; CAP_MB=200
 elif [ "$SIZE" = small ]; then
-  # 4K-token prompts; cap 768 MiB: g=1's cache alone is 512 MiB at batch 8 (8 x 64 MiB), g=4's 128 MiB.
+  # 4K-token prompts; cap 512 MiB, what g=1's cache alone takes at batch 8 (8 x 64 MiB; g=4: 128 MiB).
   LENGTHS="1024 4096"; DECODE_LEN=32; REPEATS=3
-  SWEEP_LEN=4096; BATCHES="1 2 4 8"; SWEEP_DECODE=16; SWEEP_REPEATS=1; CAP_MB=768
+  SWEEP_LEN=4096; BATCHES="1 2 4 8"; SWEEP_DECODE=16; SWEEP_REPEATS=1; CAP_MB=512
+  # Prompts are prefilled 512 tokens at a time (as serving systems do), so that activations
+  # stay small beside the cache: one 4K-token prefill step would hold ~100 MiB per sequence.
+  PREFILL_CHUNK=512
 else
   LENGTHS="512 2048 8192"; DECODE_LEN=128; REPEATS=5
   SWEEP_LEN=2048; BATCHES="1 8 32 128 512"; SWEEP_DECODE=64; SWEEP_REPEATS=3; CAP_MB=40960
 fi
 GS="1 2 4 8"
+PREFILL_CHUNK=${PREFILL_CHUNK:-0}
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time (GNU time) is needed for peak memory: apt-get install time" >&2; exit 2; }
 strategy_of() { if [ "$1" = 1 ]; then echo full; else echo "cla:$1"; fi; }
 
@@ -29,7 +33,8 @@ strategy_of() { if [ "$1" = 1 ]; then echo full; else echo "cla:$1"; fi; }
 bench() {
   local label=$1 len=$2 batch=$3 dlen=$4 reps=$5 g=$6 out=$RUNS/$1.json
   run "$RUNS/$label.log" /usr/bin/time -f %M -o "$RUNS/$label.rss" "$KVROUTE_BIN" bench generate "$CFG" \
-    --strategy "$(strategy_of "$g")" --prompt-len "$len" --decode-batch "$batch" --decode-len "$dlen" --repeats "$reps" --json
+    --strategy "$(strategy_of "$g")" --prompt-len "$len" --decode-batch "$batch" --decode-len "$dlen" --repeats "$reps" \
+    --prefill-chunk "$PREFILL_CHUNK" --json
   # the JSON is what the command printed (run sends it to the log)
   sed -n '/^{/,$p' "$RUNS/$label.log" > "$out"
   local kv ttft tps rss cl
@@ -55,7 +60,8 @@ cp "$rows" "$RESULTS/batches.tsv"
   echo "Model: \`${CFG#$REPO/}\` (random weights), strategy cla:g (g = 1: full cache). One process per row;"
   echo "KV MiB = the cache allocated for that run; peak MiB = GNU time's maximum resident set size of the"
   echo "process (weights, cache, scratch, runtime). TTFT = prefill of the prompt + first token, batch 1;"
-  echo "decode tokens/s at batch 1 for $DECODE_LEN tokens. Medians of $REPEATS timed runs after a warm-up; one run of"
+  echo "decode tokens/s at batch 1 for $DECODE_LEN tokens. Medians of $REPEATS timed runs after a warm-up; prefill in"
+  echo "steps of $([ "$PREFILL_CHUNK" = 0 ] && echo "whole prompts" || echo "$PREFILL_CHUNK tokens per prompt") (\`--prefill-chunk $PREFILL_CHUNK\`); one run of"
   echo "the whole table, on a machine shared with other jobs (load average in provenance.md)."
   echo
   echo "| prompt tokens | g | cache layers kept | KV MiB | peak MiB | TTFT ms | decode tok/s |"

@@ -101,6 +101,10 @@ class InferenceEngine {
 
   // Forgets every cached sequence.
   void reset();
+  // Prefill at most `tokens` tokens of each prompt per forward step (0, the default: the whole
+  // prompt in one step). Same logits up to summation order; bounds prefill activations, which
+  // otherwise grow with batch x prompt length. Throws std::invalid_argument for tokens < 0.
+  void set_prefill_chunk(int tokens);
   // Tokens held in the cache for a slot.
   int length(int slot) const { return lengths_.at(slot); }
 
@@ -123,6 +127,7 @@ class InferenceEngine {
   // Runs one forward step over the rows (token ids on host) and leaves the final residual in x_.
   void run_step(const std::vector<int32_t>& ids, const ForwardStep& step);
   void ensure_scratch(int N);
+  void ensure_head(int n_rows);
   std::vector<float> logits_of_rows(const std::vector<int>& rows);
 
   Model& model_;
@@ -130,7 +135,7 @@ class InferenceEngine {
   KvCache cache_;
   std::vector<int> lengths_;
   long kv_projections_ = 0;
-  int scratch_rows_ = 0;
+  int scratch_rows_ = 0, head_rows_ = 0, prefill_chunk_ = 0;
   DeviceBuffer<int32_t> ids_;
   DeviceBuffer<float> x_, ln1_, rstd1_, q_, att_, mid_, ln2_, rstd2_, gate_, up_, act_, k_new_, v_new_;
   DeviceBuffer<float> rows_, lnf_, rstdf_, logits_, losses_;
@@ -145,6 +150,7 @@ struct GenerationBenchSpec {
   int decode_len = 32;    // ... each producing this many tokens (after a short prefill)
   int repeats = 5;        // timed runs after one warm-up; medians are reported
   uint64_t seed = 1;      // the synthetic prompt tokens
+  int prefill_chunk = 0;  // InferenceEngine::set_prefill_chunk (0 = whole prompts)
 };
 
 struct GenerationBench {

@@ -46,6 +46,9 @@ void add_bench_generate(CLI::App& bench) {
   cmd->add_option("--decode-batch", spec.decode_batch, "Sequences decoded together")->capture_default_str();
   cmd->add_option("--decode-len", spec.decode_len, "Tokens decoded per sequence (default: min(64, context - 1))");
   cmd->add_option("--repeats", spec.repeats, "Timed runs after one warm-up (medians reported)")->capture_default_str();
+  cmd->add_option("--prefill-chunk", spec.prefill_chunk,
+                  "Prefill at most this many tokens of each prompt per step (bounds prefill memory); 0 = whole prompts")
+      ->capture_default_str();
   cmd->add_option("--seed", init_seed, "Weight seed for a config (random init)")->capture_default_str();
   cmd->add_option("--threads", threads, "CPU threads (default: train.threads, else all cores)");
   cmd->add_option("--set", overrides, "Override a config key, e.g. --set model.context=512");
@@ -83,7 +86,8 @@ void add_bench_generate(CLI::App& bench) {
          << ", \"params\": " << model.num_params() << "},\n \"settings\": {\"backend\": " << json_string(backend->name())
          << ", \"threads\": " << n_threads << ", \"prompt_len\": " << spec.prompt_len
          << ", \"decode_batch\": " << spec.decode_batch << ", \"decode_len\": " << spec.decode_len
-         << ", \"repeats\": " << spec.repeats << "},\n \"results\": [";
+         << ", \"repeats\": " << spec.repeats << ", \"prefill_chunk\": " << spec.prefill_chunk
+         << "},\n \"results\": [";
       for (std::size_t i = 0; i < results.size(); ++i) {
         const GenerationBench& b = results[i];
         os << (i ? "," : "") << "\n  {\"strategy\": " << json_string(b.strategy.name) << ", \"source_map\": "

@@ -19,7 +19,7 @@ void add_generate_command(CLI::App& app) {
   static std::string ckpt, strategy = "full";
   static std::vector<std::string> prompts, overrides;
   static GenerateOptions opt;
-  static int threads = 0;
+  static int threads = 0, prefill_chunk = 0;
   static bool allow_tokenizer_mismatch = false;
   cmd->add_option("checkpoint", ckpt, "Checkpoint file (HDF5)")->required();
   cmd->add_option("--strategy", strategy, "Sharing strategy, one of:\n" + strategy_help(false))
@@ -34,6 +34,9 @@ void add_generate_command(CLI::App& app) {
                   "Stop a sequence after this token id (e.g. 2, </s>, for a SentencePiece tokenizer); -1 = none")
       ->capture_default_str();
   cmd->add_option("--threads", threads, "CPU threads (default: the checkpoint's train.threads, else all cores)");
+  cmd->add_option("--prefill-chunk", prefill_chunk,
+                  "Prefill at most this many tokens of each prompt per step (bounds prefill memory); 0 = whole prompts")
+      ->capture_default_str();
   cmd->add_option("--set", overrides, "Override a key of the checkpoint's config");
   cmd->add_flag("--allow-tokenizer-mismatch", allow_tokenizer_mismatch,
                 "Generate even if the tokenizer is not the one the checkpoint was trained with (the text is then "
@@ -87,6 +90,7 @@ void add_generate_command(CLI::App& app) {
       std::cerr << "note: prompt (" << longest << " tokens) + --max-new-tokens " << opt.max_new_tokens
                 << " exceed the context of " << mc.context << "; generation stops when the context is full\n";
     InferenceEngine engine(model, s, static_cast<int>(ids.size()), std::min(wanted, mc.context));
+    engine.set_prefill_chunk(prefill_chunk);
     const GenerationResult r = engine.generate(ids, opt);
 
     for (std::size_t i = 0; i < ids.size(); ++i) {

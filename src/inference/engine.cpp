@@ -31,7 +31,6 @@ void InferenceEngine::ensure_scratch(int N) {
   const std::size_t n = N, C = mc.d_model, F = mc.d_ff, HD = static_cast<std::size_t>(mc.n_heads) * model_.head_dim();
   const std::size_t KD = static_cast<std::size_t>(mc.n_kv_heads) * model_.head_dim();
   ids_ = DeviceBuffer<int32_t>(be, n);
-  targets_ = DeviceBuffer<int32_t>(be, n);
   x_ = DeviceBuffer<float>(be, n * C);
   ln1_ = DeviceBuffer<float>(be, n * C);
   rstd1_ = DeviceBuffer<float>(be, n);
@@ -45,11 +44,6 @@ void InferenceEngine::ensure_scratch(int N) {
   act_ = DeviceBuffer<float>(be, n * F);
   k_new_ = DeviceBuffer<float>(be, n * KD);
   v_new_ = DeviceBuffer<float>(be, n * KD);
-  rows_ = DeviceBuffer<float>(be, n * C);
-  lnf_ = DeviceBuffer<float>(be, n * C);
-  rstdf_ = DeviceBuffer<float>(be, n);
-  logits_ = DeviceBuffer<float>(be, n * mc.vocab_size);
-  losses_ = DeviceBuffer<float>(be, n);
   if (mc.qk_norm) {
     q_pre_ = DeviceBuffer<float>(be, n * HD);
     rstd_q_ = DeviceBuffer<float>(be, n * mc.n_heads);
@@ -57,6 +51,28 @@ void InferenceEngine::ensure_scratch(int N) {
     rstd_k_ = DeviceBuffer<float>(be, n * mc.n_kv_heads);
   }
   scratch_rows_ = N;
+}
+
+// The output head's buffers, for the rows whose logits are wanted: a prefill needs one row
+// per prompt, not one per prompt token (at 4K tokens and a 2K vocabulary, 32 MiB per prompt).
+void InferenceEngine::ensure_head(int n_rows) {
+  if (n_rows <= head_rows_) return;
+  Backend* be = model_.backend();
+  const std::size_t n = n_rows, C = model_.config().d_model;
+  rows_ = DeviceBuffer<float>(be, n * C);
+  lnf_ = DeviceBuffer<float>(be, n * C);
+  rstdf_ = DeviceBuffer<float>(be, n);
+  logits_ = DeviceBuffer<float>(be, n * model_.config().vocab_size);
+  losses_ = DeviceBuffer<float>(be, n);
+  targets_ = DeviceBuffer<int32_t>(be, n);
+  head_rows_ = n_rows;
+}
+
+void InferenceEngine::set_prefill_chunk(int tokens) {
+  if (tokens < 0)
+    throw std::invalid_argument("--prefill-chunk must be >= 0 (0 = each prompt in one step; got " +
+                                std::to_string(tokens) + ")");
+  prefill_chunk_ = tokens;
 }
 
 void InferenceEngine::run_step(const std::vector<int32_t>& ids, const ForwardStep& step) {
@@ -98,6 +114,7 @@ std::vector<float> InferenceEngine::logits_of_rows(const std::vector<int>& rows)
   Backend* be = model_.backend();
   const int C = model_.config().d_model, V = model_.config().vocab_size, n = static_cast<int>(rows.size());
   const std::size_t row_bytes = static_cast<std::size_t>(C) * sizeof(float);
+  ensure_head(n);
   for (int i = 0; i < n; ++i)
     be->copy(rows_.get() + static_cast<std::size_t>(i) * C, x_.get() + static_cast<std::size_t>(rows[i]) * C, row_bytes);
   model_.head_forward(rows_.get(), lnf_.get(), rstdf_.get(), logits_.get(), n);
@@ -124,26 +141,44 @@ std::vector<float> InferenceEngine::prefill(const std::vector<std::vector<int32_
   reset();
   std::vector<float> out;
   // Consecutive prompts of equal length share one call; each prompt starts at position 0.
+  // With a prefill chunk, the call is split along the prompt into steps of at most that many
+  // tokens per prompt, each attending to the cache written by the steps before it: the
+  // activations then scale with the chunk, not the prompt.
+  const int V = model_.config().vocab_size;
   for (int i0 = 0; i0 < n;) {
     int i1 = i0 + 1;
     while (i1 < n && prompts[i1].size() == prompts[i0].size()) ++i1;
     const int B = i1 - i0, T = static_cast<int>(prompts[i0].size());
-    std::vector<int32_t> ids, slots(B);
-    for (int b = 0; b < B; ++b) {
-      ids.insert(ids.end(), prompts[i0 + b].begin(), prompts[i0 + b].end());
-      slots[b] = i0 + b;
+    const int chunk = prefill_chunk_ > 0 ? std::min(prefill_chunk_, T) : T;
+    std::vector<int32_t> slots(B);
+    for (int b = 0; b < B; ++b) slots[b] = i0 + b;
+    const std::size_t group_at = out.size();
+    out.resize(group_at + static_cast<std::size_t>(B) * (all_logits ? T : 1) * V);
+    for (int c0 = 0; c0 < T; c0 += chunk) {
+      const int len = std::min(chunk, T - c0);
+      std::vector<int32_t> ids, pos0(B, c0);
+      for (int b = 0; b < B; ++b) ids.insert(ids.end(), prompts[i0 + b].begin() + c0, prompts[i0 + b].begin() + c0 + len);
+      run_step(ids, ForwardStep{B, len, c0 > 0 ? pos0.data() : nullptr, slots.data()});
+      std::vector<int> rows;
+      std::vector<std::size_t> dest;  // out row of each logits row
+      for (int b = 0; b < B; ++b) {
+        if (all_logits)
+          for (int t = 0; t < len; ++t) {
+            rows.push_back(b * len + t);
+            dest.push_back(static_cast<std::size_t>(b) * T + c0 + t);
+          }
+        else if (c0 + len == T) {
+          rows.push_back(b * len + len - 1);
+          dest.push_back(b);
+        }
+      }
+      if (rows.empty()) continue;
+      const std::vector<float> logits = logits_of_rows(rows);
+      for (std::size_t r = 0; r < rows.size(); ++r)
+        std::copy_n(logits.begin() + static_cast<std::ptrdiff_t>(r * V), V,
+                    out.begin() + static_cast<std::ptrdiff_t>(group_at + dest[r] * V));
     }
-    run_step(ids, ForwardStep{B, T, nullptr, slots.data()});
-    std::vector<int> rows;
-    for (int b = 0; b < B; ++b) {
-      if (all_logits)
-        for (int t = 0; t < T; ++t) rows.push_back(b * T + t);
-      else
-        rows.push_back(b * T + T - 1);
-      lengths_[i0 + b] = T;
-    }
-    const std::vector<float> logits = logits_of_rows(rows);
-    out.insert(out.end(), logits.begin(), logits.end());
+    for (int b = 0; b < B; ++b) lengths_[i0 + b] = T;
     i0 = i1;
   }
   return out;
@@ -234,6 +269,7 @@ double InferenceEngine::teacher_forced_loss(const std::vector<int32_t>& tokens, 
   for (int b = 0; b < B; ++b) lengths_[b] = T;
   const int V = model_.config().vocab_size;
   Backend* be = model_.backend();
+  ensure_head(static_cast<int>(N));
   model_.head_forward(x_.get(), lnf_.get(), rstdf_.get(), logits_.get(), static_cast<int>(N));
   be->copy_to_device(targets_.get(), targets.data(), N * sizeof(int32_t));
   be->cross_entropy(logits_.get(), targets_.get(), losses_.get(), nullptr, static_cast<int>(N), V, 1.f);

@@ -57,6 +57,7 @@ std::vector<GenerationBench> benchmark_generation(Model& model, const std::vecto
   std::vector<GenerationBench> out;
   for (const SharingStrategy& s : strategies) {
     engines.push_back(std::make_unique<InferenceEngine>(model, s, max_batch, max_len));
+    engines.back()->set_prefill_chunk(spec.prefill_chunk);
     GenerationBench b;
     b.strategy = s;
     b.kv_bytes = engines.back()->cache().bytes();
