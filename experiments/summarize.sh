@@ -10,15 +10,7 @@
 # "reproduced" or "not reproduced" by the claim's own test, stated in its row.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SIZE=small
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --size) [ $# -ge 2 ] || { echo "error: --size needs a size" >&2; exit 2; }; SIZE=$2; shift 2 ;;
-    --size=*) SIZE=${1#--size=}; shift ;;
-    -h|--help) echo "usage: $0 [--size smoke|small|paper]"; exit 0 ;;
-    *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
-  esac
-done
-case "$SIZE" in smoke|small|paper) ;; *) echo "error: --size must be smoke, small or paper (got '$SIZE')" >&2; exit 2 ;; esac
+parse_size_args "$@"
 OUT=$EXP_ROOT/results-$SIZE.md
 res() { echo "$EXP_ROOT/$1/results/$SIZE/$2"; }
 
