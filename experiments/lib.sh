@@ -63,6 +63,7 @@ init_experiment() {
     echo
     echo "- git commit: \`$commit\`$([ "$dirty" != 0 ] && echo " (working tree had $dirty modified tracked files)")"
     echo "- started: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- CPU: $(cpu_description)"
     echo "- binary: \`$KVROUTE_BIN\`"
     echo "- seeds: $(seeds_for_size | tr '\n' ' ' | sed 's/ $//')"
     echo "- regenerate: \`$([ -n "${KVROUTE_SEEDS:-}" ] && echo "KVROUTE_SEEDS=\"$KVROUTE_SEEDS\" ")experiments/$EXP_NAME/run.sh --size $SIZE\` (from the repository root)"
@@ -70,6 +71,14 @@ init_experiment() {
     echo "## commands (run from the repository root; wall time of each)"
     echo
   } > "$PROV"
+}
+
+# cpu_description: lscpu's model name and the matrix/vector flags that decide kvroute's speed.
+cpu_description() {
+  local model flags
+  model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
+  flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n' | grep -xE 'avx2|avx512f|avx512_bf16|amx_bf16|amx_tile' | tr '\n' ' ' || true)
+  echo "${model:-unknown}; flags: ${flags:-none of avx2/avx512f/avx512_bf16/amx}"
 }
 
 # run LOG CMD...: runs CMD (output to LOG), records it and its wall time in the provenance.
