@@ -20,6 +20,8 @@ for seed in $(seeds_for_size); do
 done
 train_wait
 eval_run "$RUNS/eval" "${ckpts[@]}" -- --strategies full,cla:2,cla:4 --no-speed --val-tokens $VAL_TOKENS
+# At the small size the routed runs are pretrain's, named p0.5: label them as here.
+routed_label() { sed "s/^p0\.5\t/routed-p0.5\t/"; }
 cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
 {
   echo "# ablation ($SIZE): routed training against CLA and RD-CLA baselines"
@@ -29,10 +31,10 @@ cp "$RUNS/eval/results.csv" "$RESULTS/eval.csv"
   echo "sharing strategy at evaluation and the share of the KV cache it keeps. Validation loss (nats per"
   echo "token, $(csv_first "$RESULTS/eval.csv" val_tokens) held-out tokens); seeds: $(seeds_for_size | wc -w); mean, '± sd (n)' when more than one."
   echo
-  eval_long "$RESULTS/eval.csv" | sed "s/^p0\.5\t/routed-p0.5\t/" | awk -F'\t' '{ printf "%s\t%s (%.1f%%)\t%s\n", $1, $3, 100 * $4, $6 }' | pivot "trained as"
+  eval_long "$RESULTS/eval.csv" | routed_label | awk -F'\t' '{ printf "%s\t%s (%.1f%%)\t%s\n", $1, $3, 100 * $4, $6 }' | pivot "trained as"
 } > "$RESULTS/ablation.md"
 dat=$RUNS/retention-vs-loss.dat
-eval_long "$RESULTS/eval.csv" | sed "s/^p0\.5\t/routed-p0.5\t/" | awk -F'\t' '
+eval_long "$RESULTS/eval.csv" | routed_label | awk -F'\t' '
   { k = $1 SUBSEP $4; if (!(k in n)) order[++m] = k; n[k]++; s[k] += $6; lab[k] = $1; x[k] = 100 * $4 }
   END { prev = ""; for (i = 1; i <= m; i++) { k = order[i]
           if (lab[k] != prev) { if (prev != "") printf "\n\n"; printf "\"%s\" y\n", lab[k]; prev = lab[k] }
