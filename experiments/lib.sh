@@ -11,6 +11,8 @@
 #                 and continue an unfinished one from its latest checkpoint (default for small;
 #                 0 retrains everything)
 #   KVROUTE_JOBS=N  trainings run side by side by train_async (default: small 2, else 1)
+#   KVROUTE_EVAL_THREADS=N  CPU threads of each evaluation (default: every core; evaluations run
+#                 alone, after the trainings, which at the small size take one thread each)
 #   KVROUTE_SEEDS="1 2 3"  the training seeds (default: smoke 1, small and paper 1 2 3)
 #   KVROUTE_TRAIN_ARGS="--set k=v ..."  appended to every training command
 set -euo pipefail
@@ -33,6 +35,8 @@ parse_size_args() {
   REUSE=${KVROUTE_REUSE:-$([ "$SIZE" = small ] && echo 1 || echo 0)}
   JOBS=${KVROUTE_JOBS:-$([ "$SIZE" = small ] && echo 2 || echo 1)}
   case "$JOBS" in ''|*[!0-9]*|0) echo "error: KVROUTE_JOBS must be a positive number (got '$JOBS')" >&2; exit 2 ;; esac
+  EVAL_THREADS=${KVROUTE_EVAL_THREADS:-$(nproc)}
+  case "$EVAL_THREADS" in ''|*[!0-9]*|0) echo "error: KVROUTE_EVAL_THREADS must be a positive number (got '$EVAL_THREADS')" >&2; exit 2 ;; esac
 }
 
 # init_experiment NAME "$@": parse arguments, set EXP_DIR, RUNS, RESULTS, PROV, start provenance.
@@ -238,13 +242,13 @@ eval_run() {
   local ckpts=() c fresh=1 cmd
   while [ $# -gt 0 ] && [ "$1" != -- ]; do ckpts+=("$1"); shift; done
   [ $# -gt 0 ] && shift
-  cmd=$(printf '%q ' "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --out "$out")
+  cmd=$(printf '%q ' "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --threads "$EVAL_THREADS" --out "$out")
   if [ "$REUSE" = 1 ] && [ -f "$out/results.csv" ] && [ "$cmd" = "$(cat "$out.cmd" 2>/dev/null)" ]; then
     for c in "${ckpts[@]}"; do [ "$c" -nt "$out/results.csv" ] && fresh=0; done
     if [ $fresh = 1 ]; then echo "- kept \`${out#$REPO/}/results.csv\` (same command, newer than every checkpoint it evaluates)" >> "$PROV"; return; fi
   fi
   rm -rf "$out" "$out.cmd"
-  run "$out.log" "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --out "$out"
+  run "$out.log" "$KVROUTE_BIN" eval "${ckpts[@]}" "$@" --threads "$EVAL_THREADS" --out "$out"
   printf '%s' "$cmd" > "$out.cmd"
 }
 
