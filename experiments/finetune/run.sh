@@ -12,30 +12,41 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 init_experiment finetune "$@"
 # small: the docs corpus (scripts/data_docs.sh) with probe documents as extra files, encoded
 # into one shard set (1 file in 20 for validation, probe files included). A probe training
-# document lists the pairs and then asks every key once, in random order, each answered
-# ("recall: a is b , c is d . c is d . a is b ."): one document teaches several retrievals,
-# and its prefix up to the first answer is exactly an eval prompt.
+# document lists the pairs and then repeats the list in order ("recall: a is b , c is d . a is b
+# , c is d ."); a probe item's prompt is its list and the repeat up to the queried key ("... . a
+# is b , c is" -> " d"). A model this small does not learn content-based lookup (README), but it
+# learns this copy, by a phase change, when it first sees the probe documents alone: pretraining
+# starts with a copy warm-up of WARM_STEPS steps on them, then the usual budget on the mix.
 small_finetune_data() {
   PRE_STEPS=$(awk '/^  steps:/ { print $2 }' "$SIZE_CFG"); FT_STEPS=$((PRE_STEPS / 4)); PROBE_ITEMS=500
+  WARM_STEPS=$PRE_STEPS
   TOKENIZER=data/docs-sp2048
   local probe_docs=150000 files=500
   run "$RUNS/probe-train.log" "$KVROUTE_BIN" data probe --tokenizer "$TOKENIZER" --out "$RUNS/probe-train.tsv" \
     --n $probe_docs --pairs $PAIRS --words 100 --seed 101
-  run "$RUNS/probe.log" "$KVROUTE_BIN" data probe --tokenizer "$TOKENIZER" --out "$RUNS/probe.tsv" \
+  run "$RUNS/probe-random.log" "$KVROUTE_BIN" data probe --tokenizer "$TOKENIZER" --out "$RUNS/probe-random.tsv" \
     --n $PROBE_ITEMS --pairs $PAIRS --words 100 --seed 103
+  # The items: the generator's list and query key, with the repeat up to that key put before it.
+  { grep '^#' "$RUNS/probe-random.tsv"; echo "# rewritten by experiments/finetune/run.sh: the list repeated in order up to the queried key"
+    grep -v '^#' "$RUNS/probe-random.tsv" | awk -F'\t' '
+      { p = $1; sub(/ \. [^ ]+ is$/, "", p); list = p; sub(/^recall: /, "", list)
+        q = $1; sub(/^.* \. /, "", q); sub(/ is$/, "", q)
+        n = split(list, pr, " , "); before = ""
+        for (i = 1; i <= n; i++) { split(pr[i], kv, " is "); if (kv[1] == q) break; before = before pr[i] " , " }
+        print p " . " before q " is\t" $2 }'; } > "$RUNS/probe.tsv"
   rm -rf "$RUNS/probe-docs" && mkdir -p "$RUNS/probe-docs"
-  grep -v '^#' "$RUNS/probe-train.tsv" | awk -F'\t' -v dir="$RUNS/probe-docs" -v per=$((probe_docs / files)) 'BEGIN { srand(104) }
-    { p = $1; sub(/ \. [^ ]+ is$/, "", p); body = p; sub(/^recall: /, "", body); n = split(body, pr, " , ")
-      q = $1; sub(/^.* \. /, "", q); sub(/ is$/, "", q)
-      out = p " . " q " is " $2; m = 0
-      for (i = 1; i <= n; i++) { split(pr[i], kv, " is "); if (kv[1] != q) rest[++m] = pr[i] }
-      for (i = m; i > 1; i--) { j = 1 + int(rand() * i); t = rest[i]; rest[i] = rest[j]; rest[j] = t }
-      for (i = 1; i <= m; i++) out = out " . " rest[i]
-      print out " ." > (dir "/" int((NR - 1) / per) ".txt") }'
-  echo "- probe training documents: probe-train.tsv rewritten by the awk in experiments/finetune/run.sh into $files files of $((probe_docs / files)) documents (every key asked once)" >> "$PROV"
+  grep -v '^#' "$RUNS/probe-train.tsv" | awk -F'\t' -v dir="$RUNS/probe-docs" -v per=$((probe_docs / files)) '
+    { p = $1; sub(/ \. [^ ]+ is$/, "", p); list = p; sub(/^recall: /, "", list)
+      print p " . " list " ." > (dir "/" int((NR - 1) / per) ".txt") }'
+  echo "- probe items: probe-random.tsv rewritten by the awk in experiments/finetune/run.sh into probe.tsv (the list repeated up to the queried key)" >> "$PROV"
+  echo "- probe training documents: probe-train.tsv rewritten by the awk in experiments/finetune/run.sh into $files files of $((probe_docs / files)) documents (the list, then the list again)" >> "$PROV"
+  # shellcheck disable=SC2046
+  run "$RUNS/encode-probe.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
+    --input $(find "$RUNS/probe-docs" -name '*.txt' | sort -V) --out "$RUNS/probe-shards"
   # shellcheck disable=SC2046
   run "$RUNS/encode.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
     --input $(find data/docs -name '*.txt' | sort -V) $(find "$RUNS/probe-docs" -name '*.txt' | sort -V) --out "$RUNS/mix-shards"
+  warm=(--set "data.shards=$RUNS/probe-shards")
   data=(--set "data.shards=$RUNS/mix-shards")
 }
 
@@ -65,8 +76,16 @@ data=(--set data.shards= --set "data.train_path=$RUNS/mix-train.txt" --set "data
 fi
 
 ckpts=()
+if [ "$SIZE" = small ]; then  # the copy warm-up (small_finetune_data above)
+  for seed in $(seeds_for_size); do
+    train_async "$RUNS/copy-warmup__s$seed" "$BASE_CFG" "$SIZE_CFG" "${warm[@]}" --set train.steps=$WARM_STEPS --set train.seed=$seed
+  done
+  train_wait
+fi
 for seed in $(seeds_for_size); do
-  train_async "$RUNS/pretrained-p0__s$seed" "$BASE_CFG" "$SIZE_CFG" "${data[@]}" --set train.steps=$PRE_STEPS --set train.seed=$seed
+  init=()
+  [ "$SIZE" = small ] && init=(--set "model.init_from=$RUNS/copy-warmup__s$seed/model.h5")
+  train_async "$RUNS/pretrained-p0__s$seed" "$BASE_CFG" "$SIZE_CFG" "${data[@]}" "${init[@]}" --set train.steps=$PRE_STEPS --set train.seed=$seed
 done
 train_wait
 for seed in $(seeds_for_size); do
@@ -89,6 +108,7 @@ rename_rows() { sed -e 's/^pretrained-p0\t/pretrained (p_route 0), no fine-tunin
 {
   echo "# finetune ($SIZE): adding routing by fine-tuning a model pretrained without it"
   echo
+  [ "$SIZE" = small ] && echo "Pretraining starts with a copy warm-up: $WARM_STEPS steps on the probe documents alone (see README)."
   echo "Pretrained $PRE_STEPS steps without routing, then $FT_STEPS more steps either plainly or with stochastic"
   echo "routing (p 0.6, scheme any), same data and budget. Seeds: $(seeds_for_size | wc -w); mean, '± sd (n)' when more than one."
   echo
