@@ -76,6 +76,7 @@ data=(--set data.shards= --set "data.train_path=$RUNS/mix-train.txt" --set "data
 fi
 
 ckpts=()
+declare -A warmed=()  # small: seed -> the warm-up run that pretraining starts from
 if [ "$SIZE" = small ]; then  # the copy warm-up (small_finetune_data above)
   for seed in $(seeds_for_size); do
     train_async "$RUNS/copy-warmup__s$seed" "$BASE_CFG" "$SIZE_CFG" "${warm[@]}" --set train.steps=$WARM_STEPS --set train.seed=$seed
@@ -89,21 +90,19 @@ if [ "$SIZE" = small ]; then  # the copy warm-up (small_finetune_data above)
     loss=$(awk -F'"val_loss": ' 'NF > 1 { split($2, v, /[,}]/); l = v[1] } END { print l }' "$RUNS/copy-warmup__s$seed/metrics.jsonl")
     if awk -v l="$loss" 'BEGIN { exit !(l > 1.4) }'; then
       echo "- copy-warmup__s$seed ended at validation loss $loss > 1.4 (no copy yet): continued as copy-warmup-more__s$seed" >> "$PROV"
-      train_async "$RUNS/copy-warmup-more__s$seed" "$BASE_CFG" "$SIZE_CFG" "${warm[@]}" \
+      warmed[$seed]=$RUNS/copy-warmup-more__s$seed
+      train_async "${warmed[$seed]}" "$BASE_CFG" "$SIZE_CFG" "${warm[@]}" \
         --set "model.init_from=$RUNS/copy-warmup__s$seed/model.h5" --set train.steps=$WARM_STEPS --set train.seed=$seed
     else
       echo "- copy-warmup__s$seed ended at validation loss $loss <= 1.4 (the copy has formed)" >> "$PROV"
+      warmed[$seed]=$RUNS/copy-warmup__s$seed
     fi
   done
   train_wait
 fi
 for seed in $(seeds_for_size); do
   init=()
-  if [ "$SIZE" = small ]; then
-    warmed=$RUNS/copy-warmup-more__s$seed
-    [ -f "$warmed/model.h5" ] || warmed=$RUNS/copy-warmup__s$seed
-    init=(--set "model.init_from=$warmed/model.h5")
-  fi
+  [ "$SIZE" = small ] && init=(--set "model.init_from=${warmed[$seed]}/model.h5")
   train_async "$RUNS/pretrained-p0__s$seed" "$BASE_CFG" "$SIZE_CFG" "${data[@]}" "${init[@]}" --set train.steps=$PRE_STEPS --set train.seed=$seed
 done
 train_wait
