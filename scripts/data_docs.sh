@@ -13,6 +13,11 @@ cd "$(dirname "$0")/.."
 KVROUTE="${KVROUTE:-build/kvroute}"
 VOCAB="${1:-2048}"
 MAX_SENTENCES="${MAX_SENTENCES:-300000}"
+# The corpus and the tokenizer must come out the same on every machine: file order by byte
+# value whatever the locale, and a fixed thread count for the fit (SentencePiece's unigram fit
+# depends on how many threads split its sums; 2 gives the tokenizer every committed result used).
+export LC_ALL=C
+FIT_THREADS="${FIT_THREADS:-2}"
 TOKENIZER=data/docs-sp$VOCAB
 SHARDS=data/docs-sp$VOCAB-shards
 case "$VOCAB" in ''|*[!0-9]*) echo "error: VOCAB must be a number of pieces (got '$VOCAB')" >&2; exit 2 ;; esac
@@ -42,6 +47,8 @@ if [ ! -f data/docs/.complete ]; then
   n=0; while IFS= read -r f; do n=$((n + 1)); sed -E "$rst" "$f" > "data/docs.tmp/python/$n.txt"; done < <(find "$PYTHON" -name '*.rst.txt' | sort)
   n=0; while IFS= read -r f; do n=$((n + 1)); sed -E "$pod" "$f" > "data/docs.tmp/perl/$n.txt"; done < <(find "$PERL" -name '*.pod' | sort)
   find data/docs.tmp -type f -empty -delete
+  # The text depends on the packages' versions (Debian updates linux-doc with every kernel update).
+  dpkg-query -W -f='${Package} ${Version}\n' linux-doc python3-doc perl-doc > data/docs.tmp/SOURCES 2>/dev/null || true
   touch data/docs.tmp/.complete
   rm -rf data/docs && mv data/docs.tmp data/docs
 fi
@@ -52,7 +59,7 @@ echo "data_docs: data/docs ($(echo "$inputs" | wc -l) files, $(cat $inputs | wc 
 if [ ! -s "$TOKENIZER/tokenizer.model" ]; then
   # shellcheck disable=SC2086
   "$KVROUTE" data tokenizer --input $inputs --vocab-size "$VOCAB" --model-type unigram \
-    --max-sentences "$MAX_SENTENCES" --out "$TOKENIZER" --force
+    --max-sentences "$MAX_SENTENCES" --threads "$FIT_THREADS" --out "$TOKENIZER" --force
 fi
 echo "data_docs: tokenizer $TOKENIZER"
 if [ ! -s "$SHARDS/manifest.yaml" ] || ! cmp -s "$TOKENIZER/tokenizer.model" "$SHARDS/tokenizer/tokenizer.model"; then
