@@ -68,6 +68,7 @@ init_experiment() {
     echo "- git commit: \`$commit\`$([ "$dirty" != 0 ] && echo " (working tree had $dirty modified tracked files)")"
     echo "- started: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "- CPU: $(cpu_description)"
+    echo "- data: $(data_description)"
     echo "- binary: \`$KVROUTE_BIN\`"
     echo "- seeds: $(seeds_for_size | tr '\n' ' ' | sed 's/ $//')"
     echo "- regenerate: \`$([ -n "${KVROUTE_SEEDS:-}" ] && echo "KVROUTE_SEEDS=\"$KVROUTE_SEEDS\" ")experiments/$EXP_NAME/run.sh --size $SIZE\` (from the repository root)"
@@ -83,6 +84,26 @@ cpu_description() {
   model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
   flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | tr ' ' '\n' | grep -xE 'avx2|avx512f|avx512_bf16|amx_bf16|amx_tile' | tr '\n' ' ' || true)
   echo "${model:-unknown}; flags: ${flags:-none of avx2/avx512f/avx512_bf16/amx}"
+}
+
+# data_description: which token shards the experiment trains on, so that two result sets can be
+# told apart by their data: the tokenizer's identity, the token counts, a checksum of the manifest
+# (it lists every shard's checksum) and, for the larger corpus, the Debian packages the text came
+# from (their versions change the text: linux-doc follows the kernel).
+data_description() {
+  local dir=data/kjv-sp2048-shards sources=""
+  [ "$SIZE" = smoke ] || dir=data/docs-sp2048-shards
+  [ -s "$dir/manifest.yaml" ] || { echo "\`$dir\` (no manifest)"; return; }
+  local identity tokens sum
+  identity=$(sed -n 's/^ *identity: *//p' "$dir/manifest.yaml" | head -n 1)
+  tokens=$(sed -n 's/^tokens: *//p' "$dir/manifest.yaml" | head -n 1)
+  sum=$(md5sum "$dir/manifest.yaml" | cut -c1-12)
+  if [ "$dir" = data/docs-sp2048-shards ]; then
+    if [ -s data/docs/SOURCES ]; then sources=$(paste -sd, data/docs/SOURCES | sed 's/,/, /g')
+    else sources="$( (dpkg-query -W -f='${Package} ${Version}, ' linux-doc python3-doc perl-doc 2>/dev/null || true) | sed 's/, $//') (installed now; data/docs/SOURCES missing)"; fi
+    sources="; text from ${sources}"
+  fi
+  echo "\`$dir\`: tokenizer ${identity:-unknown}, tokens $tokens, manifest md5 $sum$sources"
 }
 
 # run LOG CMD...: runs CMD (output to LOG), records it and its wall time in the provenance.

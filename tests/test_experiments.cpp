@@ -144,6 +144,41 @@ TEST_F(ExperimentsLib, KeepsFinishedRunsRetrainsChangedOnesAndContinuesStoppedOn
   EXPECT_EQ(last_loss_hex(run_dir("int")), ref_loss);
 }
 
+// The provenance names the data a result set was trained on: two result sets made from
+// different corpora (the documentation packages change with Debian's updates) can be told apart.
+TEST_F(ExperimentsLib, ProvenanceNamesTheDataItTrainedOn) {
+  const std::string manifest =
+      "format: 1\ntokenizer:\n  identity: sentencepiece-2048-abc\n  fingerprint: 00ff\n  vocab_size: 2048\n"
+      "tokens: {train: 900, val: 100}\n";
+  write(root_ / "data/kjv-sp2048-shards/manifest.yaml", manifest);
+  fs::create_directories(root_ / "data/docs-sp2048-shards");
+  write(root_ / "data/docs-sp2048-shards/manifest.yaml", manifest);
+  fs::create_directories(root_ / "data/docs");
+  write(root_ / "data/docs/SOURCES", "linux-doc 6.1.1-1\nperl-doc 5.36.0-7\n");
+  const std::string describe = "cd " + root_.string() + " && bash -c 'source experiments/lib.sh; SIZE=";
+  auto r = run_shell(describe + "smoke; data_description'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("`data/kjv-sp2048-shards`: tokenizer sentencepiece-2048-abc, tokens {train: 900, val: 100}"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("linux-doc"), std::string::npos) << r.output;
+  r = run_shell(describe + "small; data_description'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("`data/docs-sp2048-shards`: tokenizer sentencepiece-2048-abc"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("text from linux-doc 6.1.1-1, perl-doc 5.36.0-7"), std::string::npos) << r.output;
+
+  // A missing manifest is said, not an error.
+  fs::remove(root_ / "data/docs-sp2048-shards/manifest.yaml");
+  r = run_shell(describe + "small; data_description'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("`data/docs-sp2048-shards` (no manifest)"), std::string::npos) << r.output;
+
+  // And init_experiment writes it into the provenance.
+  r = run_shell(env("d") + "bash -c 'source " + (root_ / "experiments/lib.sh").string() + "; init_experiment t'");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(provenance().find("- data: `data/kjv-sp2048-shards`: tokenizer sentencepiece-2048-abc"), std::string::npos)
+      << provenance();
+}
+
 // summarize.sh on made-up pretrain results (3 seeds): p_route 0 loses 5% +- 0.5 under cla:2 (a
 // rise, reproduced), p 0.5 loses 0.2% (within 1%: reproduced), p 0.75 loses 0.8% +- 0.6 (mean + 2 sd
 // over 1%, mean - 2 sd under it: inconclusive). Other experiments have no results: said so.
