@@ -8,6 +8,7 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "kvroute/input_list.h"
 #include "kvroute/shard.h"
 
 namespace kvroute {
@@ -32,6 +33,23 @@ uint64_t check_input_files(const std::vector<std::string>& paths, const std::str
     total += size;
   }
   return total;
+}
+
+std::vector<std::string> read_input_list(const std::string& list_file) {
+  std::error_code ec;
+  if (!fs::is_regular_file(list_file, ec))
+    throw std::runtime_error("input list '" + list_file + "': no such file (one path per line expected)");
+  std::ifstream in(list_file);
+  if (!in) throw std::runtime_error("input list '" + list_file + "': cannot be read (" + std::strerror(errno) + ")");
+  std::vector<std::string> paths;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!line.empty()) paths.push_back(line);
+  }
+  if (in.bad()) throw std::runtime_error("input list '" + list_file + "': read error");
+  if (paths.empty()) throw std::runtime_error("input list '" + list_file + "': lists no files");
+  return paths;
 }
 
 void check_output_dir(const std::string& out_dir, bool force, const std::string& what) {

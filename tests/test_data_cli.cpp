@@ -103,6 +103,55 @@ TEST_F(DataCli, TrainAndEvalReadTheShards) {
   EXPECT_THAT(window.output, HasSubstr("validation split has only"));
 }
 
+// --input-list FILE names the inputs in a file (a corpus of thousands of files is too long for a
+// command line to record): --input's files first, then the listed ones, in the list's order.
+TEST_F(DataCli, InputListGivesTheSameShardsAsTheFilesOnTheCommandLine) {
+  const auto docs = generated_documents(300);
+  std::string parts;
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<std::string> third(docs.begin() + 100 * k, docs.begin() + 100 * (k + 1));
+    write_file_bytes(dir_ / ("part" + std::to_string(k) + ".txt"), join_documents(third));
+  }
+  write_file_bytes(dir_ / "parts.list", path("part1.txt") + "\n\n" + path("part2.txt") + "\n");
+  const std::string common = "data encode --tokenizer byte --docs blank --val-fraction 0.1 --out ";
+  const Result listed = run(common + path("shards_listed") + " --input " + path("part0.txt") + " --input-list " +
+                            path("parts.list"));
+  ASSERT_EQ(listed.status, 0) << listed.output;
+  const Result given = run(common + path("shards_given") + " --input " + path("part0.txt") + " " + path("part1.txt") +
+                           " " + path("part2.txt"));
+  ASSERT_EQ(given.status, 0) << given.output;
+  EXPECT_THAT(listed.output, HasSubstr("train 270 documents"));
+  for (const char* shard : {"train_00000.bin", "val_00000.bin"})
+    EXPECT_EQ(read_file_bytes(dir_ / "shards_listed" / shard), read_file_bytes(dir_ / "shards_given" / shard)) << shard;
+  // A different order is a different corpus: the list is read in order, not sorted.
+  write_file_bytes(dir_ / "reversed.list", path("part2.txt") + "\n" + path("part1.txt") + "\n");
+  const Result reversed = run(common + path("shards_reversed") + " --input " + path("part0.txt") + " --input-list " +
+                              path("reversed.list"));
+  ASSERT_EQ(reversed.status, 0) << reversed.output;
+  EXPECT_NE(read_file_bytes(dir_ / "shards_reversed" / "train_00000.bin"),
+            read_file_bytes(dir_ / "shards_given" / "train_00000.bin"));
+
+  const Result tok = run("data tokenizer --input-list " + path("parts.list") + " --vocab-size 320 --out " +
+                         path("tok_listed"));
+  ASSERT_EQ(tok.status, 0) << tok.output;
+  EXPECT_THAT(tok.output, HasSubstr("tokenizer: wrote " + path("tok_listed")));
+
+  const Result missing = run(common + path("x1") + " --input-list " + path("nope.list"));
+  EXPECT_EQ(missing.status, 1);
+  EXPECT_THAT(missing.output, HasSubstr("input list '" + path("nope.list") + "': no such file"));
+  write_file_bytes(dir_ / "empty.list", "\n\n");
+  const Result empty = run(common + path("x2") + " --input-list " + path("empty.list"));
+  EXPECT_EQ(empty.status, 1);
+  EXPECT_THAT(empty.output, HasSubstr("input list '" + path("empty.list") + "': lists no files"));
+  const Result none = run(common + path("x3"));
+  EXPECT_EQ(none.status, 1);
+  EXPECT_THAT(none.output, HasSubstr("no input files: give --input FILE... or --input-list FILE"));
+  write_file_bytes(dir_ / "bad.list", path("part0.txt") + "\n" + path("gone.txt") + "\n");
+  const Result bad = run(common + path("x4") + " --input-list " + path("bad.list"));
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_THAT(bad.output, HasSubstr("input '" + path("gone.txt") + "': no such file"));
+}
+
 TEST_F(DataCli, BadInputGivesAClearErrorAndExitCode) {
   make_shards();
   const Result missing = run("data tokenizer --input " + path("nope.txt") + " --vocab-size 300 --out " + path("t2"));

@@ -6,9 +6,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <stdexcept>
 
 #include "commands.h"
 #include "kvroute/encode.h"
+#include "kvroute/input_list.h"
 #include "kvroute/shard.h"
 #include "kvroute/shard_dir.h"
 #include "kvroute/tokenizer.h"
@@ -19,11 +21,22 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// --input files, then those --input-list names; neither given is an error naming both options.
+void add_listed_inputs(std::vector<std::string>& inputs, const std::string& input_list) {
+  if (!input_list.empty()) {
+    const std::vector<std::string> listed = read_input_list(input_list);
+    inputs.insert(inputs.end(), listed.begin(), listed.end());
+  }
+  if (inputs.empty()) throw std::runtime_error("no input files: give --input FILE... or --input-list FILE");
+}
+
 void add_tokenizer_command(CLI::App& data) {
   auto* cmd =
       data.add_subcommand("tokenizer", "Train a SentencePiece subword tokenizer (BPE or unigram) on text files");
   static TokenizerTrainOptions o;
-  cmd->add_option("--input", o.inputs, "Text files (every line is a training sentence)")->required();
+  static std::string input_list;
+  cmd->add_option("--input", o.inputs, "Text files (every line is a training sentence)");
+  cmd->add_option("--input-list", input_list, "A file listing text files, one path per line (after --input's)");
   cmd->add_option("--vocab-size", o.vocab_size, "Vocabulary size, including 3 special and 256 byte pieces")
       ->capture_default_str();
   cmd->add_option("--out", o.out_dir, "Tokenizer directory to write (tokenizer.model, .vocab, .yaml)")->required();
@@ -32,6 +45,7 @@ void add_tokenizer_command(CLI::App& data) {
   cmd->add_option("--threads", o.threads, "Threads (default: all cores)");
   cmd->add_flag("--force", o.force, "Replace an existing output directory");
   cmd->callback([] {
+    add_listed_inputs(o.inputs, input_list);
     const TokenizerTrainReport r = train_tokenizer(o);
     std::printf("tokenizer: wrote %s (%s, %d pieces): read %.1fs, fit %.1fs, %llu lines\n", o.out_dir.c_str(),
                 r.identity.c_str(), o.vocab_size, r.read_seconds, r.fit_seconds,
@@ -44,7 +58,9 @@ void add_encode_command(CLI::App& data) {
   static EncodeOptions o;
   static std::string docs = "blank";
   cmd->add_option("--tokenizer", o.tokenizer, "\"byte\" or a tokenizer directory (kvroute data tokenizer)")->required();
-  cmd->add_option("--input", o.inputs, "Text files")->required();
+  static std::string input_list;
+  cmd->add_option("--input", o.inputs, "Text files");
+  cmd->add_option("--input-list", input_list, "A file listing text files, one path per line (after --input's)");
   cmd->add_option("--out", o.out_dir, "Shard directory to write")->required();
   cmd->add_option("--docs", docs,
                   "What a document is: blank (blocks separated by blank lines), line (each line), file (each file)")
@@ -56,6 +72,7 @@ void add_encode_command(CLI::App& data) {
   cmd->add_option("--threads", o.threads, "Threads (default: all cores)");
   cmd->add_flag("--force", o.force, "Replace an existing output directory");
   cmd->callback([] {
+    add_listed_inputs(o.inputs, input_list);
     o.documents = parse_document_rule(docs);
     const EncodeReport r = encode_corpus(o);
     const uint64_t tokens = r.tokens[0] + r.tokens[1];
