@@ -40,12 +40,14 @@ small_finetune_data() {
       print p " . " list " ." > (dir "/" int((NR - 1) / per) ".txt") }'
   echo "- probe items: probe-random.tsv rewritten by the awk in experiments/finetune/run.sh into probe.tsv (the list repeated up to the queried key)" >> "$PROV"
   echo "- probe training documents: probe-train.tsv rewritten by the awk in experiments/finetune/run.sh into $files files of $((probe_docs / files)) documents (the list, then the list again)" >> "$PROV"
-  # shellcheck disable=SC2046
+  # The inputs go in list files: thousands of paths on the command line would fill provenance.md.
+  find "$RUNS/probe-docs" -name '*.txt' | sort -V > "$RUNS/probe-docs.list"
+  { find data/docs -name '*.txt' | sort -V; cat "$RUNS/probe-docs.list"; } > "$RUNS/mix.list"
+  echo "- input lists: probe-docs.list = \`find ${RUNS#"$REPO"/}/probe-docs -name '*.txt' | sort -V\` ($(wc -l < "$RUNS/probe-docs.list") files); mix.list = \`find data/docs -name '*.txt' | sort -V\` ($(find data/docs -name '*.txt' | wc -l) files), then probe-docs.list" >> "$PROV"
   run "$RUNS/encode-probe.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
-    --input $(find "$RUNS/probe-docs" -name '*.txt' | sort -V) --out "$RUNS/probe-shards"
-  # shellcheck disable=SC2046
+    --input-list "$RUNS/probe-docs.list" --out "$RUNS/probe-shards"
   run "$RUNS/encode.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
-    --input $(find data/docs -name '*.txt' | sort -V) $(find "$RUNS/probe-docs" -name '*.txt' | sort -V) --out "$RUNS/mix-shards"
+    --input-list "$RUNS/mix.list" --out "$RUNS/mix-shards"
   warm=(--set "data.shards=$RUNS/probe-shards")
   data=(--set "data.shards=$RUNS/mix-shards")
 }
