@@ -5,7 +5,7 @@
 #   KVROUTE_BIN   the kvroute binary (default: build/kvroute of this checkout)
 #   --size smoke  minutes on a 2-core CPU, 1 seed (the default)
 #   --size small  models trained to 20 tokens per non-embedding parameter on the larger
-#                 corpus (scripts/data_docs.sh), 3 seeds; hours on a 2-core CPU, run in pieces
+#                 corpus (scripts/data_docs.sh), 3 seeds; 1.6 h on a 2-core CPU (measured), can be run in pieces
 #   --size paper  sized for GPUs (documented, not run here)
 #   KVROUTE_REUSE=1  keep a finished run (model.h5) whose resolved config is the one asked for,
 #                 and continue an unfinished one from its latest checkpoint (default for small;
