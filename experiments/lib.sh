@@ -98,7 +98,7 @@ data_description() {
   identity=$(sed -n 's/^ *identity: *//p' "$dir/manifest.yaml" | head -n 1)
   tokens=$(sed -n 's/^tokens: *//p' "$dir/manifest.yaml" | head -n 1)
   sum=$(md5sum "$dir/manifest.yaml" | cut -c1-12)
-  if [ "$dir" = data/docs-sp2048-shards ]; then
+  if [ "$SIZE" != smoke ]; then
     if [ -s data/docs/SOURCES ]; then sources=$(paste -sd, data/docs/SOURCES | sed 's/,/, /g')
     else sources="$( (dpkg-query -W -f='${Package} ${Version}, ' linux-doc python3-doc perl-doc 2>/dev/null || true) | sed 's/, $//') (installed now; data/docs/SOURCES missing)"; fi
     sources="; text from ${sources}"

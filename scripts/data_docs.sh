@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 KVROUTE="${KVROUTE:-build/kvroute}"
 VOCAB="${1:-2048}"
 MAX_SENTENCES="${MAX_SENTENCES:-300000}"
+DOC_PACKAGES=(linux-doc python3-doc perl-doc)
 # The corpus and the tokenizer must come out the same on every machine: file order by byte
 # value whatever the locale, and a fixed thread count for the fit (SentencePiece's unigram fit
 # depends on how many threads split its sums; 2 gives the tokenizer every committed result used).
@@ -33,8 +34,8 @@ if [ ! -f data/docs/.complete ]; then
   if ! sources; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends linux-doc python3-doc perl-doc
-    sources || { echo "error: documentation folders not found after installing linux-doc python3-doc perl-doc" >&2; exit 1; }
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${DOC_PACKAGES[@]}"
+    sources || { echo "error: documentation folders not found after installing ${DOC_PACKAGES[*]}" >&2; exit 1; }
   fi
   echo "data_docs: extracting text from $LINUX, $PYTHON, $PERL"
   rm -rf data/docs.tmp
@@ -48,7 +49,7 @@ if [ ! -f data/docs/.complete ]; then
   n=0; while IFS= read -r f; do n=$((n + 1)); sed -E "$pod" "$f" > "data/docs.tmp/perl/$n.txt"; done < <(find "$PERL" -name '*.pod' | sort)
   find data/docs.tmp -type f -empty -delete
   # The text depends on the packages' versions (Debian updates linux-doc with every kernel update).
-  dpkg-query -W -f='${Package} ${Version}\n' linux-doc python3-doc perl-doc > data/docs.tmp/SOURCES 2>/dev/null || true
+  dpkg-query -W -f='${Package} ${Version}\n' "${DOC_PACKAGES[@]}" > data/docs.tmp/SOURCES 2>/dev/null || true
   touch data/docs.tmp/.complete
   rm -rf data/docs && mv data/docs.tmp data/docs
 fi

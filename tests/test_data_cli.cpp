@@ -107,7 +107,6 @@ TEST_F(DataCli, TrainAndEvalReadTheShards) {
 // command line to record): --input's files first, then the listed ones, in the list's order.
 TEST_F(DataCli, InputListGivesTheSameShardsAsTheFilesOnTheCommandLine) {
   const auto docs = generated_documents(300);
-  std::string parts;
   for (int k = 0; k < 3; ++k) {
     const std::vector<std::string> third(docs.begin() + 100 * k, docs.begin() + 100 * (k + 1));
     write_file_bytes(dir_ / ("part" + std::to_string(k) + ".txt"), join_documents(third));

@@ -42,8 +42,9 @@ small_finetune_data() {
   echo "- probe training documents: probe-train.tsv rewritten by the awk in experiments/finetune/run.sh into $files files of $((probe_docs / files)) documents (the list, then the list again)" >> "$PROV"
   # The inputs go in list files: thousands of paths on the command line would fill provenance.md.
   find "$RUNS/probe-docs" -name '*.txt' | sort -V > "$RUNS/probe-docs.list"
-  { find data/docs -name '*.txt' | sort -V; cat "$RUNS/probe-docs.list"; } > "$RUNS/mix.list"
-  echo "- input lists: probe-docs.list = \`find ${RUNS#"$REPO"/}/probe-docs -name '*.txt' | sort -V\` ($(wc -l < "$RUNS/probe-docs.list") files); mix.list = \`find data/docs -name '*.txt' | sort -V\` ($(find data/docs -name '*.txt' | wc -l) files), then probe-docs.list" >> "$PROV"
+  find data/docs -name '*.txt' | sort -V > "$RUNS/docs.list"
+  cat "$RUNS/docs.list" "$RUNS/probe-docs.list" > "$RUNS/mix.list"
+  echo "- input lists: probe-docs.list = \`find ${RUNS#"$REPO"/}/probe-docs -name '*.txt' | sort -V\` ($(wc -l < "$RUNS/probe-docs.list") files); mix.list = \`find data/docs -name '*.txt' | sort -V\` ($(wc -l < "$RUNS/docs.list") files), then probe-docs.list" >> "$PROV"
   run "$RUNS/encode-probe.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
     --input-list "$RUNS/probe-docs.list" --out "$RUNS/probe-shards"
   run "$RUNS/encode.log" "$KVROUTE_BIN" data encode --tokenizer "$TOKENIZER" --docs file --val-fraction 0.05 --force \
