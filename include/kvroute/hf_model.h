@@ -17,6 +17,7 @@
 // (transformers' rotate_half), so weights are copied as they are, no permutation.
 #pragma once
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
@@ -112,5 +113,16 @@ struct HfExportReport {
 // files when the checkpoint's tokenizer has a Hugging Face form. Written to "<out>.tmp" and
 // renamed, so a failed export leaves no half folder.
 HfExportReport export_hf(const HfExportOptions& options);
+
+// The Hugging Face fast-tokenizer files of kvroute tokenizer `spec` ("byte" or a directory from
+// `kvroute data tokenizer`, see hf_tokenizer_json.h) written into the existing folder `dir`:
+// tokenizer.json, tokenizer_config.json and, for SentencePiece, a copy of tokenizer.model.
+// Returns the file names written.
+std::vector<std::string> write_hf_fast_tokenizer(const std::string& spec, const std::filesystem::path& dir,
+                                                 int model_max_length);
+// kvroute export hf-tokenizer: those files alone, as a new folder `out` (written to "<out>.tmp"
+// and renamed; must not exist unless force).
+std::vector<std::string> export_hf_tokenizer(const std::string& spec, const std::string& out, int model_max_length,
+                                             bool force);
 
 }  // namespace kvroute

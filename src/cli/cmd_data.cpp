@@ -1,12 +1,15 @@
-// kvroute data tokenizer | encode | inspect: tokenizer training, text -> token
+// kvroute data tokenizer | encode | inspect | ids: tokenizer training, text -> token
 // shards, and a look inside a shard.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <stdexcept>
+
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "kvroute/encode.h"
@@ -177,6 +180,48 @@ void add_inspect_command(CLI::App& data) {
   });
 }
 
+// kvroute data ids: the ids a tokenizer gives each text, one JSON object a line, so they can be
+// compared with another implementation's (e.g. transformers' on an exported folder).
+void add_ids_command(CLI::App& data) {
+  auto* cmd = data.add_subcommand("ids", "Print the token ids of texts as JSON lines: {\"text\", \"ids\", \"decoded\"}");
+  static std::string tokenizer, jsonl_file;
+  static std::vector<std::string> texts;
+  cmd->add_option("--tokenizer", tokenizer, "\"byte\" or a tokenizer directory")->required();
+  cmd->add_option("--text", texts, "A text to encode (repeatable)");
+  cmd->add_option("--jsonl", jsonl_file,
+                  "A JSON Lines file of texts: each line a JSON string or an object with a \"text\" string "
+                  "(texts holding newlines or NUL)");
+  cmd->callback([] {
+    std::vector<std::string> all = texts;
+    if (!jsonl_file.empty()) {
+      std::ifstream in(jsonl_file, std::ios::binary);
+      if (!in) throw std::runtime_error("--jsonl: cannot read '" + jsonl_file + "'");
+      long line_no = 0;
+      for (std::string line; std::getline(in, line);) {
+        ++line_no;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        const std::string where = "--jsonl '" + jsonl_file + "' line " + std::to_string(line_no);
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          throw std::runtime_error(where + ": not JSON (" + e.what() + ")");
+        }
+        if (j.is_object() && j.contains("text")) j = j["text"];
+        if (!j.is_string()) throw std::runtime_error(where + ": neither a string nor an object with a \"text\" string");
+        all.push_back(j.get<std::string>());
+      }
+    }
+    if (all.empty()) throw std::runtime_error("no texts: give --text TEXT... or --jsonl FILE");
+    const auto tok = load_tokenizer(tokenizer);
+    for (const std::string& t : all) {
+      const std::vector<int32_t> ids = tok->encode(t);
+      const nlohmann::json j = {{"text", t}, {"ids", ids}, {"decoded", tok->decode(ids)}};
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    }
+  });
+}
+
 }  // namespace
 
 void add_data_command(CLI::App& app) {
@@ -186,6 +231,7 @@ void add_data_command(CLI::App& app) {
   add_tokenizer_command(*data);
   add_encode_command(*data);
   add_inspect_command(*data);
+  add_ids_command(*data);
   add_data_probe_command(*data);
 }
 

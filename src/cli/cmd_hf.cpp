@@ -1,4 +1,4 @@
-// kvroute import hf DIR --out model.h5   and   kvroute export hf CKPT --out DIR
+// kvroute import hf DIR --out model.h5, kvroute export hf CKPT --out DIR, kvroute export hf-tokenizer TOK --out DIR
 #include <sys/resource.h>
 
 #include <iomanip>
@@ -72,6 +72,23 @@ void add_hf_commands(CLI::App& app) {
       ->check(CLI::IsMember({"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}));
   exp_hf->add_flag("--force", eo.force, "Replace an existing folder");
   exp_hf->callback([] { run_export(eo); });
+
+  auto* exp_tok = exp->add_subcommand(
+      "hf-tokenizer", "A kvroute tokenizer -> tokenizer.json + tokenizer_config.json that transformers loads");
+  static std::string tok_spec, tok_out;
+  static int tok_max_length = 2048;
+  static bool tok_force = false;
+  exp_tok->add_option("tokenizer", tok_spec, "\"byte\" or a directory written by `kvroute data tokenizer`")->required();
+  exp_tok->add_option("--out", tok_out, "Folder to write")->required();
+  exp_tok->add_option("--model-max-length", tok_max_length, "model_max_length in tokenizer_config.json")
+      ->capture_default_str();
+  exp_tok->add_flag("--force", tok_force, "Replace an existing folder");
+  exp_tok->callback([] {
+    const std::vector<std::string> files = export_hf_tokenizer(tok_spec, tok_out, tok_max_length, tok_force);
+    std::cout << "exported tokenizer " << tok_spec << " to " << tok_out << ":";
+    for (const std::string& f : files) std::cout << " " << f;
+    std::cout << "\n";
+  });
 }
 
 }  // namespace kvroute::cli

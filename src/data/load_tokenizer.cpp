@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "hf_json.h"
+#include "kvroute/hf_tokenizer_json.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute {
@@ -43,7 +44,11 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   const fs::path json_file = fs::path(spec) / "tokenizer.json";
   std::error_code ec;
   if (fs::is_directory(spec, ec) && fs::exists(json_file, ec)) {
-    const std::string why = not_byte_level_bpe(hf_json::read(json_file.string()));
+    const hf_json::json j = hf_json::read(json_file.string());
+    // What `kvroute export hf` writes for the byte tokenizer comes back as the byte tokenizer,
+    // so data encoded with "byte" still matches (its fingerprint).
+    if (is_byte_tokenizer_json(j)) return make_byte_tokenizer();
+    const std::string why = not_byte_level_bpe(j);
     if (why.empty()) return load_hf_bpe_tokenizer(spec);
     if (!fs::exists(fs::path(spec) / "tokenizer.model", ec))
       throw std::runtime_error("tokenizer '" + json_file.string() + "': " + why +

@@ -10,6 +10,7 @@
 
 #include "added_tokens.h"
 #include "hf_json.h"
+#include "kvroute/hf_tokenizer_json.h"
 #include "kvroute/shard.h"
 #include "kvroute/tokenizer.h"
 #include "utf8.h"
@@ -69,8 +70,12 @@ class SentencePieceTokenizer final : public Tokenizer {
     std::vector<int> ids;
     std::string back;
     const bool exact = sp_.Encode(probe, &ids).ok() && sp_.Decode(ids, &back).ok() && back == probe;
-    hf_ = !exact || fs::exists(fs::path(dir) / "tokenizer_config.json", ec) ||
-          fs::exists(fs::path(dir) / "special_tokens_map.json", ec);
+    // A folder `kvroute export hf` wrote has Hugging Face's config files too, but its
+    // tokenizer.json says the model is used as it is (no dummy prefix): kvroute mode.
+    const fs::path json_file = fs::path(dir) / "tokenizer.json";
+    const bool plain = fs::exists(json_file, ec) && declares_plain_sentencepiece(hf_json::read(json_file.string()));
+    hf_ = !exact || (!plain && (fs::exists(fs::path(dir) / "tokenizer_config.json", ec) ||
+                                fs::exists(fs::path(dir) / "special_tokens_map.json", ec)));
     if (hf_) {
       read_hf_added_tokens();
       return;

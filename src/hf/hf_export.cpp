@@ -9,6 +9,7 @@
 #include "checkpoint/durable_file.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/hf_model.h"
+#include "kvroute/hf_tokenizer_json.h"
 #include "kvroute/model.h"
 #include "kvroute/safetensors.h"
 #include "kvroute/strategy.h"
@@ -19,54 +20,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-// GPT-2's byte <-> printable-character table: bytes that print as themselves keep their code
-// point, the rest take 256, 257, ... in byte order. A byte-level BPE with no merges whose
-// vocabulary maps each byte's character to the byte's value is exactly kvroute's byte tokenizer.
-std::string byte_char_utf8(int b) {
-  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-  int cp = b;
-  if (!printable) {
-    int n = 0;
-    for (int x = 0; x < b; ++x) n += !((x >= '!' && x <= '~') || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF));
-    cp = 256 + n;
-  }
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else {  // every code point here is below 0x800: two bytes
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
-
-std::string byte_tokenizer_json() {
-  json vocab = json::object();
-  for (int b = 0; b < 256; ++b) vocab[byte_char_utf8(b)] = b;
-  const json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false},
-                           {"use_regex", false}};
-  json t = {{"version", "1.0"},
-            {"truncation", nullptr},
-            {"padding", nullptr},
-            {"added_tokens", json::array()},
-            {"normalizer", nullptr},
-            {"pre_tokenizer", byte_level},
-            {"post_processor", nullptr},
-            {"decoder", byte_level},
-            {"model",
-             {{"type", "BPE"},
-              {"dropout", nullptr},
-              {"unk_token", nullptr},
-              {"continuing_subword_prefix", nullptr},
-              {"end_of_word_suffix", nullptr},
-              {"fuse_unk", false},
-              {"byte_fallback", false},
-              {"ignore_merges", false},
-              {"vocab", vocab},
-              {"merges", json::array()}}}};
-  return t.dump(1) + "\n";
-}
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
@@ -123,6 +76,40 @@ std::string kvroute_block(const Config& cfg, const CheckpointInfo& info) {
 
 }  // namespace
 
+std::vector<std::string> write_hf_fast_tokenizer(const std::string& spec, const fs::path& dir, int model_max_length) {
+  const HfFastTokenizer fast = hf_fast_tokenizer(spec, model_max_length);
+  std::vector<std::string> files;
+  if (spec != "byte") {
+    fs::copy_file(fs::path(spec) / "tokenizer.model", dir / "tokenizer.model", fs::copy_options::overwrite_existing);
+    files.push_back("tokenizer.model");
+  }
+  write_file_atomically(dir / "tokenizer.json", fast.tokenizer_json);
+  write_file_atomically(dir / "tokenizer_config.json", fast.tokenizer_config_json);
+  files.push_back("tokenizer.json");
+  files.push_back("tokenizer_config.json");
+  return files;
+}
+
+std::vector<std::string> export_hf_tokenizer(const std::string& spec, const std::string& out, int model_max_length,
+                                             bool force) {
+  std::error_code ec;
+  if (fs::exists(out, ec) && !force) throw std::runtime_error("export: '" + out + "' exists (--force replaces it)");
+  const fs::path tmp = out + ".tmp";
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  std::vector<std::string> files;
+  try {
+    files = write_hf_fast_tokenizer(spec, tmp, model_max_length);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  fs::remove_all(out, ec);
+  fs::rename(tmp, out);
+  fsync_directory(fs::absolute(out).parent_path());
+  return files;
+}
+
 HfExportReport export_hf(const HfExportOptions& o) {
   if (o.dtype != "bf16" && o.dtype != "fp32")
     throw std::invalid_argument("export: --dtype must be bf16 or fp32, not '" + o.dtype + "'");
@@ -147,36 +134,26 @@ HfExportReport export_hf(const HfExportOptions& o) {
   if (spec.empty()) {
     report.notes.push_back("the checkpoint records no tokenizer: no tokenizer files written");
   } else if (spec == "byte") {
-    write_file_atomically(tmp / "tokenizer.json", byte_tokenizer_json());
-    write_file_atomically(tmp / "tokenizer_config.json",
-               json({{"tokenizer_class", "PreTrainedTokenizerFast"}, {"model_max_length", cfg.model.context},
-                     {"clean_up_tokenization_spaces", false}})
-                       .dump(2) + "\n");
-    add_file("tokenizer.json");
-    add_file("tokenizer_config.json");
+    for (const std::string& f : write_hf_fast_tokenizer(spec, tmp, cfg.model.context)) add_file(f);
     report.notes.push_back("byte tokenizer written as a byte-level BPE without merges (ids = byte values)");
   } else if (fs::is_directory(spec, ec)) {
     const bool from_hf = fs::exists(fs::path(spec) / "tokenizer.json", ec) ||
                          fs::exists(fs::path(spec) / "tokenizer_config.json", ec);
-    std::vector<std::string> names = hf_tokenizer_files(spec);
-    if (fs::exists(fs::path(spec) / "generation_config.json", ec)) names.push_back("generation_config.json");
-    for (const std::string& name : names) {
-      if (name == "tokenizer.vocab" || name == "tokenizer.yaml") continue;  // kvroute's own notes, not HF files
-      fs::copy_file(fs::path(spec) / name, tmp / name);
-      add_file(name);
-    }
-    if (from_hf) {
+    if (from_hf) {  // an imported tokenizer goes out as it came
+      std::vector<std::string> names = hf_tokenizer_files(spec);
+      if (fs::exists(fs::path(spec) / "generation_config.json", ec)) names.push_back("generation_config.json");
+      for (const std::string& name : names) {
+        if (name == "tokenizer.vocab" || name == "tokenizer.yaml") continue;  // kvroute's own notes, not HF files
+        fs::copy_file(fs::path(spec) / name, tmp / name);
+        add_file(name);
+      }
       std::tie(bos, eos) = special_ids(spec);
     } else {
       // kvroute's SentencePiece tokenizers: ids 0, 1, 2 are <unk>, <s>, </s> (tokenizer.h).
       bos = 1;
       eos = 2;
-      write_file_atomically(tmp / "tokenizer_config.json",
-                 json({{"tokenizer_class", "LlamaTokenizer"}, {"bos_token", "<s>"}, {"eos_token", "</s>"},
-                       {"unk_token", "<unk>"}, {"add_bos_token", false}, {"add_eos_token", false},
-                       {"legacy", true}, {"model_max_length", cfg.model.context}})
-                         .dump(2) + "\n");
-      add_file("tokenizer_config.json");
+      for (const std::string& f : write_hf_fast_tokenizer(spec, tmp, cfg.model.context)) add_file(f);
+      report.notes.push_back("tokenizer written as tokenizer.json (PreTrainedTokenizerFast) beside tokenizer.model");
     }
   } else {
     report.notes.push_back("tokenizer '" + spec + "' of the checkpoint is not found: no tokenizer files written");
