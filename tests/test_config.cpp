@@ -3,6 +3,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
@@ -414,9 +415,13 @@ TEST_F(ConfigTest, MissingFileIsNamed) {
   std::string missing = (dir_ / "nope.yaml").string();
   std::string e = error_of([&] { load_config({missing}, {}); });
   EXPECT_THAT(e, HasSubstr(missing));
-  EXPECT_THAT(e, HasSubstr("cannot open config file"));
+  EXPECT_THAT(e, HasSubstr("config file '" + missing + "': cannot open it (No such file"));
   Config cfg;
   EXPECT_THAT(error_of([&] { apply_config_file(cfg, dir_.string()); }), HasSubstr("is a directory"));
+  // A FIFO is refused at once rather than waited on.
+  const std::string fifo = (dir_ / "fifo.yaml").string();
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  EXPECT_THAT(error_of([&] { apply_config_file(cfg, fifo); }), HasSubstr("is a FIFO, not a regular file"));
 }
 
 TEST_F(ConfigTest, YamlSyntaxErrorNamesFileAndPosition) {

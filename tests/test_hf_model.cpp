@@ -149,7 +149,8 @@ TEST(HfConfig, UnsupportedModelsAreRefusedNamingTheFileAndTheKey) {
               HasSubstr("sliding_window: sliding-window attention is not supported"));
   EXPECT_THAT(config_error(config_with(R"(, "attention_bias": true)")), HasSubstr("attention_bias"));
   EXPECT_THAT(config_error(config_with(R"(, "hidden_act": "gelu")")), HasSubstr("hidden_act"));
-  EXPECT_THAT(config_error(config_with(R"(, "hidden_size": "64")")), HasSubstr("hidden_size: expected an integer"));
+  EXPECT_THAT(config_error(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": "64"})"),
+              HasSubstr("hidden_size: expected an integer"));
   EXPECT_THAT(config_error(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10})"),
               HasSubstr("hidden_size: missing"));
   EXPECT_THAT(config_error("{not json"), HasSubstr("not valid JSON"));

@@ -112,7 +112,7 @@ TEST(Safetensors, DamagedFilesAreRefusedNamingTheFileAndTheProblem) {
               HasSubstr("needs dtype, shape and data_offsets"));
   std::string huge_len = whole;
   huge_len[7] = 0x10;
-  EXPECT_THAT(refused("huge_len", huge_len), HasSubstr("over the format's 100 MB limit"));
+  EXPECT_THAT(refused("huge_len", huge_len), HasSubstr("over the format's limit of 100000000"));
   EXPECT_THAT(error_opening(dir / "missing"), HasSubstr("No such file"));
   // A valid file, but a tensor it lacks or of a dtype kvroute does not read.
   write_file_bytes(dir / "i8", raw_file(R"({"q":{"dtype":"I8","shape":[16],"data_offsets":[0,16]}})", data));

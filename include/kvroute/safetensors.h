@@ -28,7 +28,9 @@ struct SafetensorsEntry {
 
 class SafetensorsFile {
  public:
-  // Maps the file and validates its header; throws std::runtime_error naming the file.
+  // Opens the file (a regular file only) and validates its header; throws std::runtime_error
+  // naming the file. Tensors are read with pread, so a file truncated meanwhile is an error,
+  // not a SIGBUS.
   explicit SafetensorsFile(const std::string& path);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
@@ -43,15 +45,14 @@ class SafetensorsFile {
   std::vector<float> read_f32(const std::string& name) const;
   // The same into out[0, n); n must be the tensor's element count.
   void read_f32_into(const std::string& name, float* out, std::size_t n) const;
-  // Lets the kernel drop the tensor's mapped pages, so reading a model tensor by tensor keeps
-  // resident memory near one tensor's bytes, not the whole file's.
+  // Lets the kernel drop the tensor's cached pages, so reading a model tensor by tensor does not
+  // fill the page cache with the whole file.
   void drop_pages(const std::string& name) const;
 
  private:
   std::string path_;
-  const unsigned char* data_ = nullptr;  // the data section, inside the mapping
-  std::size_t map_bytes_ = 0;
-  void* map_ = nullptr;
+  int fd_ = -1;
+  uint64_t data_offset_ = 0;  // where the data section starts in the file
   std::vector<SafetensorsEntry> tensors_;
   std::map<std::string, std::size_t> index_;
   std::map<std::string, std::string> metadata_;
@@ -70,7 +71,8 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
                        const std::map<std::string, std::string>& metadata = {});
 
 // model.safetensors.index.json: tensor name -> shard file path (resolved next to the index).
-// Throws naming the index when it does not parse, lacks "weight_map", or names a missing file.
+// Throws naming the index when it does not parse, lacks "weight_map", names a missing file, or
+// names a file outside its folder (an absolute path, "..", a link leading out).
 std::map<std::string, std::string> read_safetensors_index(const std::string& index_path);
 
 // IEEE half -> float, exact for every value (subnormals, inf, NaN).

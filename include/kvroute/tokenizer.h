@@ -109,7 +109,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 // The tokenizer files present in DIR, by name, in a fixed order: tokenizer.json,
 // tokenizer.model, tokenizer_config.json, special_tokens_map.json, added_tokens.json,
 // vocab.json, merges.txt, tokenizer.vocab, tokenizer.yaml. These are what a copy of a
-// tokenizer directory must take along (an empty list for a missing directory).
+// tokenizer directory must take along (an empty list for a missing directory). One of these
+// names that is not a regular file (a FIFO, a device) is an error naming it.
 std::vector<std::string> hf_tokenizer_files(const std::string& dir);
 
 // encode(text), computed over line-aligned chunks of about 1 MiB in parallel

@@ -1,6 +1,8 @@
 // Typed config: one registry of leaf keys drives YAML loading, --set
 // overrides, to_yaml and the error messages, so a field is described once.
 #include "kvroute/config.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -395,12 +397,13 @@ void apply_config_yaml(Config& cfg, const std::string& yaml_text, const std::str
 
 void apply_config_file(Config& cfg, const std::string& path) {
   if (std::filesystem::is_directory(path)) throw ConfigError("config file '" + path + "' is a directory");
-  std::ifstream in(path);
-  if (!in) throw ConfigError("cannot open config file '" + path + "': " + std::generic_category().message(errno));
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ConfigError("cannot read config file '" + path + "'");
-  apply_config_yaml(cfg, text.str(), path);
+  std::string text;
+  try {
+    text = read_input_file(path, limits::kConfigFileBytes, "config file '" + path + "'");
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(e.what());
+  }
+  apply_config_yaml(cfg, text, path);
 }
 
 void apply_override(Config& cfg, const std::string& assignment) {

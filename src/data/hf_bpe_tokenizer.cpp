@@ -29,6 +29,8 @@
 
 #include "added_tokens.h"
 #include "hf_json.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 #include "kvroute/shard.h"
 #include "kvroute/tokenizer.h"
 #include "utf8.h"
@@ -91,18 +93,10 @@ struct MatchData {
 class HfBpeTokenizer final : public Tokenizer {
  public:
   explicit HfBpeTokenizer(const std::string& dir) : dir_(dir), file_((fs::path(dir) / "tokenizer.json").string()) {
-    std::ifstream in(file_, std::ios::binary);
-    if (!in) throw std::runtime_error("tokenizer '" + file_ + "': cannot be read");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string bytes = ss.str();
+    const std::string what = "tokenizer '" + file_ + "'";
+    const std::string bytes = read_input_file(file_, limits::kJsonFileBytes, what);
     fingerprint_ = fnv1a64(bytes.data(), bytes.size());
-    json j;
-    try {
-      j = json::parse(bytes);
-    } catch (const json::exception& e) {
-      throw std::runtime_error("tokenizer '" + file_ + "': not valid JSON (" + e.what() + ")");
-    }
+    const json j = parse_input_json(bytes, what);
     const Where top{file_, ""};
     if (!j.is_object()) top.fail("is not a JSON object");
     read_model(j, top);
@@ -207,8 +201,8 @@ class HfBpeTokenizer final : public Tokenizer {
 
     const json& vocab = hf_json::need_object(model, "vocab", at);
     for (const auto& [token, id] : vocab.items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-        (at / "vocab" / token).fail("is not a token id (a non-negative integer)");
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= limits::kVocab)
+        (at / "vocab" / token).fail("is not a token id (an integer in 0.." + std::to_string(limits::kVocab - 1) + ")");
       vocab_.emplace(token, static_cast<int32_t>(id.get<int64_t>()));
       max_id_ = std::max(max_id_, static_cast<int32_t>(id.get<int64_t>()));
     }
@@ -256,8 +250,8 @@ class HfBpeTokenizer final : public Tokenizer {
       if (!e.is_object()) at.fail("is not an object");
       AddedToken t;
       const json& id = hf_json::need(e, "id", at);
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-        (at / "id").fail("is not a token id (a non-negative integer)");
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= limits::kVocab)
+        (at / "id").fail("is not a token id (an integer in 0.." + std::to_string(limits::kVocab - 1) + ")");
       t.id = static_cast<int32_t>(id.get<int64_t>());
       t.content = hf_json::get_string(e, "content", at);
       if (t.content.empty()) (at / "content").fail("is missing or empty");
@@ -298,7 +292,7 @@ class HfBpeTokenizer final : public Tokenizer {
       return;
     }
     (in_sequence ? inner : outer)
-        .fail("is " + (type.empty() ? n->dump() : "\"" + type + "\"") +
+        .fail("is " + (type.empty() ? json_for_message(*n) : "\"" + type + "\"") +
               "; kvroute's byte-level BPE supports no normalizer (null) or NFC");
   }
 
@@ -334,6 +328,10 @@ class HfBpeTokenizer final : public Tokenizer {
     } else if (type == "Sequence") {
       const json& list = hf_json::need_array(p, "pretokenizers", at);
       if (list.empty()) (at / "pretokenizers").fail("is empty; it must end with a ByteLevel pre-tokenizer");
+      if (list.size() > static_cast<std::size_t>(limits::kPreTokenizerSteps))
+        (at / "pretokenizers")
+            .fail("has " + std::to_string(list.size()) + " steps, over kvroute's limit of " +
+                  std::to_string(limits::kPreTokenizerSteps));
       for (std::size_t i = 0; i < list.size(); ++i) {
         const Where e = (at / "pretokenizers")[i];
         if (!list[i].is_object()) e.fail("is not an object");

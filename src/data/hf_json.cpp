@@ -1,22 +1,16 @@
 // Reading Hugging Face tokenizer JSON files (hf_json.h).
 #include "hf_json.h"
 
-#include <fstream>
-#include <sstream>
 #include <stdexcept>
+
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 
 namespace kvroute::hf_json {
 
 json read(const std::string& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw std::runtime_error("tokenizer '" + file + "': cannot be read");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::exception& e) {
-    throw std::runtime_error("tokenizer '" + file + "': not valid JSON (" + e.what() + ")");
-  }
+  const std::string what = "tokenizer '" + file + "'";
+  return parse_input_json(read_input_file(file, limits::kJsonFileBytes, what), what);
 }
 
 void Where::fail(const std::string& problem) const {

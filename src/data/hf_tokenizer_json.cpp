@@ -3,12 +3,12 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <stdexcept>
 #include <unordered_map>
 
 #include "hf_json.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 #include "kvroute/tokenizer.h"
 #include "sentencepiece_spec.h"
 #include "utf8.h"
@@ -204,9 +204,9 @@ HfFastTokenizer hf_fast_tokenizer(const std::string& spec, int model_max_length)
     return out;
   }
   const std::string file = (fs::path(spec) / "tokenizer.model").string();
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw std::runtime_error("tokenizer '" + spec + "': no tokenizer.model in it");
-  const std::string proto((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::error_code ec;
+  if (!fs::exists(file, ec)) throw std::runtime_error("tokenizer '" + spec + "': no tokenizer.model in it");
+  const std::string proto = read_input_file(file, limits::kSentencePieceModelBytes, "tokenizer '" + file + "'");
   const SentencePieceSpec s = parse_sentencepiece_spec(proto, file);
   check_kvroute_trained(s, file);
   out.kind = "sentencepiece " + s.model_type;

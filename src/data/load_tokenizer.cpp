@@ -4,6 +4,7 @@
 
 #include "hf_json.h"
 #include "kvroute/hf_tokenizer_json.h"
+#include "kvroute/input_file.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute {
@@ -63,7 +64,11 @@ std::vector<std::string> hf_tokenizer_files(const std::string& dir) {
   std::error_code ec;
   for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                            "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.vocab", "tokenizer.yaml"})
-    if (fs::is_regular_file(fs::path(dir) / name, ec)) out.push_back(name);
+    if (fs::exists(fs::path(dir) / name, ec)) {
+      // A FIFO or device under a tokenizer file's name is refused here, before anyone blocks on it.
+      require_regular_file((fs::path(dir) / name).string(), "tokenizer file '" + (fs::path(dir) / name).string() + "'");
+      out.push_back(name);
+    }
   return out;
 }
 

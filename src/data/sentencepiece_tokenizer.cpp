@@ -11,6 +11,8 @@
 #include "added_tokens.h"
 #include "hf_json.h"
 #include "kvroute/hf_tokenizer_json.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 #include "kvroute/shard.h"
 #include "kvroute/tokenizer.h"
 #include "utf8.h"
@@ -33,13 +35,10 @@ class SentencePieceTokenizer final : public Tokenizer {
                                "': not a directory (data.tokenizer is \"byte\" or a directory "
                                "written by `kvroute data tokenizer`)");
     const std::string model = (fs::path(dir) / "tokenizer.model").string();
-    std::ifstream in(model, std::ios::binary);
-    if (!in)
+    if (!fs::exists(model, ec))
       throw std::runtime_error("tokenizer '" + dir +
                                "': no tokenizer.model in it (train one with `kvroute data tokenizer`)");
-    std::stringstream ss;
-    ss << in.rdbuf();
-    const std::string proto = ss.str();
+    const std::string proto = read_input_file(model, limits::kSentencePieceModelBytes, "tokenizer '" + model + "'");
     if (proto.empty()) throw std::runtime_error("tokenizer '" + model + "': the file is empty");
     const auto status = sp_.LoadFromSerializedProto(proto);
     if (!status.ok())

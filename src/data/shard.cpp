@@ -172,7 +172,8 @@ int32_t Shard::operator[](uint64_t i) const {
 }
 
 Shard Shard::open(const std::string& path, ShardCheck check) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
+  // O_NONBLOCK: a FIFO named like a shard is refused below instead of blocking the open.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
     throw ShardError("shard '" + path + "': " + (err == ENOENT ? std::string("no such file") : std::strerror(err)));

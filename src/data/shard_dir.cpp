@@ -8,6 +8,7 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "kvroute/input_file.h"
 #include "kvroute/tokenizer.h"
 
 namespace kvroute {
@@ -95,6 +96,7 @@ ShardDirInfo read_shard_dir(const std::string& dir) {
                              "encode`, or the encode did not finish)");
   ShardDirInfo info;
   info.dir = dir;
+  require_regular_file(path.string(), where);
   try {
     const YAML::Node root = YAML::LoadFile(path.string());
     if (!root["format"] || root["format"].as<std::string>() != kManifestFormat)

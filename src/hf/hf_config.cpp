@@ -1,12 +1,16 @@
 // config.json <-> ModelConfig for the supported Hugging Face architectures.
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 
 #include "kvroute/hf_model.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 
 namespace kvroute {
 namespace fs = std::filesystem;
@@ -50,34 +54,47 @@ class Keys {
   }
   bool has(const char* key) const { return j_.contains(key) && !j_[key].is_null(); }
   const json& at(const char* key) const { return j_[key]; }
-  long integer(const char* key) const {
+  // An integer in [lo, hi]: a fraction, or a value past hi (2^32 + 2 layers), is refused rather
+  // than truncated.
+  long integer(const char* key, long lo = 0, long hi = std::numeric_limits<int>::max()) const {
     if (!has(key)) fail(key, "missing");
-    if (!j_[key].is_number_integer()) fail(key, "expected an integer, got " + j_[key].dump());
-    return j_[key].get<long>();
+    const json& v = j_[key];
+    if (!v.is_number_integer()) fail(key, "expected an integer, got " + json_for_message(v));
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(hi) : v.get<int64_t>() > hi)
+      fail(key, json_for_message(v) + " is over kvroute's limit of " + std::to_string(hi));
+    if (!v.is_number_unsigned() && v.get<int64_t>() < lo)
+      fail(key, json_for_message(v) + " is below " + std::to_string(lo));
+    return static_cast<long>(v.get<int64_t>());
   }
-  long integer(const char* key, long fallback) const { return has(key) ? integer(key) : fallback; }
+  long integer_or(const char* key, long fallback, long lo = 0, long hi = std::numeric_limits<int>::max()) const {
+    return has(key) ? integer(key, lo, hi) : fallback;
+  }
   double number(const char* key, double fallback) const {
     if (!has(key)) return fallback;
-    if (!j_[key].is_number()) fail(key, "expected a number, got " + j_[key].dump());
+    if (!j_[key].is_number()) fail(key, "expected a number, got " + json_for_message(j_[key]));
     return j_[key].get<double>();
   }
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
-    if (!j_[key].is_boolean()) fail(key, "expected true or false, got " + j_[key].dump());
+    if (!j_[key].is_boolean()) fail(key, "expected true or false, got " + json_for_message(j_[key]));
     return j_[key].get<bool>();
   }
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
-    if (!j_[key].is_string()) fail(key, "expected a string, got " + j_[key].dump());
+    if (!j_[key].is_string()) fail(key, "expected a string, got " + json_for_message(j_[key]));
     return j_[key].get<std::string>();
   }
   // A token id key may be a number or a list of numbers (Llama 3.1's eos_token_id); the first is kept.
   int token_id(const char* key) const {
     if (!has(key)) return -1;
     const json& v = j_[key];
-    if (v.is_number_integer()) return v.get<int>();
-    if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int>();
-    fail(key, "expected a token id or a list of them, got " + v.dump());
+    const json& id = v.is_array() && !v.empty() ? v[0] : v;
+    if (id.is_number_integer()) {
+      if (id.get<int64_t>() < 0 || id.get<int64_t>() >= limits::kVocab)
+        fail(key, json_for_message(id) + " is not a token id in 0.." + std::to_string(limits::kVocab - 1));
+      return static_cast<int>(id.get<int64_t>());
+    }
+    fail(key, "expected a token id or a list of them, got " + json_for_message(v));
   }
 
  private:
@@ -91,7 +108,7 @@ void read_rope(const Keys& keys, const json& root, ModelConfig& m) {
   const char* key = keys.has("rope_parameters") ? "rope_parameters" : "rope_scaling";
   if (!keys.has(key)) return;
   const json& r = root[key];
-  if (!r.is_object()) keys.fail(key, "expected an object, got " + r.dump());
+  if (!r.is_object()) keys.fail(key, "expected an object, got " + json_for_message(r));
   const Keys rk(r, "");
   auto sub_fail = [&](const std::string& sub, const std::string& what) { keys.fail(std::string(key) + "." + sub, what); };
   if (r.contains("rope_theta")) {
@@ -112,26 +129,18 @@ void read_rope(const Keys& keys, const json& root, ModelConfig& m) {
   m.rope_factor = num("factor");
   m.rope_low_freq_factor = num("low_freq_factor");
   m.rope_high_freq_factor = num("high_freq_factor");
-  m.rope_original_context = static_cast<int>(num("original_max_position_embeddings"));
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("Hugging Face model folder: cannot read '" + path.string() + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+  const double original = num("original_max_position_embeddings");
+  if (original != std::floor(original) || original < 1 || original > limits::kContext)
+    sub_fail("original_max_position_embeddings", "expected a whole number of positions in 1.." +
+                                                      std::to_string(limits::kContext) + ", got " +
+                                                      json_for_message(r["original_max_position_embeddings"]));
+  m.rope_original_context = static_cast<int>(original);
 }
 
 }  // namespace
 
 HfModelConfig parse_hf_config(const std::string& json_text, const std::string& path) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw std::runtime_error("Hugging Face config '" + path + "' is not valid JSON: " + e.what());
-  }
+  const json root = parse_input_json(json_text, "Hugging Face config '" + path + "'");
   if (!root.is_object()) throw std::runtime_error("Hugging Face config '" + path + "' is not a JSON object");
   const Keys keys(root, path);
 
@@ -159,23 +168,27 @@ HfModelConfig parse_hf_config(const std::string& json_text, const std::string& p
   if (sliding)
     keys.fail(keys.has("use_sliding_window") ? "use_sliding_window" : "sliding_window",
               "sliding-window attention is not supported (kvroute attends to the whole context)");
-  if (keys.has("layer_types"))
+  if (keys.has("layer_types")) {
+    if (!root["layer_types"].is_array()) keys.fail("layer_types", "expected a list, got " + json_for_message(root["layer_types"]));
     for (const json& t : root["layer_types"])
-      if (t != "full_attention") keys.fail("layer_types", "layer type " + t.dump() + " is not supported");
+      if (t != "full_attention") keys.fail("layer_types", "layer type " + json_for_message(t) + " is not supported");
+  }
 
   ModelConfig& m = out.model;
-  m.vocab_size = static_cast<int>(keys.integer("vocab_size"));
-  m.d_model = static_cast<int>(keys.integer("hidden_size"));
-  m.n_layers = static_cast<int>(keys.integer("num_hidden_layers"));
-  m.n_heads = static_cast<int>(keys.integer("num_attention_heads"));
-  m.n_kv_heads = static_cast<int>(keys.integer("num_key_value_heads", m.n_heads));
-  m.d_ff = static_cast<int>(keys.integer("intermediate_size"));
-  m.context = static_cast<int>(keys.integer("max_position_embeddings"));
+  // Shapes are checked against kvroute's limits (input_limits.h) before anything is sized by them.
+  m.vocab_size = static_cast<int>(keys.integer("vocab_size", 1, limits::kVocab));
+  m.d_model = static_cast<int>(keys.integer("hidden_size", 1, limits::kWidth));
+  m.n_layers = static_cast<int>(keys.integer("num_hidden_layers", 1, limits::kLayers));
+  m.n_heads = static_cast<int>(keys.integer("num_attention_heads", 1, limits::kHeads));
+  m.n_kv_heads = static_cast<int>(keys.integer_or("num_key_value_heads", m.n_heads, 1, limits::kHeads));
+  m.d_ff = static_cast<int>(keys.integer("intermediate_size", 1, limits::kWidth));
+  m.context = static_cast<int>(keys.integer("max_position_embeddings", 1, limits::kContext));
   m.norm_eps = keys.number("rms_norm_eps", 1e-6);
   m.tie_embeddings = keys.boolean("tie_word_embeddings", false);
   m.qkv_bias = arch->qkv_bias;
   m.qk_norm = arch->qk_norm;
-  const long head_dim = keys.integer("head_dim", arch->default_head_dim);
+  // head_dim null or absent: the family's default (hidden_size / heads where that is 0).
+  const long head_dim = keys.integer_or("head_dim", arch->default_head_dim, 1, limits::kWidth);
   if (m.n_heads <= 0) keys.fail("num_attention_heads", "must be positive");
   if (m.n_kv_heads <= 0 || m.n_heads % m.n_kv_heads != 0)
     keys.fail("num_key_value_heads", "must divide num_attention_heads (" + std::to_string(m.n_heads) + ")");
@@ -197,7 +210,8 @@ HfModelConfig read_hf_config(const std::string& dir) {
     throw std::runtime_error("Hugging Face model folder '" + dir + "': no such directory");
   if (!fs::exists(path, ec))
     throw std::runtime_error("Hugging Face model folder '" + dir + "' has no config.json");
-  return parse_hf_config(read_text(path), path.string());
+  const std::string what = "Hugging Face config '" + path.string() + "'";
+  return parse_hf_config(read_input_file(path.string(), limits::kJsonFileBytes, what), path.string());
 }
 
 bool is_hf_model_dir(const std::string& dir) {

@@ -10,6 +10,8 @@
 #include "kvroute/checkpoint.h"
 #include "kvroute/hf_model.h"
 #include "kvroute/hf_tokenizer_json.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 #include "kvroute/model.h"
 #include "kvroute/safetensors.h"
 #include "kvroute/strategy.h"
@@ -21,29 +23,22 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-
 // bos/eos ids of an imported tokenizer (generation_config.json travels with it), else -1.
 std::pair<int, int> special_ids(const fs::path& tok_dir) {
   std::error_code ec;
   const fs::path gen = tok_dir / "generation_config.json";
   if (!fs::exists(gen, ec)) return {-1, -1};
   try {
-    const json j = json::parse(read_text(gen));
+    const std::string what = "'" + gen.string() + "'";
+    const json j = parse_input_json(read_input_file(gen.string(), limits::kJsonFileBytes, what), what);
     auto id = [&](const char* k) {
       if (!j.contains(k)) return -1;
-      if (j[k].is_number_integer()) return j[k].get<int>();
-      if (j[k].is_array() && !j[k].empty() && j[k][0].is_number_integer()) return j[k][0].get<int>();
-      return -1;
+      const json& v = j[k].is_array() && !j[k].empty() ? j[k][0] : j[k];
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= limits::kVocab) return -1;
+      return static_cast<int>(v.get<int64_t>());
     };
     return {id("bos_token_id"), id("eos_token_id")};
-  } catch (const json::exception&) {
+  } catch (const std::exception&) {  // generation_config.json is optional: unreadable means none
     return {-1, -1};
   }
 }

@@ -1,7 +1,6 @@
 #include "kvroute/safetensors.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,15 +16,14 @@
 
 #include "checkpoint/durable_file.h"
 #include "kvroute/bf16.h"
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
 
 namespace kvroute {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-// The spec caps the header at 100 MB; a larger length is a damaged or foreign file.
-constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 
 std::size_t dtype_bytes(const std::string& dtype) {
   if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
@@ -57,43 +55,55 @@ float float_from_f16(uint16_t h) {
   return sign ? -v : v;
 }
 
+namespace {
+
+// Reads exactly n bytes at offset, or fails naming the file: a file that shrinks while it is
+// read (a download still running) is an error here, where a memory mapping would be SIGBUS.
+void read_at(int fd, const std::string& path, void* out, std::size_t n, uint64_t offset) {
+  auto* p = static_cast<char*>(out);
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::pread(fd, p + got, n - got, static_cast<off_t>(offset + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) fail(path, std::string("read failed: ") + std::strerror(errno));
+    if (r == 0)
+      fail(path, "truncated while it was read (the file ended at byte " + std::to_string(offset + got) + ", " +
+                     std::to_string(offset + n) + " were expected)");
+    got += static_cast<std::size_t>(r);
+  }
+}
+
+}  // namespace
+
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) fail(path, std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    fail(path, std::strerror(err));
-  }
-  map_bytes_ = static_cast<std::size_t>(st.st_size);
-  if (map_bytes_ < 8) {
-    ::close(fd);
-    fail(path, "truncated: " + std::to_string(map_bytes_) + " bytes, fewer than the 8-byte header length");
-  }
-  map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map_ == MAP_FAILED) {
-    map_ = nullptr;
-    fail(path, std::string("cannot map it: ") + std::strerror(errno));
-  }
+  fd_ = open_regular_file(path, "safetensors file '" + path + "'");
   try {
-    const auto* bytes = static_cast<const unsigned char*>(map_);
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) fail(path, std::strerror(errno));
+    const uint64_t file_bytes = static_cast<uint64_t>(st.st_size);
+    if (file_bytes < 8)
+      fail(path, "truncated: " + std::to_string(file_bytes) + " bytes, fewer than the 8-byte header length");
+    unsigned char len[8];
+    read_at(fd_, path, len, 8, 0);
     uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
-    if (n > kMaxHeaderBytes) fail(path, "header length " + std::to_string(n) + " is over the format's 100 MB limit");
-    if (n > map_bytes_ - 8)
+    for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
+    if (n > limits::kSafetensorsHeaderBytes)
+      fail(path, "the header length field says " + std::to_string(n) + " bytes, over the format's limit of " +
+                     std::to_string(limits::kSafetensorsHeaderBytes) + " (not a safetensors file?)");
+    if (n > file_bytes - 8)
       fail(path, "truncated: the header says it is " + std::to_string(n) + " bytes, the file has " +
-                     std::to_string(map_bytes_ - 8) + " after the length");
-    json header;
-    try {
-      header = json::parse(bytes + 8, bytes + 8 + n);
-    } catch (const json::exception& e) {
-      fail(path, std::string("the header is not valid JSON: ") + e.what());
-    }
+                     std::to_string(file_bytes - 8) + " after the length");
+    std::string text(n, '\0');
+    read_at(fd_, path, text.data(), n, 8);
+    const json header = parse_input_json(text, "safetensors file '" + path + "': the header");
+    text.clear();
+    text.shrink_to_fit();
     if (!header.is_object()) fail(path, "the header is not a JSON object");
-    data_ = bytes + 8 + n;
-    const uint64_t data_bytes = map_bytes_ - 8 - n;
+    if (header.size() > limits::kSafetensorsTensors + 1)
+      fail(path, "the header lists " + std::to_string(header.size()) + " tensors, over kvroute's limit of " +
+                     std::to_string(limits::kSafetensorsTensors));
+    data_offset_ = 8 + n;
+    const uint64_t data_bytes = file_bytes - 8 - n;
     for (const auto& [name, v] : header.items()) {
       if (name == "__metadata__") {
         if (!v.is_object()) fail(path, "__metadata__ is not an object");
@@ -113,13 +123,15 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       const std::size_t width = dtype_bytes(e.dtype);
       if (width == 0) fail(path, where + ": unknown dtype '" + e.dtype + "'");
       if (!v["shape"].is_array()) fail(path, where + ": shape is not a list");
+      if (v["shape"].size() > 16) fail(path, where + ": shape has " + std::to_string(v["shape"].size()) + " dimensions");
       uint64_t numel = 1;
       for (const auto& d : v["shape"]) {
-        if (!d.is_number_integer() || d.get<int64_t>() < 0) fail(path, where + ": shape holds " + d.dump());
-        e.shape.push_back(d.get<int64_t>());
-        if (e.shape.back() != 0 && numel > data_bytes / static_cast<uint64_t>(e.shape.back()))
-          fail(path, where + ": shape " + v["shape"].dump() + " is larger than the file");
-        numel *= static_cast<uint64_t>(e.shape.back());
+        if (!d.is_number_unsigned()) fail(path, where + ": shape holds " + json_for_message(d));
+        const uint64_t dim = d.get<uint64_t>();
+        if (dim > data_bytes || (dim != 0 && numel > data_bytes / dim))
+          fail(path, where + ": shape " + json_for_message(v["shape"]) + " is larger than the file");
+        e.shape.push_back(static_cast<int64_t>(dim));
+        numel *= dim;
       }
       const auto& off = v["data_offsets"];
       if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
@@ -130,25 +142,33 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
         fail(path, where + ": data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
                        ") lie outside the " + std::to_string(data_bytes) + " data bytes (truncated file?)");
       if (e.end - e.begin != numel * width)
-        fail(path, where + ": " + std::to_string(e.end - e.begin) + " bytes for " + e.dtype + " " + v["shape"].dump() +
-                       ", which takes " + std::to_string(numel * width));
+        fail(path, where + ": " + std::to_string(e.end - e.begin) + " bytes for " + e.dtype + " " +
+                       json_for_message(v["shape"]) + ", which takes " + std::to_string(numel * width));
       tensors_.push_back(std::move(e));
     }
-    std::sort(tensors_.begin(), tensors_.end(), [](const auto& a, const auto& b) { return a.begin < b.begin; });
+    // Data order; a zero-size tensor sits anywhere (writers put them at a neighbour's boundary),
+    // only tensors with bytes must not overlap.
+    std::sort(tensors_.begin(), tensors_.end(),
+              [](const auto& a, const auto& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
+    const SafetensorsEntry* previous = nullptr;
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
-      if (i > 0 && tensors_[i].begin < tensors_[i - 1].end)
-        fail(path, "tensors '" + tensors_[i - 1].name + "' and '" + tensors_[i].name + "' overlap in the data");
-      index_[tensors_[i].name] = i;
+      const SafetensorsEntry& t = tensors_[i];
+      if (t.end > t.begin) {
+        if (previous && t.begin < previous->end)
+          fail(path, "tensors '" + previous->name + "' and '" + t.name + "' overlap in the data");
+        previous = &t;
+      }
+      index_[t.name] = i;
     }
   } catch (...) {
-    ::munmap(map_, map_bytes_);
-    map_ = nullptr;
+    ::close(fd_);
+    fd_ = -1;
     throw;
   }
 }
 
 SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(map_, map_bytes_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 const SafetensorsEntry* SafetensorsFile::find(const std::string& name) const {
@@ -170,16 +190,19 @@ void SafetensorsFile::read_f32_into(const std::string& name, float* out, std::si
   if (n != e->numel())
     fail(path_, "tensor '" + name + "' has " + std::to_string(e->numel()) + " elements, " + std::to_string(n) +
                     " were expected");
-  const unsigned char* p = data_ + e->begin;
+  const uint64_t at = data_offset_ + e->begin;
   // The data is little-endian, as this machine (x86-64, aarch64).
   if (e->dtype == "F32") {
-    std::memcpy(out, p, n * 4);
+    read_at(fd_, path_, out, n * 4, at);
   } else if (e->dtype == "BF16" || e->dtype == "F16") {
     const bool bf16 = e->dtype == "BF16";
-    for (std::size_t i = 0; i < n; ++i) {
-      uint16_t h;
-      std::memcpy(&h, p + 2 * i, 2);
-      out[i] = bf16 ? float_from_bf16(h) : float_from_f16(h);
+    // In blocks, so a large tensor needs no second full-size buffer.
+    constexpr std::size_t kBlock = 1 << 20;
+    std::vector<uint16_t> half(std::min(n, kBlock));
+    for (std::size_t i0 = 0; i0 < n; i0 += kBlock) {
+      const std::size_t m = std::min(kBlock, n - i0);
+      read_at(fd_, path_, half.data(), m * 2, at + 2 * i0);
+      for (std::size_t i = 0; i < m; ++i) out[i0 + i] = bf16 ? float_from_bf16(half[i]) : float_from_f16(half[i]);
     }
   } else {
     fail(path_, "tensor '" + name + "' is " + e->dtype + "; only F32, BF16 and F16 weights are supported");
@@ -189,13 +212,9 @@ void SafetensorsFile::read_f32_into(const std::string& name, float* out, std::si
 void SafetensorsFile::drop_pages(const std::string& name) const {
   const SafetensorsEntry* e = find(name);
   if (!e || e->end == e->begin) return;
-  // madvise needs a page-aligned start; the pages are clean file pages, so dropping them loses nothing.
-  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  const auto base = reinterpret_cast<std::uintptr_t>(map_);
-  const std::uintptr_t begin = reinterpret_cast<std::uintptr_t>(data_ + e->begin) / page * page;
-  const std::uintptr_t end = reinterpret_cast<std::uintptr_t>(data_ + e->end);
-  if (begin < base) return;
-  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  // The pages are clean page cache of a file read once: let the kernel drop them.
+  ::posix_fadvise(fd_, static_cast<off_t>(data_offset_ + e->begin), static_cast<off_t>(e->end - e->begin),
+                  POSIX_FADV_DONTNEED);
 }
 
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors, const std::string& dtype,
@@ -249,25 +268,32 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
 }
 
 std::map<std::string, std::string> read_safetensors_index(const std::string& index_path) {
-  std::ifstream in(index_path);
-  if (!in) throw std::runtime_error("safetensors index '" + index_path + "': " + std::strerror(errno));
-  json index;
-  try {
-    index = json::parse(in);
-  } catch (const json::exception& e) {
-    throw std::runtime_error("safetensors index '" + index_path + "' is not valid JSON: " + e.what());
-  }
+  const std::string what = "safetensors index '" + index_path + "'";
+  const json index = parse_input_json(read_input_file(index_path, limits::kJsonFileBytes, what), what);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
-    throw std::runtime_error("safetensors index '" + index_path + "' has no \"weight_map\" object");
+    throw std::runtime_error(what + " has no \"weight_map\" object");
   const fs::path dir = fs::path(index_path).parent_path();
+  std::error_code ec;
+  const fs::path real_dir = fs::weakly_canonical(fs::absolute(dir), ec);
   std::map<std::string, std::string> out;
   for (const auto& [name, file] : index["weight_map"].items()) {
-    if (!file.is_string())
-      throw std::runtime_error("safetensors index '" + index_path + "': the file of '" + name + "' is not a string");
-    const fs::path shard = dir / file.get<std::string>();
-    if (!fs::exists(shard))
-      throw std::runtime_error("safetensors index '" + index_path + "' puts '" + name + "' in '" + shard.string() +
-                               "', which does not exist");
+    if (!file.is_string()) throw std::runtime_error(what + ": the file of '" + name + "' is not a string");
+    // A shard is a file of the model folder: an absolute path, "..", or a link out of the folder
+    // would let a downloaded index open any file of the machine.
+    const fs::path rel(file.get<std::string>());
+    bool inside = !rel.empty() && rel.is_relative();
+    for (const fs::path& part : rel) inside = inside && part != "..";
+    const fs::path shard = dir / rel;
+    if (inside) {
+      const fs::path real = fs::weakly_canonical(fs::absolute(shard), ec);
+      const auto [d, r] = std::mismatch(real_dir.begin(), real_dir.end(), real.begin(), real.end());
+      inside = !ec && d == real_dir.end() && r != real.end();
+    }
+    if (!inside)
+      throw std::runtime_error(what + " puts '" + name + "' in '" + file.get<std::string>() +
+                               "', which is not a file inside the model folder");
+    if (!fs::exists(shard, ec))
+      throw std::runtime_error(what + " puts '" + name + "' in '" + shard.string() + "', which does not exist");
     out[name] = shard.string();
   }
   return out;

@@ -45,6 +45,8 @@ std::vector<StepFile> step_files(const fs::path& dir) {
 
 // The file name `latest` holds, if it is readable and names an existing file in dir.
 std::optional<std::string> read_latest(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_regular_file(dir / kLatest, ec)) return std::nullopt;  // a FIFO would block the open below
   std::ifstream in(dir / kLatest);
   std::string name;
   if (!in || !(in >> name)) return std::nullopt;
