@@ -5,6 +5,10 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "kvroute/input_file.h"
+#include "kvroute/input_limits.h"
+#include "line_reader.h"
+
 namespace kvroute {
 
 using Kind = DocumentRule::Kind;
@@ -60,6 +64,7 @@ DocumentReader::DocumentReader(std::vector<std::string> paths, DocumentRule rule
 
 bool DocumentReader::open_next_file() {
   if (file_ == paths_.size()) return false;
+  require_regular_file(paths_[file_], "input '" + paths_[file_] + "'");  // a FIFO would block the open
   in_ = std::ifstream(paths_[file_], std::ios::binary);
   if (!in_) throw std::runtime_error("input '" + paths_[file_] + "': cannot be opened");
   ++file_;
@@ -82,16 +87,27 @@ bool DocumentReader::next(DocumentPiece& out) {
       if (!open_next_file()) return false;
       if (rule_.kind == Kind::file) open_document();
     }
-    if (!std::getline(in_, line_)) {
+    line_.clear();
+    const LinePart part = read_line_part(in_, line_, limits::kTextLineBytes);
+    if (!part.newline && !part.end) {
+      // Tokenizers hold a whole line (SentencePiece's lattice takes about 200 bytes per byte
+      // of it), so a line has a bounded size rather than whatever the file holds.
+      throw std::runtime_error("input '" + paths_[file_ - 1] + "': line " + std::to_string(line_no_ + 1) +
+                               " is longer than kvroute's limit of " + std::to_string(limits::kTextLineBytes >> 20) +
+                               " MiB for one line; split it (e.g. `fold -s -w 100000`)");
+    }
+    if (part.end && part.bytes == 0) {
       if (in_.bad()) throw std::runtime_error("input '" + paths_[file_ - 1] + "': read error");
       in_.close();
+      line_no_ = 0;
       if (doc_open_) {  // documents end with their file
         emit(out, true);
         return true;
       }
       continue;
     }
-    const bool had_newline = !in_.eof();
+    ++line_no_;
+    const bool had_newline = part.newline;
     bytes_read_ += line_.size() + (had_newline ? 1 : 0);
     if (rule_.kind == Kind::start && doc_open_ &&
         ::regexec(static_cast<const regex_t*>(start_.get()), line_.c_str(), 0, nullptr, 0) == 0) {

@@ -47,6 +47,7 @@ class DocumentReader {
   std::ifstream in_;
   bool doc_open_ = false;
   uint64_t doc_ = 0, next_document_ = 0, bytes_read_ = 0;
+  uint64_t line_no_ = 0;  // lines read of the current file, for messages
   std::string buffer_, line_;
   Cut cut_;
   std::size_t scanned_ = 0;  // with cut_: buffer_ holds no allowed cut before this

@@ -9,10 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <string_view>
 #include <stdexcept>
 #include <unordered_map>
 
 #include "input_files.h"
+#include "kvroute/input_file.h"
+#include "line_reader.h"
 #include "progress.h"
 #include "kvroute/tokenizer.h"
 
@@ -25,6 +28,8 @@ namespace {
 // Lines longer than this are cut (at a space when there is one) so that none is
 // skipped by SentencePiece, whose limit is max_sentence_length bytes.
 constexpr std::size_t kMaxSentenceBytes = 4096;
+// A line is read in parts of this size (lines are cut into sentences anyway).
+constexpr std::size_t kReadPart = 1 << 16;
 
 using SpStatus = sentencepiece::util::Status;
 using SpCode = sentencepiece::util::StatusCode;
@@ -47,33 +52,59 @@ class LineFeeder final : public sentencepiece::SentenceIterator {
 
   void Next() override {
     while (!done_) {
-      if (!pending_.empty()) return take_sentence();
-      if (in_.is_open() && std::getline(in_, pending_)) {
-        bytes_ += pending_.size() + 1;
-        progress_.update(bytes_);
-        if (pending_.find_first_not_of(" \t\r") == std::string::npos) pending_.clear();  // a blank line
+      // A sentence is taken once the line is complete or holds more than one sentence's bytes,
+      // so a line of any length is read a part at a time (a 2 GB line is never held whole).
+      const std::size_t available = pending_.size() - pos_;
+      if (available > kMaxSentenceBytes || (available > 0 && !line_open_)) return take_sentence();
+      if (line_open_) {
+        pending_.erase(0, pos_);
+        pos_ = 0;
+        read_part();
+        continue;
+      }
+      pending_.clear();
+      pos_ = 0;
+      if (in_.is_open() && in_.good()) {
+        read_part();
+        // A blank line (only spaces, tabs, CRs) is no sentence.
+        if (!line_open_ && pending_.find_first_not_of(" \t\r") == std::string::npos) pending_.clear();
         continue;
       }
       if (in_.is_open() && in_.bad()) return fail(SpCode::kDataLoss, "read error in '" + paths_[file_ - 1] + "'");
       in_.close();
       if (file_ == paths_.size()) return finish_reading();
+      try {
+        require_regular_file(paths_[file_], "'" + paths_[file_] + "'");  // a FIFO would block the open
+      } catch (const std::exception& e) {
+        ++file_;
+        return fail(SpCode::kNotFound, e.what());
+      }
       in_.open(paths_[file_++], std::ios::binary);
       if (!in_) return fail(SpCode::kNotFound, "cannot open '" + paths_[file_ - 1] + "'");
     }
   }
 
  private:
+  // Appends the next part of the current line (at most kReadPart bytes) to pending_.
+  void read_part() {
+    const LinePart part = read_line_part(in_, pending_, kReadPart);
+    bytes_ += part.bytes + (part.newline ? 1 : 0);
+    progress_.update(bytes_);
+    line_open_ = !part.newline && !part.end;
+  }
   void take_sentence() {
-    std::size_t cut = pending_.size();
+    const std::string_view rest = std::string_view(pending_).substr(pos_);
+    std::size_t cut = rest.size();
     if (cut > kMaxSentenceBytes) {
-      cut = pending_.rfind(' ', kMaxSentenceBytes);
+      cut = rest.rfind(' ', kMaxSentenceBytes);
       if (cut == std::string::npos || cut == 0) {
         cut = kMaxSentenceBytes;
-        while (cut > 0 && (static_cast<unsigned char>(pending_[cut]) & 0xC0) == 0x80) --cut;  // a UTF-8 boundary
+        while (cut > 0 && (static_cast<unsigned char>(rest[cut]) & 0xC0) == 0x80) --cut;  // a UTF-8 boundary
+        if (cut == 0) cut = kMaxSentenceBytes;  // no character boundary at all: not UTF-8, cut anyway
       }
     }
-    value_.assign(pending_, 0, cut);
-    pending_.erase(0, cut);
+    value_.assign(rest.substr(0, cut));
+    pos_ += cut;
     ++sentences_;
   }
   void fail(SpCode code, const std::string& message) {
@@ -93,7 +124,9 @@ class LineFeeder final : public sentencepiece::SentenceIterator {
   std::unique_ptr<ElapsedTicker> ticker_;
   std::size_t file_ = 0;
   std::ifstream in_;
-  std::string pending_, value_;
+  std::string pending_, value_;  // pending_[pos_, end): the unread part of the current line
+  std::size_t pos_ = 0;
+  bool line_open_ = false;  // the current line goes on past pending_
   bool done_ = false;
   SpStatus status_;
   uint64_t sentences_ = 0, bytes_ = 0;

@@ -4,6 +4,7 @@
 // that names the file and the problem.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cmath>
@@ -15,6 +16,7 @@
 #include "data_fixtures.h"
 #include "kvroute/data.h"
 #include "kvroute/encode.h"
+#include "kvroute/input_limits.h"
 #include "kvroute/loader.h"
 #include "kvroute/shard.h"
 #include "kvroute/shard_dir.h"
@@ -24,6 +26,7 @@
 namespace kvroute {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 using namespace testing_data;
 
@@ -450,6 +453,40 @@ TEST_F(DataTest, EncodeErrorsNameTheFileAndLeaveNoOutput) {
   EXPECT_THAT(error_of([&] { encode_corpus(o); }), HasSubstr("already exists and is not empty; pass --force"));
   o.force = true;
   EXPECT_EQ(error_of([&] { encode_corpus(o); }), "");
+}
+
+// A line over kvroute's limit is refused naming the file and line, after reading no more than
+// the limit; a FIFO as input is refused without blocking. Tokenizer training reads a long line
+// a part at a time and cuts it into sentences.
+TEST_F(DataTest, LongLinesAndFifosAreBoundedNotHeldWhole) {
+  const std::string long_line(limits::kTextLineBytes + 10, 'a');
+  write_file_bytes(dir_ / "long_line.txt", "first line\n\n" + long_line + "\nlast\n");
+  EncodeOptions o;
+  o.tokenizer = "byte";
+  o.out_dir = (dir_ / "enc_long").string();
+  o.inputs = {(dir_ / "long_line.txt").string()};
+  EXPECT_THAT(error_of([&] { encode_corpus(o); }),
+              AllOf(HasSubstr("long_line.txt': line 3 is longer than kvroute's limit of 4 MiB"), HasSubstr("fold")));
+  EXPECT_FALSE(fs::exists(o.out_dir));
+  const fs::path fifo = dir_ / "fifo.txt";
+  fs::remove(fifo);
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  o.inputs = {fifo.string()};
+  EXPECT_THAT(error_of([&] { encode_corpus(o); }), HasSubstr("fifo.txt': not a regular file"));
+  // Training: a 1 MB line of words is 256+ sentences of at most 4096 bytes, not one.
+  std::string words;
+  while (words.size() < (1u << 20)) words += "lorem ipsum dolor sit amet ";
+  write_file_bytes(dir_ / "one_line.txt", words + "\n" + words);
+  TokenizerTrainOptions t;
+  t.inputs = {(dir_ / "one_line.txt").string()};
+  t.out_dir = (dir_ / "tok_one_line").string();
+  t.vocab_size = 280;
+  t.force = true;
+  const TokenizerTrainReport r = train_tokenizer(t);
+  EXPECT_GE(r.sentences, 2u * ((1u << 20) / 4096));
+  EXPECT_LE(r.sentences, 2u * ((1u << 20) / 3000));
+  t.inputs = {fifo.string()};
+  EXPECT_THAT(error_of([&] { train_tokenizer(t); }), HasSubstr("fifo.txt': not a regular file"));
 }
 
 // ---------------------------------------------------------------- loader

@@ -4,6 +4,7 @@
 // naming the file, the key and the limit instead of crashing, hanging or allocating gigabytes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace kvroute::limits {
@@ -29,6 +30,9 @@ inline constexpr long kLayers = 1024;
 inline constexpr long kWidth = 1l << 18;
 inline constexpr long kHeads = 4096;
 inline constexpr long kContext = 1l << 24;
+// One line of text to encode: a tokenizer holds a whole line (SentencePiece's lattice takes
+// about 200 bytes per byte of it), so a 10 MB line would take gigabytes.
+inline constexpr std::size_t kTextLineBytes = 4u << 20;
 // Steps of a tokenizer.json pre-tokenizer Sequence (real files use at most 3).
 inline constexpr int kPreTokenizerSteps = 64;
 
