@@ -2,6 +2,7 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 
 #include "commands.h"
@@ -47,6 +48,11 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const std::bad_alloc&) {
+    std::cerr << rank_prefix() << "error: out of memory (std::bad_alloc): something the input asked for is larger "
+              << "than this machine holds" << std::endl;
+    kvroute::abort_job_if_distributed(1);
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << rank_prefix() << "error: " << e.what() << std::endl;
     // Under mpirun the other ranks may be waiting in a collective: end the whole job now.

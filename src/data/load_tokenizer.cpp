@@ -39,7 +39,9 @@ std::string not_byte_level_bpe(const hf_json::json& j) {
 
 }  // namespace
 
-std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
+namespace {
+
+std::unique_ptr<Tokenizer> load_tokenizer_files(const std::string& spec) {
   if (spec == "byte") return make_byte_tokenizer();
   if (spec.empty()) throw std::runtime_error("data.tokenizer is empty (use \"byte\" or a tokenizer directory)");
   const fs::path json_file = fs::path(spec) / "tokenizer.json";
@@ -57,6 +59,17 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
                                "or a SentencePiece tokenizer.model, and the directory has no tokenizer.model");
   }
   return load_sentencepiece_tokenizer(spec);
+}
+
+}  // namespace
+
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
+  try {
+    return load_tokenizer_files(spec);
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error("tokenizer '" + spec + "': out of memory while loading it (a size in its files is "
+                             "larger than this machine holds)");
+  }
 }
 
 std::vector<std::string> hf_tokenizer_files(const std::string& dir) {

@@ -116,7 +116,13 @@ std::vector<float> read_hf_weights(const std::string& dir, const HfModelConfig& 
 
   std::size_t n = 0;
   for (const ParamTensor& t : layout) n += t.numel;
-  std::vector<float> params(n);
+  std::vector<float> params;
+  try {
+    params.resize(n);
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error("Hugging Face model folder '" + dir + "': its " + std::to_string(n) +
+                             " parameters (" + std::to_string(n * 4 >> 20) + " MiB in fp32) do not fit in memory");
+  }
   for (const ParamTensor& t : layout) {
     const std::string hf = hf_tensor_name(t.name);
     const SafetensorsFile* f = files.by_tensor.at(hf);
