@@ -47,8 +47,9 @@ std::string to_string(const DocumentRule& rule) {
   return "?";
 }
 
-DocumentReader::DocumentReader(std::vector<std::string> paths, DocumentRule rule, std::size_t max_piece_bytes)
-    : paths_(std::move(paths)), rule_(std::move(rule)), max_piece_(max_piece_bytes) {
+DocumentReader::DocumentReader(std::vector<std::string> paths, DocumentRule rule, std::size_t max_piece_bytes,
+                               InputFormat format)
+    : paths_(std::move(paths)), rule_(std::move(rule)), max_piece_(max_piece_bytes), format_(std::move(format)) {
   if (rule_.kind == Kind::start) {
     auto* re = new regex_t;
     if (::regcomp(re, rule_.pattern.c_str(), REG_EXTENDED | REG_NOSUB) != 0) {
@@ -64,11 +65,26 @@ DocumentReader::DocumentReader(std::vector<std::string> paths, DocumentRule rule
 
 bool DocumentReader::open_next_file() {
   if (file_ == paths_.size()) return false;
-  require_regular_file(paths_[file_], "input '" + paths_[file_] + "'");  // a FIFO would block the open
-  in_ = std::ifstream(paths_[file_], std::ios::binary);
-  if (!in_) throw std::runtime_error("input '" + paths_[file_] + "': cannot be opened");
+  input_ = std::make_unique<InputStream>(paths_[file_]);
+  if (is_jsonl_input(paths_[file_], format_)) records_ = std::make_unique<JsonlRecords>(input_->stream(), paths_[file_], format_);
   ++file_;
+  line_no_ = 0;
   return true;
+}
+
+void DocumentReader::close_file() {
+  if (records_) skipped_ += records_->skipped();
+  records_.reset();
+  if (input_->compressed()) bytes_read_ = done_bytes_ + input_->file_bytes_consumed();
+  done_bytes_ = bytes_read_;
+  input_.reset();
+}
+
+void DocumentReader::line_too_long(const std::string& where) const {
+  // Tokenizers hold a whole line (SentencePiece's lattice takes about 200 bytes per byte of
+  // it), so a line has a bounded size rather than whatever the file holds.
+  throw std::runtime_error(where + " is longer than kvroute's limit of " + std::to_string(limits::kTextLineBytes >> 20) +
+                           " MiB for one line; split it (e.g. `fold -s -w 100000`)");
 }
 
 void DocumentReader::emit(DocumentPiece& out, bool ends) {
@@ -83,23 +99,43 @@ void DocumentReader::emit(DocumentPiece& out, bool ends) {
 
 bool DocumentReader::next(DocumentPiece& out) {
   while (true) {
-    if (!in_.is_open()) {
+    if (!input_) {
       if (!open_next_file()) return false;
-      if (rule_.kind == Kind::file) open_document();
+      if (rule_.kind == Kind::file && !records_) open_document();
+    }
+    if (records_) {  // JSON Lines: each record's text is a document, read a line at a time
+      if (record_pos_ >= record_.size()) {
+        if (doc_open_) {  // the record's document ends
+          emit(out, true);
+          return true;
+        }
+        record_.clear();
+        record_pos_ = 0;
+        const bool more = records_->next(record_);
+        bytes_read_ = done_bytes_ + (input_->compressed() ? input_->file_bytes_consumed() : records_->bytes());
+        if (!more) {
+          close_file();
+          continue;
+        }
+        if (!record_.empty()) open_document();  // an empty text is no document
+        continue;
+      }
+      const std::size_t nl = record_.find('\n', record_pos_);
+      const std::size_t end = nl == std::string::npos ? record_.size() : nl + 1;
+      if (end - record_pos_ > limits::kTextLineBytes)
+        line_too_long("input '" + paths_[file_ - 1] + "' line " + std::to_string(records_->line()) +
+                      ": a line of the record's text");
+      buffer_.append(record_, record_pos_, end - record_pos_);
+      record_pos_ = end;
+      if (piece_full(out)) return true;
+      continue;
     }
     line_.clear();
-    const LinePart part = read_line_part(in_, line_, limits::kTextLineBytes);
-    if (!part.newline && !part.end) {
-      // Tokenizers hold a whole line (SentencePiece's lattice takes about 200 bytes per byte
-      // of it), so a line has a bounded size rather than whatever the file holds.
-      throw std::runtime_error("input '" + paths_[file_ - 1] + "': line " + std::to_string(line_no_ + 1) +
-                               " is longer than kvroute's limit of " + std::to_string(limits::kTextLineBytes >> 20) +
-                               " MiB for one line; split it (e.g. `fold -s -w 100000`)");
-    }
+    const LinePart part = read_line_part(input_->stream(), line_, limits::kTextLineBytes);
+    if (!part.newline && !part.end)
+      line_too_long("input '" + paths_[file_ - 1] + "': line " + std::to_string(line_no_ + 1));
     if (part.end && part.bytes == 0) {
-      if (in_.bad()) throw std::runtime_error("input '" + paths_[file_ - 1] + "': read error");
-      in_.close();
-      line_no_ = 0;
+      close_file();
       if (doc_open_) {  // documents end with their file
         emit(out, true);
         return true;
@@ -109,6 +145,7 @@ bool DocumentReader::next(DocumentPiece& out) {
     ++line_no_;
     const bool had_newline = part.newline;
     bytes_read_ += line_.size() + (had_newline ? 1 : 0);
+    if (input_->compressed()) bytes_read_ = done_bytes_ + input_->file_bytes_consumed();
     if (rule_.kind == Kind::start && doc_open_ &&
         ::regexec(static_cast<const regex_t*>(start_.get()), line_.c_str(), 0, nullptr, 0) == 0) {
       // This line starts the next document: finish the open one first.
@@ -133,25 +170,29 @@ bool DocumentReader::next(DocumentPiece& out) {
       emit(out, true);
       return true;
     }
-    if (buffer_.size() >= max_piece_ && !cut_) {
-      emit(out, false);
-      return true;
-    }
-    if (buffer_.size() >= max_piece_) {
-      // The first allowed cut in the second half (a cut right at the end is not known
-      // to be allowed until the next line is read).
-      const std::size_t p = cut_(buffer_, std::max(scanned_, max_piece_ / 2));
-      if (p < buffer_.size()) {
-        std::string rest = buffer_.substr(p);
-        buffer_.resize(p);
-        emit(out, false);
-        out.input_offset -= rest.size();
-        buffer_ = std::move(rest);
-        return true;
-      }
-      scanned_ = buffer_.size() - 1;
-    }
+    if (piece_full(out)) return true;
   }
+}
+
+bool DocumentReader::piece_full(DocumentPiece& out) {
+  if (buffer_.size() < max_piece_) return false;
+  if (!cut_) {
+    emit(out, false);
+    return true;
+  }
+  // The first allowed cut in the second half (a cut right at the end is not known to be
+  // allowed until the next line is read).
+  const std::size_t p = cut_(buffer_, std::max(scanned_, max_piece_ / 2));
+  if (p < buffer_.size()) {
+    std::string rest = buffer_.substr(p);
+    buffer_.resize(p);
+    emit(out, false);
+    out.input_offset -= std::min<uint64_t>(out.input_offset, rest.size());
+    buffer_ = std::move(rest);
+    return true;
+  }
+  scanned_ = buffer_.size() - 1;
+  return false;
 }
 
 }  // namespace kvroute

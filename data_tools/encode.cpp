@@ -95,7 +95,7 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
     splits[0].name = "train";
     splits[1].name = "val";
     uint64_t tokens_so_far = 0;
-    DocumentReader reader(o.inputs, o.documents, kPieceBytes);
+    DocumentReader reader(o.inputs, o.documents, kPieceBytes, o.format);
     reader.set_cut([&](std::string_view text, std::size_t from) { return tok->next_cut(text, from); });
 
     auto close_shard = [&](SplitOutput& s) {
@@ -170,6 +170,7 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
       report.tokens[k] = splits[k].tokens;
       report.shards[k] = static_cast<int>(splits[k].done.size());
     }
+    report.bad_records_skipped = reader.bad_records_skipped();
     report.seconds = progress.seconds();
     progress.finish(", " + std::to_string(report.tokens[0] + report.tokens[1]) + " tokens");
 
@@ -179,6 +180,9 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
     info.tokenizer_fingerprint = tok->fingerprint();
     info.vocab_size = static_cast<uint32_t>(tok->vocab_size());
     info.document_rule = to_string(o.documents);
+    bool any_jsonl = false;
+    for (const std::string& in : o.inputs) any_jsonl = any_jsonl || is_jsonl_input(in, o.format);
+    if (any_jsonl) info.document_rule += "; JSON Lines records (text key \"" + o.format.text_key + "\")";
     info.val_fraction = o.val_fraction;
     for (const std::string& in : o.inputs) info.inputs.push_back(fs::absolute(in).lexically_normal().string());
     for (SplitOutput& s : splits) info.shards.insert(info.shards.end(), s.done.begin(), s.done.end());

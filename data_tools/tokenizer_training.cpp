@@ -15,6 +15,8 @@
 
 #include "input_files.h"
 #include "kvroute/input_file.h"
+#include "input_stream.h"
+#include "jsonl_records.h"
 #include "line_reader.h"
 #include "progress.h"
 #include "kvroute/tokenizer.h"
@@ -39,8 +41,9 @@ using SpCode = sentencepiece::util::StatusCode;
 // it fits; so once the input is exhausted the bar is closed and a ticker started.
 class LineFeeder final : public sentencepiece::SentenceIterator {
  public:
-  LineFeeder(const std::vector<std::string>& paths, uint64_t total_bytes, std::string fit_label)
-      : paths_(paths), progress_("tokenizer: reading", total_bytes), fit_label_(std::move(fit_label)) {
+  LineFeeder(const std::vector<std::string>& paths, uint64_t total_bytes, std::string fit_label,
+             const InputFormat& format)
+      : paths_(paths), progress_("tokenizer: reading", total_bytes), fit_label_(std::move(fit_label)), format_(format) {
     Next();
   }
   bool done() const override { return done_; }
@@ -51,6 +54,16 @@ class LineFeeder final : public sentencepiece::SentenceIterator {
   double fit_seconds() { return ticker_ ? ticker_->stop() : 0; }
 
   void Next() override {
+    try {
+      next_sentence();
+    } catch (const std::exception& e) {  // SentencePiece takes errors as a status
+      fail(SpCode::kDataLoss, e.what());
+    }
+  }
+  uint64_t bad_records_skipped() const { return skipped_; }
+
+ private:
+  void next_sentence() {
     while (!done_) {
       // A sentence is taken once the line is complete or holds more than one sentence's bytes,
       // so a line of any length is read a part at a time (a 2 GB line is never held whole).
@@ -64,33 +77,52 @@ class LineFeeder final : public sentencepiece::SentenceIterator {
       }
       pending_.clear();
       pos_ = 0;
-      if (in_.is_open() && in_.good()) {
+      if (records_) {  // JSON Lines: every line of every record's text is a sentence
+        if (record_pos_ < record_.size()) {
+          const std::size_t nl = record_.find('\n', record_pos_);
+          const std::size_t end = nl == std::string::npos ? record_.size() : nl;
+          pending_.assign(record_, record_pos_, end - record_pos_);
+          record_pos_ = end + 1;
+          if (pending_.find_first_not_of(" \t\r") == std::string::npos) pending_.clear();
+          continue;
+        }
+        record_.clear();
+        record_pos_ = 0;
+        const bool more = records_->next(record_);
+        update_progress(input_->compressed() ? input_->file_bytes_consumed() : records_->bytes());
+        if (more) continue;
+        skipped_ += records_->skipped();
+        records_.reset();
+        at_end_ = true;
+      }
+      if (input_ && !at_end_) {
         read_part();
         // A blank line (only spaces, tabs, CRs) is no sentence.
         if (!line_open_ && pending_.find_first_not_of(" \t\r") == std::string::npos) pending_.clear();
         continue;
       }
-      if (in_.is_open() && in_.bad()) return fail(SpCode::kDataLoss, "read error in '" + paths_[file_ - 1] + "'");
-      in_.close();
+      if (input_) done_bytes_ = bytes_;
+      input_.reset();
       if (file_ == paths_.size()) return finish_reading();
-      try {
-        require_regular_file(paths_[file_], "'" + paths_[file_] + "'");  // a FIFO would block the open
-      } catch (const std::exception& e) {
-        ++file_;
-        return fail(SpCode::kNotFound, e.what());
-      }
-      in_.open(paths_[file_++], std::ios::binary);
-      if (!in_) return fail(SpCode::kNotFound, "cannot open '" + paths_[file_ - 1] + "'");
+      const std::string& path = paths_[file_++];
+      input_ = std::make_unique<InputStream>(path);
+      at_end_ = false;
+      file_line_bytes_ = 0;
+      if (is_jsonl_input(path, format_)) records_ = std::make_unique<JsonlRecords>(input_->stream(), path, format_);
     }
   }
 
- private:
+  void update_progress(uint64_t file_bytes) {
+    bytes_ = done_bytes_ + file_bytes;
+    progress_.update(bytes_);
+  }
   // Appends the next part of the current line (at most kReadPart bytes) to pending_.
   void read_part() {
-    const LinePart part = read_line_part(in_, pending_, kReadPart);
-    bytes_ += part.bytes + (part.newline ? 1 : 0);
-    progress_.update(bytes_);
+    const LinePart part = read_line_part(input_->stream(), pending_, kReadPart);
+    file_line_bytes_ += part.bytes + (part.newline ? 1 : 0);
+    update_progress(input_->compressed() ? input_->file_bytes_consumed() : file_line_bytes_);
     line_open_ = !part.newline && !part.end;
+    at_end_ = part.end;
   }
   void take_sentence() {
     const std::string_view rest = std::string_view(pending_).substr(pos_);
@@ -123,7 +155,13 @@ class LineFeeder final : public sentencepiece::SentenceIterator {
   std::string fit_label_;
   std::unique_ptr<ElapsedTicker> ticker_;
   std::size_t file_ = 0;
-  std::ifstream in_;
+  const InputFormat& format_;
+  std::unique_ptr<InputStream> input_;
+  std::unique_ptr<JsonlRecords> records_;  // set while a JSON Lines file is read
+  std::string record_;                     // its current record's text, read up to record_pos_
+  std::size_t record_pos_ = 0;
+  bool at_end_ = false;  // the current file is read to its end
+  uint64_t done_bytes_ = 0, file_line_bytes_ = 0, skipped_ = 0;
   std::string pending_, value_;  // pending_[pos_, end): the unread part of the current line
   std::size_t pos_ = 0;
   bool line_open_ = false;  // the current line goes on past pending_
@@ -223,11 +261,13 @@ TokenizerTrainReport train_tokenizer(const TokenizerTrainOptions& o) {
   SpStatus status;
   {
     LineFeeder feeder(o.inputs, report.input_bytes,
-                      "tokenizer: fitting " + std::to_string(o.vocab_size) + "-piece " + o.model_type + " model");
+                      "tokenizer: fitting " + std::to_string(o.vocab_size) + "-piece " + o.model_type + " model",
+                      o.format);
     status = sentencepiece::SentencePieceTrainer::Train(args, &feeder, &proto);
     report.read_seconds = feeder.read_seconds();
     report.fit_seconds = feeder.fit_seconds();
     report.sentences = feeder.sentences();
+    report.bad_records_skipped = feeder.bad_records_skipped();
   }
   if (!status.ok()) throw std::runtime_error(explain_failure(status.ToString(), o));
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential cmake ninja-build pkg-config
   libyaml-cpp-dev libcli11-dev libhdf5-dev libopenmpi-dev openmpi-bin libdnnl-dev
   libgtest-dev libgmock-dev libsentencepiece-dev bible-kjv gnuplot-nox
-  ocl-icd-opencl-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev)
+  ocl-icd-opencl-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev libzstd-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -33,6 +33,8 @@ inline constexpr long kContext = 1l << 24;
 // One line of text to encode: a tokenizer holds a whole line (SentencePiece's lattice takes
 // about 200 bytes per byte of it), so a 10 MB line would take gigabytes.
 inline constexpr std::size_t kTextLineBytes = 4u << 20;
+// One JSON Lines record (a document with its metadata), held whole while it is read.
+inline constexpr std::size_t kJsonlRecordBytes = 256u << 20;
 // Steps of a tokenizer.json pre-tokenizer Sequence (real files use at most 3).
 inline constexpr int kPreTokenizerSteps = 64;
 

@@ -61,6 +61,8 @@
 #include <string_view>
 #include <vector>
 
+#include "kvroute/input_format.h"
+
 namespace kvroute {
 
 class Tokenizer {
@@ -123,7 +125,8 @@ std::string fingerprint_hex(uint64_t fingerprint);
 // ---------------------------------------------------------------- training
 
 struct TokenizerTrainOptions {
-  std::vector<std::string> inputs;     // text files; every line is a training sentence
+  std::vector<std::string> inputs;     // text or JSON Lines files (.gz / .zst too); every line is a training sentence
+  InputFormat format;                  // how the inputs are read (input_format.h)
   std::string out_dir;                 // written atomically; must not exist unless force
   int vocab_size = 4096;               // including the 3 special and 256 byte pieces
   std::string model_type = "unigram";  // unigram | bpe
@@ -136,6 +139,7 @@ struct TokenizerTrainReport {
   std::string identity;
   uint64_t input_bytes = 0;
   uint64_t sentences = 0;
+  uint64_t bad_records_skipped = 0;  // JSON Lines records passed over (InputFormat::skip_bad_records)
   double read_seconds = 0;  // reading the inputs
   double fit_seconds = 0;   // SentencePiece's training
 };

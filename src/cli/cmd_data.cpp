@@ -33,6 +33,17 @@ void add_listed_inputs(std::vector<std::string>& inputs, const std::string& inpu
   if (inputs.empty()) throw std::runtime_error("no input files: give --input FILE... or --input-list FILE");
 }
 
+// --format, --text-key, --skip-bad-records: how input files are read (input_format.h).
+void add_input_format_options(CLI::App* cmd, InputFormat& f) {
+  cmd->add_option("--format", f.format,
+                  "auto (JSON Lines for *.jsonl / *.ndjson, else text), text or jsonl; .gz and .zst are decompressed")
+      ->check(CLI::IsMember({"auto", "text", "jsonl"}))
+      ->capture_default_str();
+  cmd->add_option("--text-key", f.text_key, "JSON Lines: the key of each record's text")->capture_default_str();
+  cmd->add_flag("--skip-bad-records", f.skip_bad_records,
+                "JSON Lines: skip and count bad records instead of stopping at the first");
+}
+
 void add_tokenizer_command(CLI::App& data) {
   auto* cmd =
       data.add_subcommand("tokenizer", "Train a SentencePiece subword tokenizer (BPE or unigram) on text files");
@@ -47,9 +58,12 @@ void add_tokenizer_command(CLI::App& data) {
   cmd->add_option("--max-sentences", o.max_sentences, "Lines sampled from larger inputs")->capture_default_str();
   cmd->add_option("--threads", o.threads, "Threads (default: all cores)");
   cmd->add_flag("--force", o.force, "Replace an existing output directory");
+  add_input_format_options(cmd, o.format);
   cmd->callback([] {
     add_listed_inputs(o.inputs, input_list);
     const TokenizerTrainReport r = train_tokenizer(o);
+    if (r.bad_records_skipped > 0)
+      std::printf("tokenizer: skipped %llu bad JSON Lines record(s)\n", static_cast<unsigned long long>(r.bad_records_skipped));
     std::printf("tokenizer: wrote %s (%s, %d pieces): read %.1fs, fit %.1fs, %llu lines\n", o.out_dir.c_str(),
                 r.identity.c_str(), o.vocab_size, r.read_seconds, r.fit_seconds,
                 static_cast<unsigned long long>(r.sentences));
@@ -74,10 +88,13 @@ void add_encode_command(CLI::App& data) {
       ->capture_default_str();
   cmd->add_option("--threads", o.threads, "Threads (default: all cores)");
   cmd->add_flag("--force", o.force, "Replace an existing output directory");
+  add_input_format_options(cmd, o.format);
   cmd->callback([] {
     add_listed_inputs(o.inputs, input_list);
     o.documents = parse_document_rule(docs);
     const EncodeReport r = encode_corpus(o);
+    if (r.bad_records_skipped > 0)
+      std::printf("encode: skipped %llu bad JSON Lines record(s)\n", static_cast<unsigned long long>(r.bad_records_skipped));
     const uint64_t tokens = r.tokens[0] + r.tokens[1];
     std::printf(
         "encode: wrote %s: train %llu documents, %llu tokens in %d shard(s); val %llu documents, %llu tokens in "
