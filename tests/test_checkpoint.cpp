@@ -27,6 +27,7 @@
 
 #include "checkpoint/checksum.h"
 #include "checkpoint/durable_file.h"
+#include "checkpoint/output_paths.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/config.h"
 #include "kvroute/model.h"
@@ -699,6 +700,72 @@ TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
 }
 
 // ---------------------------------------------------------------- 4. preemption and non-finite steps
+
+// The output checks and the crash-safe replacement themselves (checkpoint/output_paths.h).
+TEST(OutputPaths, OverlapsAreRefusedAndInterruptedReplacementsAreSettled) {
+  const fs::path dir = temp_dir("output_paths");
+  fs::create_directories(dir / "in/sub");
+  testing_data::write_file_bytes(dir / "in/sub/f.txt", "x");
+  auto refused = [&](const std::string& out, const std::string& in, bool inside_too = true) {
+    try {
+      refuse_output_over_inputs("test", "--out", out, {{"the input", in}}, inside_too);
+      return std::string();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+  };
+  EXPECT_THAT(refused((dir / "in").string(), (dir / "in/sub/f.txt").string()), HasSubstr("contains the input"));
+  EXPECT_THAT(refused((dir / "in/sub/f.txt").string(), (dir / "in/./sub/f.txt").string()), HasSubstr("is the input"));
+  EXPECT_THAT(refused((dir / "in/sub/new").string(), (dir / "in").string()), HasSubstr("lies inside the input"));
+  EXPECT_EQ(refused((dir / "in/sub/new").string(), (dir / "in").string(), false), "");
+  EXPECT_EQ(refused((dir / "out").string(), (dir / "in").string()), "");
+  EXPECT_EQ(refused((dir / "in2").string(), (dir / "in").string()), "");  // a prefix of the name is no parent
+  fs::create_hard_link(dir / "in/sub/f.txt", dir / "hard.txt");
+  EXPECT_THAT(refused((dir / "hard.txt").string(), (dir / "in/sub/f.txt").string()), HasSubstr("is the input"));
+  // The temporary name of the output is checked too.
+  EXPECT_THAT(refused((dir / "in/sub/f").string(), (dir / "in/sub/f.tmp").string()), HasSubstr("temporary name"));
+  EXPECT_THAT(
+      [&] {
+        try {
+          require_output_parent("test", "--out", (dir / "nope/x").string());
+        } catch (const std::runtime_error& e) {
+          return std::string(e.what());
+        }
+        return std::string();
+      }(),
+      HasSubstr("the parent directory '" + (dir / "nope").string() + "' of --out"));
+
+  // A replacement: the new output in place, nothing else left.
+  const fs::path out = dir / "out";
+  fs::create_directories(out);
+  testing_data::write_file_bytes(out / "v", "old");
+  {
+    OutputReplacement r("test", out.string(), /*force=*/true, /*directory=*/true);
+    testing_data::write_file_bytes(r.tmp() / "v", "new");
+    r.commit();
+  }
+  EXPECT_EQ(testing_data::read_file_bytes(out / "v"), "new");
+  EXPECT_FALSE(fs::exists(dir / "out.tmp"));
+  EXPECT_FALSE(fs::exists(dir / "out.kvroute-old"));
+  // Not committed (the command failed): the old output stays, the temporary goes.
+  {
+    OutputReplacement r("test", out.string(), true, true);
+    testing_data::write_file_bytes(r.tmp() / "v", "newer");
+  }
+  EXPECT_EQ(testing_data::read_file_bytes(out / "v"), "new");
+  EXPECT_FALSE(fs::exists(dir / "out.tmp"));
+  // Without force an existing output is refused before anything is written.
+  EXPECT_THROW(OutputReplacement("test", out.string(), false, true), std::runtime_error);
+  // Interrupted between the two renames: the set-aside output comes back.
+  fs::rename(out, dir / "out.kvroute-old");
+  fs::create_directories(dir / "out.tmp");
+  const std::vector<std::string> notes = settle_interrupted_replacement(out.string());
+  ASSERT_EQ(notes.size(), 2u);
+  EXPECT_THAT(notes[0], HasSubstr("restored '" + out.string() + "'"));
+  EXPECT_THAT(notes[1], HasSubstr("removed '" + (dir / "out.tmp").string() + "'"));
+  EXPECT_EQ(testing_data::read_file_bytes(out / "v"), "new");
+  EXPECT_TRUE(settle_interrupted_replacement(out.string()).empty());
+}
 
 TEST(Faults, SigintAndSigtermFinishTheStepCheckpointAndExitZero) {
   const RunSetup s = make_run_setup("preempt");
