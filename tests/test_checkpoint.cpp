@@ -701,6 +701,23 @@ TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
 
 // ---------------------------------------------------------------- 4. preemption and non-finite steps
 
+// `train --force` deletes the earlier run's files: not when the new run reads one of them.
+TEST(Resume, ForceRefusesToDeleteWhatTheNewRunReads) {
+  const RunSetup s = make_run_setup("force_input");
+  const fs::path run_dir = s.dir / "run";
+  Result r = run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string model = testing_data::read_file_bytes(run_dir / "model.h5");
+  r = run("train " + s.config.string() + " --force --set train.steps=4 --set model.init_from=" +
+          (run_dir / "model.h5").string() + " --set train.out_dir=" + run_dir.string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--force: the earlier run's '" + (run_dir / "model.h5").string() +
+                                  "' is model.init_from"));
+  EXPECT_THAT(r.output, HasSubstr("nothing was deleted or written"));
+  EXPECT_EQ(testing_data::read_file_bytes(run_dir / "model.h5"), model);
+  EXPECT_EQ(latest_step(run_dir), 4);
+}
+
 // The output checks and the crash-safe replacement themselves (checkpoint/output_paths.h).
 TEST(OutputPaths, OverlapsAreRefusedAndInterruptedReplacementsAreSettled) {
   const fs::path dir = temp_dir("output_paths");
