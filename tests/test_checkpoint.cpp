@@ -701,6 +701,53 @@ TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
 
 // ---------------------------------------------------------------- 4. preemption and non-finite steps
 
+// `train --resume RUN` used to train whatever checkpoint `latest` named: a copy or a symlink
+// from another run (another model) overwrote RUN's checkpoints, model.h5 and config.yaml.
+TEST(Resume, ACheckpointOfAnotherRunIsRefusedNamingBoth) {
+  const RunSetup s = make_run_setup("other_run");
+  const fs::path run_a = s.dir / "a", run_b = s.dir / "b";
+  Result r = run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + run_a.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("train " + s.config.string() + " --set train.steps=8 --set model.d_model=64 --set train.out_dir=" +
+          run_b.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string model_a = testing_data::read_file_bytes(run_a / "model.h5");
+  const std::string yaml_a = testing_data::read_file_bytes(run_a / "config.yaml");
+  const fs::path b8 = run_b / "checkpoints" / "step_00000008.h5";
+  const fs::path a8 = run_a / "checkpoints" / "step_00000008.h5";
+  auto check_untouched = [&] {
+    EXPECT_EQ(testing_data::read_file_bytes(run_a / "model.h5"), model_a);
+    EXPECT_EQ(testing_data::read_file_bytes(run_a / "config.yaml"), yaml_a);
+  };
+  // A copy: the embedded config differs from RUN/config.yaml.
+  fs::copy_file(b8, a8);
+  testing_data::write_file_bytes(run_a / "checkpoints" / "latest", "step_00000008.h5\n");
+  r = run("train --resume " + run_a.string() + " --set train.steps=12");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("checkpoint '" + a8.string() + "' is not of the run in '" + run_a.string() + "'"));
+  EXPECT_THAT(r.output, HasSubstr("model.d_model: 64 in the checkpoint, 32 in config.yaml"));
+  EXPECT_THAT(r.output, HasSubstr((run_a / "config.yaml").string()));
+  check_untouched();
+  r = run("train --resume " + a8.string() + " --set train.steps=12");  // named as a file: the same
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("is not of the run in"));
+  // A symlink to the other run's checkpoint: refused whatever its config.
+  fs::remove(a8);
+  fs::create_symlink(b8, a8);
+  r = run("train --resume " + run_a.string() + " --set train.steps=12");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("`latest` names '" + a8.string() + "', a link to '" + fs::canonical(b8).string() +
+                                  "' outside"));
+  check_untouched();
+  EXPECT_EQ(read_checkpoint_info(b8.string()).config.model.d_model, 64);  // the other run is untouched too
+  // This run's own checkpoint still resumes.
+  fs::remove(a8);
+  testing_data::write_file_bytes(run_a / "checkpoints" / "latest", "step_00000004.h5\n");
+  r = run("train --resume " + run_a.string() + " --set train.steps=6");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(latest_step(run_a), 6);
+}
+
 // `train --force` deletes the earlier run's files: not when the new run reads one of them.
 TEST(Resume, ForceRefusesToDeleteWhatTheNewRunReads) {
   const RunSetup s = make_run_setup("force_input");
