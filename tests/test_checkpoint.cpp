@@ -1019,6 +1019,26 @@ TEST(StopSignalsDeathTest, DefaultOutsideAScopeAndALateRepeatAfterAStopIsStillAR
       ::testing::KilledBySignal(SIGTERM), "SIGTERM received a third time: exiting now");
 }
 
+// A stop signal while a child command runs (gnuplot drawing the curves after the `final |`
+// line) used to be delivered to the waiting thread, which had unblocked it: SIGTERM's default
+// action ended the run (exit 143) before its last checkpoint and model.h5. The receiving
+// thread takes it now, as any other.
+TEST(StopSignalsDeathTest, AStopSignalWhileAChildCommandRunsIsTakenByTheReceivingThread) {
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
+  EXPECT_EXIT(
+      {
+        start_signal_thread();
+        StopSignals s;
+        system_with_stop_signals_unblocked("kill -TERM $PPID; sleep 0.5");
+        wait_until_received(s);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "SIGTERM received: stopping after the current step");
+  // The child still gets them at their default action.
+  const int st = system_with_stop_signals_unblocked("kill -TERM $$");
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM) << st;
+}
+
 // A stop signal while the run is still being set up (data, model, the memory probe) used to
 // terminate it there, leaving a run directory without a checkpoint: it now stops after the
 // first step, with one.

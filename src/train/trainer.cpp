@@ -572,6 +572,10 @@ TrainResult TrainingRun::finish() {
   if (lead_) save_checkpoint(final_path.string(), *model_, cfg_, state_, tokenizer_);
   result_.final_checkpoint = final_path.string();
   log_->line("saved " + final_path.string());
+  // A stop request after the last step (stop_requested() ignores it there) waited for these writes.
+  if (const int sig = stop_signals_.received())
+    log_->line(std::string(StopSignals::name(sig)) + " received after the last step: the run had finished, so its last "
+               "checkpoint and model.h5 were written first");
   return result_;
 }
 
