@@ -488,5 +488,30 @@ TEST(HfOutputs, ReplacingAnExportIsCrashSafeAndAFailedOneLeavesNothing) {
   EXPECT_FALSE(fs::exists(tmp / "new.tmp"));
 }
 
+// A missing --out folder used to be reported as "(disk full?)"; rms_norm_eps was printed as 0.0.
+TEST(HfCli, AMissingOutFolderIsNamedAndRmsNormEpsIsPrintedAsItIs) {
+  using ::testing::HasSubstr;
+  using ::testing::Not;
+  const fs::path tmp = fresh_temp_dir("hf_cli_minor");
+  auto r = run("import hf " + fixture("llama2").string() + " --out " + (tmp / "nope/m.h5").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("the parent directory '" + (tmp / "nope").string() + "' of --out"));
+  EXPECT_THAT(r.output, HasSubstr("does not exist"));
+  EXPECT_THAT(r.output, Not(HasSubstr("disk full")));
+  r = run("import hf " + fixture("llama2").string() + " --out " + (tmp / "m.h5").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("rms_norm_eps 1e-05"));
+  // save_checkpoint itself names a missing folder too.
+  auto be = make_backend("cpu");
+  const CheckpointInfo info = read_checkpoint_info((tmp / "m.h5").string());
+  Model model(info.config.model, be.get());
+  try {
+    save_checkpoint((tmp / "nope/again.h5").string(), model, info.config, 0);
+    ADD_FAILURE() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("its directory '" + (tmp / "nope").string() + "' does not exist"));
+  }
+}
+
 }  // namespace
 }  // namespace kvroute
