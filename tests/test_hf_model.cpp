@@ -486,6 +486,12 @@ TEST(HfOutputs, ReplacingAnExportIsCrashSafeAndAFailedOneLeavesNothing) {
   EXPECT_NE(failed.status, 0);
   EXPECT_FALSE(fs::exists(tmp / "new"));
   EXPECT_FALSE(fs::exists(tmp / "new.tmp"));
+  // A killed import leaves <out>.tmp: the next import removes it, saying so.
+  write_file_bytes(tmp / "again.h5.tmp", "partial");
+  io.out = (tmp / "again.h5").string();
+  const HfImportReport ir = import_hf(io);
+  EXPECT_THAT(ir.notes, ::testing::Contains(HasSubstr("removed '" + (tmp / "again.h5.tmp").string() + "'")));
+  EXPECT_FALSE(fs::exists(tmp / "again.h5.tmp"));
 }
 
 // A missing --out folder used to be reported as "(disk full?)"; rms_norm_eps was printed as 0.0.

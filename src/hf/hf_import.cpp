@@ -145,6 +145,7 @@ HfImportReport import_hf(const HfImportOptions& options) {
   HfImportReport report;
   const ImportOutputs outputs = check_import_outputs(options, has_tokenizer(options.dir));
   report.config = read_hf_config(options.dir);
+  report.notes = outputs.notes;
 
   // The tokenizer first: it is small, and its problems should show before minutes of reading weights.
   TokenizerIdentity tokenizer;

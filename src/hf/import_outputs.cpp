@@ -29,6 +29,10 @@ ImportOutputs check_import_outputs(const HfImportOptions& options, bool with_tok
     throw std::runtime_error("import: '" + options.out + "' exists (--force replaces it)");
   if (with_tokenizer && fs::exists(o.tokenizer_dir, ec) && !options.force)
     throw std::runtime_error("import: tokenizer folder '" + o.tokenizer_dir + "' exists (--force replaces it)");
+  // A checkpoint write killed midway leaves <out>.tmp (save_checkpoint renames it into place).
+  const std::string tmp = options.out + ".tmp";
+  if (fs::is_regular_file(tmp, ec) && fs::remove(tmp, ec))
+    o.notes.push_back("removed '" + tmp + "', left by an interrupted earlier import");
   return o;
 }
 

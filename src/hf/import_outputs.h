@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "kvroute/hf_model.h"
 
@@ -9,6 +10,7 @@ namespace kvroute {
 
 struct ImportOutputs {
   std::string tokenizer_dir;  // --tokenizer-out, or "<out without .h5>-tokenizer"
+  std::vector<std::string> notes;  // what was left by an interrupted earlier import and removed
 };
 
 // Refuses outputs that are, contain or lie inside the model folder (or each other), a missing
