@@ -47,8 +47,16 @@ class Watchdog final : public WatchdogContext {
  private:
   void watch() {
     std::unique_lock lock(mutex_);
+    Clock::time_point last_tick = Clock::now();
     while (!stop_) {
       cv_.wait_for(lock, std::chrono::milliseconds(200));
+      // A tick far later than 200 ms: this process itself was stopped (kill -STOP) or starved.
+      // That time is not another rank's fault: a frozen rank, once continued (mpirun does so to
+      // end the job), must not report the ranks that waited for it as the ones missing.
+      const Clock::time_point now = Clock::now();
+      const Clock::duration gap = now - last_tick;
+      last_tick = now;
+      if (gap > std::chrono::seconds(1)) since_ += gap - std::chrono::milliseconds(200);
       if (stop_ || depth_ == 0) continue;
       const double waited = std::chrono::duration<double>(Clock::now() - since_).count();
       if (waited < timeout_s_) continue;
