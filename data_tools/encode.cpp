@@ -82,7 +82,9 @@ EncodeReport encode_corpus(const EncodeOptions& o) {
     throw std::runtime_error("--val-fraction: " + format_fraction(o.val_fraction) + " is not in [0, 0.5]");
   if (o.shard_tokens < 1) throw std::runtime_error("--shard-tokens must be at least 1");
   const uint64_t total_bytes = check_input_files(o.inputs, "input");
-  check_output_dir(o.out_dir, o.force, "encode");
+  std::vector<InputPath> inputs = input_paths(o.inputs, "the input");
+  if (o.tokenizer != "byte") inputs.push_back({"the tokenizer", o.tokenizer});
+  check_output_dir(o.out_dir, o.force, "encode", inputs);
   const std::unique_ptr<Tokenizer> tok = load_tokenizer(o.tokenizer);
   const int threads = resolve_threads(o.threads);
   const std::vector<int32_t> separator = tok->document_separator();

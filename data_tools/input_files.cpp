@@ -6,8 +6,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <stdexcept>
 
+#include "checkpoint/output_paths.h"
 #include "kvroute/input_list.h"
 #include "kvroute/shard.h"
 
@@ -52,8 +54,11 @@ std::vector<std::string> read_input_list(const std::string& list_file) {
   return paths;
 }
 
-void check_output_dir(const std::string& out_dir, bool force, const std::string& what) {
+void check_output_dir(const std::string& out_dir, bool force, const std::string& what,
+                      const std::vector<InputPath>& inputs) {
   if (out_dir.empty()) throw std::runtime_error(what + ": no output directory given (--out)");
+  refuse_output_over_inputs(what, "--out", out_dir, inputs);
+  for (const std::string& note : settle_interrupted_replacement(out_dir)) std::cerr << what << ": note: " << note << "\n";
   std::error_code ec;
   if (!fs::exists(out_dir, ec)) return;
   if (!fs::is_directory(out_dir, ec))
@@ -63,22 +68,17 @@ void check_output_dir(const std::string& out_dir, bool force, const std::string&
                              "' already exists and is not empty; pass --force to replace it");
 }
 
+std::vector<InputPath> input_paths(const std::vector<std::string>& paths, const std::string& role) {
+  std::vector<InputPath> inputs;
+  for (const std::string& p : paths) inputs.push_back({role, p});
+  return inputs;
+}
+
 void build_output_dir(const std::string& out_dir, const std::function<void(const fs::path& tmp)>& fill) {
-  const fs::path tmp = out_dir + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
-  try {
-    fill(tmp);
-    std::error_code ec;
-    if (fs::exists(out_dir, ec)) fs::remove_all(out_dir);
-    const fs::path parent = fs::path(out_dir).parent_path();
-    if (!parent.empty()) fs::create_directories(parent);
-    fs::rename(tmp, out_dir);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  // check_output_dir has refused an existing output without --force.
+  OutputReplacement output("output", out_dir, /*force=*/true, /*directory=*/true);
+  fill(output.tmp());
+  output.commit();
 }
 
 uint64_t file_fingerprint(const std::string& path) {

@@ -254,7 +254,7 @@ TokenizerTrainReport train_tokenizer(const TokenizerTrainOptions& o) {
   if (o.max_sentences < 1) throw std::runtime_error("--max-sentences must be at least 1");
   TokenizerTrainReport report;
   report.input_bytes = check_input_files(o.inputs, "input");
-  check_output_dir(o.out_dir, o.force, "tokenizer");
+  check_output_dir(o.out_dir, o.force, "tokenizer", input_paths(o.inputs, "the input"));
 
   const Args args = sentencepiece_args(o);
   std::string proto;

@@ -27,6 +27,7 @@
 
 #include "checkpoint/checksum.h"
 #include "checkpoint/durable_file.h"
+#include "checkpoint/output_paths.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/config.h"
 #include "kvroute/model.h"
@@ -700,6 +701,136 @@ TEST(Resume, ADamagedLatestCheckpointIsRefusedNamingTheOlderOnes) {
 
 // ---------------------------------------------------------------- 4. preemption and non-finite steps
 
+// `train --resume RUN` used to train whatever checkpoint `latest` named: a copy or a symlink
+// from another run (another model) overwrote RUN's checkpoints, model.h5 and config.yaml.
+TEST(Resume, ACheckpointOfAnotherRunIsRefusedNamingBoth) {
+  const RunSetup s = make_run_setup("other_run");
+  const fs::path run_a = s.dir / "a", run_b = s.dir / "b";
+  Result r = run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + run_a.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("train " + s.config.string() + " --set train.steps=8 --set model.d_model=64 --set train.out_dir=" +
+          run_b.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string model_a = testing_data::read_file_bytes(run_a / "model.h5");
+  const std::string yaml_a = testing_data::read_file_bytes(run_a / "config.yaml");
+  const fs::path b8 = run_b / "checkpoints" / "step_00000008.h5";
+  const fs::path a8 = run_a / "checkpoints" / "step_00000008.h5";
+  auto check_untouched = [&] {
+    EXPECT_EQ(testing_data::read_file_bytes(run_a / "model.h5"), model_a);
+    EXPECT_EQ(testing_data::read_file_bytes(run_a / "config.yaml"), yaml_a);
+  };
+  // A copy: the embedded config differs from RUN/config.yaml.
+  fs::copy_file(b8, a8);
+  testing_data::write_file_bytes(run_a / "checkpoints" / "latest", "step_00000008.h5\n");
+  r = run("train --resume " + run_a.string() + " --set train.steps=12");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("checkpoint '" + a8.string() + "' is not of the run in '" + run_a.string() + "'"));
+  EXPECT_THAT(r.output, HasSubstr("model.d_model: 64 in the checkpoint, 32 in config.yaml"));
+  EXPECT_THAT(r.output, HasSubstr((run_a / "config.yaml").string()));
+  check_untouched();
+  r = run("train --resume " + a8.string() + " --set train.steps=12");  // named as a file: the same
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("is not of the run in"));
+  // A symlink to the other run's checkpoint: refused whatever its config.
+  fs::remove(a8);
+  fs::create_symlink(b8, a8);
+  r = run("train --resume " + run_a.string() + " --set train.steps=12");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("`latest` names '" + a8.string() + "', a link to '" + fs::canonical(b8).string() +
+                                  "' outside"));
+  check_untouched();
+  EXPECT_EQ(read_checkpoint_info(b8.string()).config.model.d_model, 64);  // the other run is untouched too
+  // This run's own checkpoint still resumes.
+  fs::remove(a8);
+  testing_data::write_file_bytes(run_a / "checkpoints" / "latest", "step_00000004.h5\n");
+  r = run("train --resume " + run_a.string() + " --set train.steps=6");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(latest_step(run_a), 6);
+}
+
+// `train --force` deletes the earlier run's files: not when the new run reads one of them.
+TEST(Resume, ForceRefusesToDeleteWhatTheNewRunReads) {
+  const RunSetup s = make_run_setup("force_input");
+  const fs::path run_dir = s.dir / "run";
+  Result r = run("train " + s.config.string() + " --set train.steps=4 --set train.out_dir=" + run_dir.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string model = testing_data::read_file_bytes(run_dir / "model.h5");
+  r = run("train " + s.config.string() + " --force --set train.steps=4 --set model.init_from=" +
+          (run_dir / "model.h5").string() + " --set train.out_dir=" + run_dir.string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--force: the earlier run's '" + (run_dir / "model.h5").string() +
+                                  "' is model.init_from"));
+  EXPECT_THAT(r.output, HasSubstr("nothing was deleted or written"));
+  EXPECT_EQ(testing_data::read_file_bytes(run_dir / "model.h5"), model);
+  EXPECT_EQ(latest_step(run_dir), 4);
+}
+
+// The output checks and the crash-safe replacement themselves (checkpoint/output_paths.h).
+TEST(OutputPaths, OverlapsAreRefusedAndInterruptedReplacementsAreSettled) {
+  const fs::path dir = temp_dir("output_paths");
+  fs::create_directories(dir / "in/sub");
+  testing_data::write_file_bytes(dir / "in/sub/f.txt", "x");
+  auto refused = [&](const std::string& out, const std::string& in, bool inside_too = true) {
+    try {
+      refuse_output_over_inputs("test", "--out", out, {{"the input", in}}, inside_too);
+      return std::string();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+  };
+  EXPECT_THAT(refused((dir / "in").string(), (dir / "in/sub/f.txt").string()), HasSubstr("contains the input"));
+  EXPECT_THAT(refused((dir / "in/sub/f.txt").string(), (dir / "in/./sub/f.txt").string()), HasSubstr("is the input"));
+  EXPECT_THAT(refused((dir / "in/sub/new").string(), (dir / "in").string()), HasSubstr("lies inside the input"));
+  EXPECT_EQ(refused((dir / "in/sub/new").string(), (dir / "in").string(), false), "");
+  EXPECT_EQ(refused((dir / "out").string(), (dir / "in").string()), "");
+  EXPECT_EQ(refused((dir / "in2").string(), (dir / "in").string()), "");  // a prefix of the name is no parent
+  fs::create_hard_link(dir / "in/sub/f.txt", dir / "hard.txt");
+  EXPECT_THAT(refused((dir / "hard.txt").string(), (dir / "in/sub/f.txt").string()), HasSubstr("is the input"));
+  // The temporary name of the output is checked too.
+  EXPECT_THAT(refused((dir / "in/sub/f").string(), (dir / "in/sub/f.tmp").string()), HasSubstr("temporary name"));
+  EXPECT_THAT(
+      [&] {
+        try {
+          require_output_parent("test", "--out", (dir / "nope/x").string());
+        } catch (const std::runtime_error& e) {
+          return std::string(e.what());
+        }
+        return std::string();
+      }(),
+      HasSubstr("the parent directory '" + (dir / "nope").string() + "' of --out"));
+
+  // A replacement: the new output in place, nothing else left.
+  const fs::path out = dir / "out";
+  fs::create_directories(out);
+  testing_data::write_file_bytes(out / "v", "old");
+  {
+    OutputReplacement r("test", out.string(), /*force=*/true, /*directory=*/true);
+    testing_data::write_file_bytes(r.tmp() / "v", "new");
+    r.commit();
+  }
+  EXPECT_EQ(testing_data::read_file_bytes(out / "v"), "new");
+  EXPECT_FALSE(fs::exists(dir / "out.tmp"));
+  EXPECT_FALSE(fs::exists(dir / "out.kvroute-old"));
+  // Not committed (the command failed): the old output stays, the temporary goes.
+  {
+    OutputReplacement r("test", out.string(), true, true);
+    testing_data::write_file_bytes(r.tmp() / "v", "newer");
+  }
+  EXPECT_EQ(testing_data::read_file_bytes(out / "v"), "new");
+  EXPECT_FALSE(fs::exists(dir / "out.tmp"));
+  // Without force an existing output is refused before anything is written.
+  EXPECT_THROW(OutputReplacement("test", out.string(), false, true), std::runtime_error);
+  // Interrupted between the two renames: the set-aside output comes back.
+  fs::rename(out, dir / "out.kvroute-old");
+  fs::create_directories(dir / "out.tmp");
+  const std::vector<std::string> notes = settle_interrupted_replacement(out.string());
+  ASSERT_EQ(notes.size(), 2u);
+  EXPECT_THAT(notes[0], HasSubstr("restored '" + out.string() + "'"));
+  EXPECT_THAT(notes[1], HasSubstr("removed '" + (dir / "out.tmp").string() + "'"));
+  EXPECT_EQ(testing_data::read_file_bytes(out / "v"), "new");
+  EXPECT_TRUE(settle_interrupted_replacement(out.string()).empty());
+}
+
 TEST(Faults, SigintAndSigtermFinishTheStepCheckpointAndExitZero) {
   const RunSetup s = make_run_setup("preempt");
   for (const int sig : {SIGTERM, SIGINT}) {
@@ -886,6 +1017,26 @@ TEST(StopSignalsDeathTest, DefaultOutsideAScopeAndALateRepeatAfterAStopIsStillAR
         std::_Exit(0);
       },
       ::testing::KilledBySignal(SIGTERM), "SIGTERM received a third time: exiting now");
+}
+
+// A stop signal while a child command runs (gnuplot drawing the curves after the `final |`
+// line) used to be delivered to the waiting thread, which had unblocked it: SIGTERM's default
+// action ended the run (exit 143) before its last checkpoint and model.h5. The receiving
+// thread takes it now, as any other.
+TEST(StopSignalsDeathTest, AStopSignalWhileAChildCommandRunsIsTakenByTheReceivingThread) {
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
+  EXPECT_EXIT(
+      {
+        start_signal_thread();
+        StopSignals s;
+        system_with_stop_signals_unblocked("kill -TERM $PPID; sleep 0.5");
+        wait_until_received(s);
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "SIGTERM received: stopping after the current step");
+  // The child still gets them at their default action.
+  const int st = system_with_stop_signals_unblocked("kill -TERM $$");
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM) << st;
 }
 
 // A stop signal while the run is still being set up (data, model, the memory probe) used to

@@ -151,6 +151,35 @@ TEST_F(DataCli, InputListGivesTheSameShardsAsTheFilesOnTheCommandLine) {
   EXPECT_THAT(bad.output, HasSubstr("input '" + path("gone.txt") + "': no such file"));
 }
 
+// --out over an input used to delete it under --force: the corpus with `data tokenizer --out DIR`
+// when the corpus lies in DIR, the tokenizer with `data encode --out SHARDS` reading
+// SHARDS/tokenizer. Both are refused before anything is deleted; a replacement leaves no
+// temporary or set-aside folder.
+TEST_F(DataCli, AnOutputOverAnInputIsRefusedAndAReplacementLeavesNothingBehind) {
+  make_shards();
+  fs::create_directories(dir_ / "own");
+  write_file_bytes(dir_ / "own" / "corpus.txt", read_file_bytes(dir_ / "corpus.txt"));
+  const Result t = run("data tokenizer --input " + path("own/corpus.txt") + " --vocab-size 320 --out " + path("own") +
+                       " --force");
+  EXPECT_EQ(t.status, 1);
+  EXPECT_THAT(t.output, HasSubstr("tokenizer: --out '" + path("own") + "' contains the input '" + path("own/corpus.txt") +
+                                  "'"));
+  EXPECT_TRUE(fs::exists(dir_ / "own" / "corpus.txt"));
+  const Result e = run("data encode --tokenizer " + path("shards/tokenizer") + " --input " + path("corpus.txt") +
+                       " --out " + path("shards") + " --force");
+  EXPECT_EQ(e.status, 1);
+  EXPECT_THAT(e.output, HasSubstr("contains the tokenizer '" + path("shards/tokenizer") + "'"));
+  EXPECT_TRUE(fs::exists(dir_ / "shards" / "tokenizer" / "tokenizer.model"));
+  const std::string encode = "data encode --tokenizer byte --input " + path("corpus.txt") + " --out " + path("bytes");
+  const Result first = run(encode);
+  ASSERT_EQ(first.status, 0) << first.output;
+  const Result forced = run(encode + " --force");
+  ASSERT_EQ(forced.status, 0) << forced.output;
+  EXPECT_TRUE(fs::exists(dir_ / "bytes" / "manifest.yaml"));
+  EXPECT_FALSE(fs::exists(dir_ / "bytes.tmp"));
+  EXPECT_FALSE(fs::exists(dir_ / "bytes.kvroute-old"));
+}
+
 TEST_F(DataCli, BadInputGivesAClearErrorAndExitCode) {
   make_shards();
   const Result missing = run("data tokenizer --input " + path("nope.txt") + " --vocab-size 300 --out " + path("t2"));

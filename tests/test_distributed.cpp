@@ -32,6 +32,7 @@
 namespace fs = std::filesystem;
 using namespace kvroute;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 namespace {
 
@@ -106,6 +107,19 @@ pid_t rank_after_first_checkpoint(pid_t mpirun, const fs::path& run_dir, std::si
     if (!fs::exists(run_dir / "checkpoints" / "latest")) continue;
     const std::vector<pid_t> found = ranks_of(mpirun);
     if (found.size() >= ranks) return found.back();
+  }
+  return -1;
+}
+
+// The MPI rank of a running kvroute process (OpenMPI sets it in the environment), or -1.
+int rank_number(pid_t pid) {
+  const std::string env = testing_data::read_file_bytes("/proc/" + std::to_string(pid) + "/environ");
+  const std::string key = std::string("OMPI_COMM_WORLD_RANK=");
+  for (std::size_t at = 0; at < env.size();) {
+    if (env.compare(at, key.size(), key) == 0) return std::atoi(env.c_str() + at + key.size());
+    const std::size_t end = env.find('\0', at);
+    if (end == std::string::npos) break;
+    at = end + 1;
   }
   return -1;
 }
@@ -358,6 +372,7 @@ TEST(Distributed, AFrozenRankEndsTheJobAfterTheCollectiveTimeoutNamingTheLastChe
   using clock = std::chrono::steady_clock;
   const pid_t victim = rank_after_first_checkpoint(mpirun, run_dir, 2);
   ASSERT_GT(victim, 0) << "no rank found\n" << testing_data::read_file_bytes(log);
+  const int victim_rank = rank_number(victim);
   ASSERT_EQ(::kill(victim, SIGSTOP), 0);
   const auto stopped_at = clock::now();
   const Result r = wait_and_read(mpirun, log, 60);
@@ -366,6 +381,14 @@ TEST(Distributed, AFrozenRankEndsTheJobAfterTheCollectiveTimeoutNamingTheLastChe
   ASSERT_NE(r.status, kTimedOut) << "the job still ran 60 s after a rank was frozen\n" << r.output;
   EXPECT_NE(r.status, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("did not complete within 3 s (train.collective_timeout_s) at step "));
+  // The message names the rank that froze, not only the one that noticed.
+  EXPECT_GE(victim_rank, 0) << "OMPI_COMM_WORLD_RANK not found in the environment of pid " << victim;
+  if (victim_rank >= 0) {
+    EXPECT_THAT(r.output, HasSubstr("rank " + std::to_string(1 - victim_rank) + " arrived there and noticed; rank " +
+                                    std::to_string(victim_rank) + " did not arrive"));
+    // The frozen rank, continued by mpirun to end the job, does not blame the one that waited.
+    EXPECT_THAT(r.output, Not(HasSubstr("rank " + std::to_string(victim_rank) + " arrived there")));
+  }
   EXPECT_THAT(r.output, HasSubstr("resume: kvroute train --resume " + run_dir.string()));
   EXPECT_LT(took, 30) << r.output;
   std::cout << "the job ended " << took << " s after one rank was frozen (timeout 3 s)\n";

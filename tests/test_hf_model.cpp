@@ -378,5 +378,147 @@ TEST(HfCli, ImportInfoTrainFromTheFolderAndExport) {
   EXPECT_THAT(r.output, HasSubstr("no such directory"));
 }
 
+
+// Outputs that are, contain or lie inside an input used to be deleted with --force: the
+// checkpoint by `export --out .` in its folder, a run's checkpoints by `export RUN/model.h5 --out
+// RUN`, the model folder's weights by `import --tokenizer-out SRC` or `--out SRC/model.safetensors`.
+// Each is now refused before anything is deleted or written, naming both paths.
+TEST(HfOutputs, AnOutputThatIsContainsOrLiesInsideAnInputIsRefusedAndNothingIsDeleted) {
+  using ::testing::AllOf;
+  using ::testing::HasSubstr;
+  const fs::path tmp = fresh_temp_dir("hf_overlap");
+  const fs::path src = copy_fixture("llama2", tmp);
+  write_file_bytes(src / "tokenizer.json", read_file_bytes(fs::path(KVROUTE_SOURCE_DIR) /
+                                                           "tests/fixtures/tokenizers/kv_byte/exported/tokenizer.json"));
+  fs::create_directories(tmp / "ck");
+  auto r = run("import hf " + src.string() + " --out " + (tmp / "ck/model.h5").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string ckpt = read_file_bytes(tmp / "ck/model.h5");
+
+  // export --out . inside the checkpoint's folder.
+  r = testing_cli::run_shell("cd " + (tmp / "ck").string() + " && " + KVROUTE_BINARY + " export hf model.h5 --out . --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, AllOf(HasSubstr("--out '.' contains the checkpoint 'model.h5'"),
+                              HasSubstr("nothing was deleted or written")));
+  EXPECT_EQ(read_file_bytes(tmp / "ck/model.h5"), ckpt);
+  // export RUN/model.h5 --out RUN: the run's checkpoints stay.
+  fs::create_directories(tmp / "run/checkpoints");
+  fs::copy_file(tmp / "ck/model.h5", tmp / "run/model.h5");
+  fs::copy_file(tmp / "ck/model.h5", tmp / "run/checkpoints/step_00000004.h5");
+  r = run("export hf " + (tmp / "run/model.h5").string() + " --out " + (tmp / "run").string() + " --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("contains the checkpoint"));
+  EXPECT_TRUE(fs::exists(tmp / "run/checkpoints/step_00000004.h5"));
+  EXPECT_TRUE(fs::exists(tmp / "run/model.h5"));
+  // The checkpoint's tokenizer folder is an input too.
+  r = run("export hf " + (tmp / "ck/model.h5").string() + " --out " + (tmp / "ck/model-tokenizer").string() + " --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("is the checkpoint's tokenizer"));
+  EXPECT_TRUE(fs::exists(tmp / "ck/model-tokenizer/tokenizer.json"));
+  // import --tokenizer-out SRC, --out SRC/model.safetensors.
+  const std::string weights = read_file_bytes(src / "model.safetensors");
+  r = run("import hf " + src.string() + " --out " + (tmp / "x.h5").string() + " --tokenizer-out " + src.string() +
+          " --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("--tokenizer-out '" + src.string() + "' is the model folder"));
+  r = run("import hf " + src.string() + " --out " + (src / "model.safetensors").string() + " --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("--out '" + (src / "model.safetensors").string() + "' lies inside the model folder"));
+  r = run("import hf " + src.string() + " --out " + (src / "kv.h5").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("lies inside the model folder"));
+  EXPECT_EQ(read_file_bytes(src / "model.safetensors"), weights);
+  EXPECT_FALSE(fs::exists(tmp / "x.h5"));
+  EXPECT_FALSE(fs::exists(src / "kv.h5"));
+  // A symlinked route to the same folder is seen through.
+  fs::create_directory_symlink(tmp / "ck", tmp / "link");
+  r = run("export hf " + (tmp / "link/model.h5").string() + " --out " + (tmp / "ck").string() + " --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("contains the checkpoint"));
+  EXPECT_EQ(read_file_bytes(tmp / "ck/model.h5"), ckpt);
+  // export hf-tokenizer over its own tokenizer folder.
+  const fs::path kv = tmp / "kv_unigram";
+  fs::copy(fs::path(KVROUTE_SOURCE_DIR) / "tests/fixtures/tokenizers/kv_unigram", kv, fs::copy_options::recursive);
+  r = run("export hf-tokenizer " + kv.string() + " --out " + kv.string() + " --force");
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("is the tokenizer"));
+  EXPECT_TRUE(fs::exists(kv / "tokenizer.model"));
+}
+
+// --force used to remove the old export before renaming the new one in: a SIGKILL between the
+// two left neither. Now the old one is set aside, the new one renamed in, the old one removed;
+// a later run settles what an interrupted one left and says so; a failed export leaves no .tmp.
+TEST(HfOutputs, ReplacingAnExportIsCrashSafeAndAFailedOneLeavesNothing) {
+  using ::testing::HasSubstr;
+  const fs::path tmp = fresh_temp_dir("hf_replace");
+  HfImportOptions io;
+  io.dir = fixture("llama2").string();
+  io.out = (tmp / "m.h5").string();
+  import_hf(io);
+  HfExportOptions eo;
+  eo.checkpoint = io.out;
+  eo.out = (tmp / "out").string();
+  export_hf(eo);
+  const std::string config = read_file_bytes(tmp / "out/config.json");
+  // Killed after the old export was set aside, before the new one was renamed in.
+  fs::rename(tmp / "out", tmp / "out.kvroute-old");
+  fs::create_directories(tmp / "out.tmp");
+  write_file_bytes(tmp / "out.tmp/config.json", "{");
+  eo.force = false;
+  EXPECT_THROW(export_hf(eo), std::runtime_error);  // it exists again: restored, so --force is needed
+  EXPECT_EQ(read_file_bytes(tmp / "out/config.json"), config);
+  EXPECT_FALSE(fs::exists(tmp / "out.kvroute-old"));
+  EXPECT_FALSE(fs::exists(tmp / "out.tmp"));
+  // Killed after the new one was renamed in, before the old one was removed.
+  fs::create_directories(tmp / "out.kvroute-old");
+  eo.force = true;
+  const HfExportReport r = export_hf(eo);
+  ASSERT_FALSE(r.notes.empty());
+  EXPECT_THAT(r.notes[0], HasSubstr("removed '" + (tmp / "out.kvroute-old").string() + "'"));
+  EXPECT_FALSE(fs::exists(tmp / "out.kvroute-old"));
+  EXPECT_EQ(read_file_bytes(tmp / "out/config.json"), config);
+  // A failed export (here after the weights were written) leaves the old one and no .tmp.
+  auto failed = run("export hf " + io.out + " --out " + eo.out + " --force --arch Qwen3ForCausalLM");
+  EXPECT_NE(failed.status, 0);
+  EXPECT_THAT(failed.output, HasSubstr("cannot hold this model"));
+  EXPECT_FALSE(fs::exists(tmp / "out.tmp"));
+  EXPECT_EQ(read_file_bytes(tmp / "out/config.json"), config);
+  failed = run("export hf " + io.out + " --out " + (tmp / "new").string() + " --arch Qwen3ForCausalLM");
+  EXPECT_NE(failed.status, 0);
+  EXPECT_FALSE(fs::exists(tmp / "new"));
+  EXPECT_FALSE(fs::exists(tmp / "new.tmp"));
+  // A killed import leaves <out>.tmp: the next import removes it, saying so.
+  write_file_bytes(tmp / "again.h5.tmp", "partial");
+  io.out = (tmp / "again.h5").string();
+  const HfImportReport ir = import_hf(io);
+  EXPECT_THAT(ir.notes, ::testing::Contains(HasSubstr("removed '" + (tmp / "again.h5.tmp").string() + "'")));
+  EXPECT_FALSE(fs::exists(tmp / "again.h5.tmp"));
+}
+
+// A missing --out folder used to be reported as "(disk full?)"; rms_norm_eps was printed as 0.0.
+TEST(HfCli, AMissingOutFolderIsNamedAndRmsNormEpsIsPrintedAsItIs) {
+  using ::testing::HasSubstr;
+  using ::testing::Not;
+  const fs::path tmp = fresh_temp_dir("hf_cli_minor");
+  auto r = run("import hf " + fixture("llama2").string() + " --out " + (tmp / "nope/m.h5").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_THAT(r.output, HasSubstr("the parent directory '" + (tmp / "nope").string() + "' of --out"));
+  EXPECT_THAT(r.output, HasSubstr("does not exist"));
+  EXPECT_THAT(r.output, Not(HasSubstr("disk full")));
+  r = run("import hf " + fixture("llama2").string() + " --out " + (tmp / "m.h5").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("rms_norm_eps 1e-05"));
+  // save_checkpoint itself names a missing folder too.
+  auto be = make_backend("cpu");
+  const CheckpointInfo info = read_checkpoint_info((tmp / "m.h5").string());
+  Model model(info.config.model, be.get());
+  try {
+    save_checkpoint((tmp / "nope/again.h5").string(), model, info.config, 0);
+    ADD_FAILURE() << "no error";
+  } catch (const CheckpointError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("its directory '" + (tmp / "nope").string() + "' does not exist"));
+  }
+}
+
 }  // namespace
 }  // namespace kvroute

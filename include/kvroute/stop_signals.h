@@ -31,9 +31,10 @@ namespace kvroute {
 // threads it starts afterwards.
 void start_signal_thread();
 
-// std::system(command) with SIGINT and SIGTERM unblocked in the child (a blocked mask
-// survives exec, and the child would ignore a stop request) and, meanwhile, in the
-// calling thread, where they take their default action.
+// std::system(command) (through /bin/sh -c; returns the wait status, -1 if it cannot run)
+// with SIGINT and SIGTERM unblocked and at their default action in the child (a blocked
+// mask survives exec, and the child would ignore a stop request). The calling thread keeps
+// them blocked, so one arriving meanwhile is taken by the receiving thread as any other.
 int system_with_stop_signals_unblocked(const char* command);
 
 class StopSignals {

@@ -292,6 +292,10 @@ void save_checkpoint(const std::string& path, const std::vector<ParamTensor>& te
   auto fail = [&](const std::string& why) {
     std::remove(tmp.c_str());
     std::error_code ec;
+    // A missing folder is no full disk: say which folder.
+    if (!fs::is_directory(dir.empty() ? fs::path(".") : dir, ec))
+      throw CheckpointError("writing checkpoint '" + path + "' failed: its directory '" + dir.string() + "' " +
+                            (fs::exists(dir, ec) ? "is not a directory" : "does not exist") + " (create it first)");
     throw CheckpointError("writing checkpoint '" + path + "' failed: " + why + free_space_note(dir) + " (disk full?). " +
                           (fs::exists(path, ec) ? "The existing '" + path + "' is untouched."
                                                 : "Nothing was written under that name."));

@@ -1,6 +1,7 @@
 // kvroute import hf DIR --out model.h5, kvroute export hf CKPT --out DIR, kvroute export hf-tokenizer TOK --out DIR
 #include <sys/resource.h>
 
+#include <cstdio>
 #include <iomanip>
 #include <iostream>
 
@@ -20,12 +21,14 @@ double peak_rss_mib() {
 void run_import(const HfImportOptions& o) {
   const HfImportReport r = import_hf(o);
   const ModelConfig& m = r.config.model;
+  char eps[32];  // %g: 1e-06, where the fixed format below would print 0.0
+  std::snprintf(eps, sizeof eps, "%g", m.norm_eps);
   std::cout << std::fixed << std::setprecision(1) << "imported " << r.config.architecture << " from " << o.dir << "\n"
             << "  model      " << m.n_layers << " layers, d_model " << m.d_model << ", " << m.n_heads << " heads / "
             << m.n_kv_heads << " kv heads, head_dim " << (m.head_dim ? m.head_dim : m.d_model / m.n_heads) << ", d_ff "
             << m.d_ff << ", vocab " << m.vocab_size << ", context " << m.context << "\n"
             << "  features   rope_theta " << m.rope_theta << (m.rope_scaling != "none" ? ", rope " + m.rope_scaling : "")
-            << ", rms_norm_eps " << m.norm_eps << (m.qkv_bias ? ", q/k/v biases" : "") << (m.qk_norm ? ", q/k norm" : "")
+            << ", rms_norm_eps " << eps << (m.qkv_bias ? ", q/k/v biases" : "") << (m.qk_norm ? ", q/k norm" : "")
             << (m.tie_embeddings ? ", tied head" : ", untied head") << "\n"
             << "  weights    " << r.tensors << " tensors, " << r.bytes_read / (1 << 20) << " MiB read ("
             << (r.config.dtype.empty() ? "dtype not stated" : r.config.dtype) << ") -> fp32\n"

@@ -18,7 +18,8 @@ using Clock = std::chrono::steady_clock;
 
 class Watchdog final : public WatchdogContext {
  public:
-  Watchdog(double timeout_s, int rank) : timeout_s_(timeout_s), rank_(rank), thread_([this] { watch(); }) {}
+  Watchdog(double timeout_s, int rank, int world)
+      : timeout_s_(timeout_s), rank_(rank), world_(world), thread_([this] { watch(); }) {}
   ~Watchdog() override {
     {
       std::lock_guard lock(mutex_);
@@ -46,8 +47,16 @@ class Watchdog final : public WatchdogContext {
  private:
   void watch() {
     std::unique_lock lock(mutex_);
+    Clock::time_point last_tick = Clock::now();
     while (!stop_) {
       cv_.wait_for(lock, std::chrono::milliseconds(200));
+      // A tick far later than 200 ms: this process itself was stopped (kill -STOP) or starved.
+      // That time is not another rank's fault: a frozen rank, once continued (mpirun does so to
+      // end the job), must not report the ranks that waited for it as the ones missing.
+      const Clock::time_point now = Clock::now();
+      const Clock::duration gap = now - last_tick;
+      last_tick = now;
+      if (gap > std::chrono::seconds(1)) since_ += gap - std::chrono::milliseconds(200);
       if (stop_ || depth_ == 0) continue;
       const double waited = std::chrono::duration<double>(Clock::now() - since_).count();
       if (waited < timeout_s_) continue;
@@ -56,7 +65,12 @@ class Watchdog final : public WatchdogContext {
       const std::string text = "rank " + std::to_string(rank_) + ": error: " + what_ + " did not complete within " +
                                seconds + " s (train.collective_timeout_s)" +
                                (context_.empty() ? std::string() : " " + context_) +
-                               ": another rank is frozen, stopped or lost. Ending the job so that it can be restarted.\n";
+                               ": rank " + std::to_string(rank_) + " arrived there and noticed; " +
+                               // Of two ranks the missing one is known; of more, only that one is missing.
+                               (world_ == 2 ? "rank " + std::to_string(1 - rank_) + " did not arrive (frozen, stopped, lost or unreachable)"
+                                            : std::string("another rank did not arrive (frozen, stopped or lost; which "
+                                                          "one this rank cannot know)")) +
+                               ". Ending the job so that it can be restarted.\n";
       [[maybe_unused]] const ssize_t n = ::write(2, text.data(), text.size());
       lock.unlock();
       // MPI_Abort from this thread while the main thread is inside MPI; should the MPI library
@@ -72,6 +86,7 @@ class Watchdog final : public WatchdogContext {
 
   const double timeout_s_;
   const int rank_;
+  const int world_;
   std::mutex mutex_;
   std::condition_variable cv_;
   bool stop_ = false;
@@ -113,7 +128,7 @@ class WatchedPending final : public PendingCollective {
 class WatchdogCommunicator final : public Communicator {
  public:
   WatchdogCommunicator(std::unique_ptr<Communicator> inner, double timeout_s)
-      : inner_(std::move(inner)), dog_(timeout_s, inner_->rank()) {}
+      : inner_(std::move(inner)), dog_(timeout_s, inner_->rank(), inner_->world_size()) {}
   Watchdog& dog() { return dog_; }
   int rank() const override { return inner_->rank(); }
   int world_size() const override { return inner_->world_size(); }

@@ -3,10 +3,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <stdexcept>
 
 #include "checkpoint/durable_file.h"
+#include "checkpoint/output_paths.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/hf_model.h"
 #include "kvroute/hf_tokenizer_json.h"
@@ -87,21 +89,11 @@ std::vector<std::string> write_hf_fast_tokenizer(const std::string& spec, const 
 
 std::vector<std::string> export_hf_tokenizer(const std::string& spec, const std::string& out, int model_max_length,
                                              bool force) {
-  std::error_code ec;
-  if (fs::exists(out, ec) && !force) throw std::runtime_error("export: '" + out + "' exists (--force replaces it)");
-  const fs::path tmp = out + ".tmp";
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
-  std::vector<std::string> files;
-  try {
-    files = write_hf_fast_tokenizer(spec, tmp, model_max_length);
-  } catch (...) {
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  fs::remove_all(out, ec);
-  fs::rename(tmp, out);
-  fsync_directory(fs::absolute(out).parent_path());
+  if (spec != "byte") refuse_output_over_inputs("export", "--out", out, {{"the tokenizer", spec}});
+  OutputReplacement output("export", out, force, /*directory=*/true);
+  for (const std::string& n : output.notes()) std::cerr << "note: " << n << "\n";
+  const std::vector<std::string> files = write_hf_fast_tokenizer(spec, output.tmp(), model_max_length);
+  output.commit();
   return files;
 }
 
@@ -109,9 +101,14 @@ HfExportReport export_hf(const HfExportOptions& o) {
   if (o.dtype != "bf16" && o.dtype != "fp32")
     throw std::invalid_argument("export: --dtype must be bf16 or fp32, not '" + o.dtype + "'");
   std::error_code ec;
-  if (fs::exists(o.out, ec) && !o.force) throw std::runtime_error("export: '" + o.out + "' exists (--force replaces it)");
+  refuse_output_over_inputs("export", "--out", o.out, {{"the checkpoint", o.checkpoint}});
   const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
   const Config& cfg = info.config;
+  // Its tokenizer folder is read too (copied, or converted).
+  if (!info.tokenizer.name.empty() && cfg.data.tokenizer != "byte")
+    refuse_output_over_inputs("export", "--out", o.out, {{"the checkpoint's tokenizer", cfg.data.tokenizer}});
+  OutputReplacement output("export", o.out, o.force, /*directory=*/true);
+  const fs::path tmp = output.tmp();
   HfExportReport report;
   report.architecture = o.architecture.empty() ? hf_architecture_for(cfg.model) : o.architecture;
 
@@ -121,9 +118,6 @@ HfExportReport export_hf(const HfExportOptions& o) {
   // Tokenizer: an imported (Hugging Face) one is copied back; kvroute's own are written in HF form.
   // A checkpoint that records no tokenizer (imported from a folder without one) exports none.
   const std::string spec = info.tokenizer.name.empty() ? "" : cfg.data.tokenizer;
-  const fs::path tmp = o.out + ".tmp";
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp);
   int bos = -1, eos = -1;
   auto add_file = [&](const std::string& name) { report.files.push_back(name); };
   if (spec.empty()) {
@@ -171,9 +165,8 @@ HfExportReport export_hf(const HfExportOptions& o) {
                                                  bos, eos, kvroute_block(cfg, info)));
   add_file("config.json");
   for (const std::string& f : report.files) report.bytes += static_cast<double>(fs::file_size(tmp / f));
-  fs::remove_all(o.out, ec);
-  fs::rename(tmp, o.out);
-  fsync_directory(fs::absolute(o.out).parent_path());
+  output.commit();
+  report.notes.insert(report.notes.begin(), output.notes().begin(), output.notes().end());
   return report;
 }
 

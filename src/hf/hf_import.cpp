@@ -5,9 +5,12 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
+#include "checkpoint/output_paths.h"
+#include "hf/import_outputs.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/hf_model.h"
 #include "kvroute/model.h"
@@ -146,41 +149,31 @@ std::vector<float> read_hf_weights(const std::string& dir, const HfModelConfig& 
 HfImportReport import_hf(const HfImportOptions& options) {
   const auto t0 = std::chrono::steady_clock::now();
   HfImportReport report;
+  const ImportOutputs outputs = check_import_outputs(options, has_tokenizer(options.dir));
   report.config = read_hf_config(options.dir);
-  std::error_code ec;
-  if (fs::exists(options.out, ec) && !options.force)
-    throw std::runtime_error("import: '" + options.out + "' exists (--force replaces it)");
+  report.notes = outputs.notes;
 
   // The tokenizer first: it is small, and its problems should show before minutes of reading weights.
   TokenizerIdentity tokenizer;
-  std::string tok_tmp;  // the tokenizer copy, renamed into place only once the checkpoint is written
-  std::string tok_dir = options.tokenizer_out;
-  if (tok_dir.empty()) {
-    fs::path p(options.out);
-    tok_dir = (p.parent_path() / (p.stem().string() + "-tokenizer")).string();
-  }
+  // The tokenizer copy, renamed into place only once the checkpoint is written.
+  std::optional<OutputReplacement> tok_out;
+  const std::string& tok_dir = outputs.tokenizer_dir;
   if (has_tokenizer(options.dir)) {
-    if (fs::exists(tok_dir, ec) && !options.force)
-      throw std::runtime_error("import: tokenizer folder '" + tok_dir + "' exists (--force replaces it)");
-    const std::string tmp = tok_dir + ".tmp";
-    fs::remove_all(tmp, ec);
-    fs::create_directories(tmp);
+    tok_out.emplace("import", tok_dir, options.force, /*directory=*/true);
+    report.notes.insert(report.notes.end(), tok_out->notes().begin(), tok_out->notes().end());
+    const std::string tmp = tok_out->tmp().string();
     for (const std::string& name : tokenizer_files(options.dir))
       fs::copy_file(fs::path(options.dir) / name, fs::path(tmp) / name);
     std::unique_ptr<Tokenizer> tok;
     try {
       tok = load_tokenizer(tmp);
     } catch (const std::exception& e) {
-      fs::remove_all(tmp, ec);
       throw std::runtime_error("import: the tokenizer of '" + options.dir + "' cannot be used: " + e.what());
     }
-    if (tok->vocab_size() > report.config.model.vocab_size) {
-      fs::remove_all(tmp, ec);
+    if (tok->vocab_size() > report.config.model.vocab_size)
       throw std::runtime_error("import: the tokenizer of '" + options.dir + "' has " + std::to_string(tok->vocab_size()) +
                                " ids, more than config.json's vocab_size " +
                                std::to_string(report.config.model.vocab_size));
-    }
-    tok_tmp = tmp;
     report.tokenizer_dir = fs::absolute(tok_dir).string();
     tokenizer = TokenizerIdentity{report.tokenizer_dir, tok->vocab_size(), fingerprint_hex(tok->fingerprint())};
   } else {
@@ -188,28 +181,20 @@ HfImportReport import_hf(const HfImportOptions& options) {
                            "the checkpoint records no tokenizer");
   }
 
-  // A folder whose weights fail leaves nothing behind: no checkpoint, no tokenizer folder.
-  std::vector<ParamTensor> layout;
-  try {
-    const std::vector<float> params = read_hf_weights(options.dir, report.config, &report.notes, &report.bytes_read);
-    Config cfg;
-    cfg.model = report.config.model;
-    if (!report.tokenizer_dir.empty()) cfg.data.tokenizer = report.tokenizer_dir;
-    // A long-context model's context stays as config.json says; training windows are set by train.seq_len.
-    if (cfg.train.seq_len > cfg.model.context) cfg.train.seq_len = cfg.model.context;
-    validate(cfg);
-    TrainingState state;
-    state.seed = cfg.train.seed;
-    layout = parameter_layout(cfg.model);
-    save_checkpoint(options.out, layout, params, cfg, state, tokenizer);
-  } catch (...) {
-    if (!tok_tmp.empty()) fs::remove_all(tok_tmp, ec);
-    throw;
-  }
-  if (!tok_tmp.empty()) {
-    fs::remove_all(tok_dir, ec);
-    fs::rename(tok_tmp, tok_dir);
-  }
+  // A folder whose weights fail leaves nothing behind: no checkpoint, no tokenizer folder
+  // (tok_out removes its temporary folder unless committed).
+  const std::vector<float> params = read_hf_weights(options.dir, report.config, &report.notes, &report.bytes_read);
+  Config cfg;
+  cfg.model = report.config.model;
+  if (!report.tokenizer_dir.empty()) cfg.data.tokenizer = report.tokenizer_dir;
+  // A long-context model's context stays as config.json says; training windows are set by train.seq_len.
+  if (cfg.train.seq_len > cfg.model.context) cfg.train.seq_len = cfg.model.context;
+  validate(cfg);
+  TrainingState state;
+  state.seed = cfg.train.seed;
+  const std::vector<ParamTensor> layout = parameter_layout(cfg.model);
+  save_checkpoint(options.out, layout, params, cfg, state, tokenizer);
+  if (tok_out) tok_out->commit();
   report.tensors = static_cast<long>(layout.size());
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return report;

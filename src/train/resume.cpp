@@ -1,4 +1,6 @@
 // `kvroute train --resume`: which checkpoint, and which config, a resumed run uses.
+#include <yaml-cpp/yaml.h>
+
 #include <filesystem>
 #include <string_view>
 
@@ -46,6 +48,63 @@ bool final_model_matches(const fs::path& model_h5, long step) {
   }
 }
 
+// A checkpoint reached through a symlink to another folder belongs to another run: resuming
+// it would overwrite this run's checkpoints, model.h5 and config.yaml with that run's model.
+void refuse_checkpoint_outside(const std::string& checkpoint, const fs::path& dir, const std::string& how) {
+  std::error_code ec, dir_ec;
+  const fs::path real = fs::canonical(checkpoint, ec);
+  const fs::path real_dir = fs::canonical(dir.empty() ? fs::path(".") : dir, dir_ec);
+  if (ec || dir_ec || real.parent_path() == real_dir) return;
+  throw CheckpointError("--resume: " + how + "'" + checkpoint + "', a link to '" + real.string() + "' outside '" +
+                        dir.string() + "': a checkpoint of another run is not resumed into this one (resume that "
+                        "run itself, or start a new run from its weights with model.init_from=" + real.string() + ")");
+}
+
+// The keys that make a run the run it is: its model, and the data and tokenizer it reads.
+std::vector<std::string> identity_differences(const Config& checkpoint_cfg, const Config& run_cfg) {
+  const YAML::Node a = YAML::Load(to_yaml(checkpoint_cfg)), b = YAML::Load(to_yaml(run_cfg));
+  std::vector<std::string> keys;
+  for (const auto& kv : a["model"]) keys.push_back("model." + kv.first.as<std::string>());
+  for (const char* k : {"data.tokenizer", "data.shards", "data.train_path", "data.val_path"}) keys.push_back(k);
+  std::vector<std::string> out;
+  for (const std::string& key : keys) {
+    const std::string section = key.substr(0, key.find('.')), name = key.substr(key.find('.') + 1);
+    const std::string x = YAML::Dump(a[section][name]), y = YAML::Dump(b[section][name]);
+    if (x != y) out.push_back(key + ": " + x + " in the checkpoint, " + y + " in config.yaml");
+  }
+  return out;
+}
+
+// `train --resume RUN` must continue RUN: a checkpoint copied or linked in from another run
+// (another model, other data) is refused, naming both.
+void check_checkpoint_belongs_to_run(const ResumePlan& plan, const std::string& run_dir, std::vector<std::string>& notes) {
+  const fs::path run_yaml = fs::path(run_dir) / "config.yaml";
+  std::error_code ec;
+  if (!fs::is_regular_file(run_yaml, ec)) {
+    notes.push_back("'" + run_yaml.string() + "' is missing: cannot check that '" + plan.checkpoint +
+                    "' is a checkpoint of this run");
+    return;
+  }
+  Config run_cfg;
+  try {
+    apply_config_file(run_cfg, run_yaml.string());
+  } catch (const std::exception& e) {
+    notes.push_back("'" + run_yaml.string() + "' cannot be read (" + e.what() + "): cannot check that '" +
+                    plan.checkpoint + "' is a checkpoint of this run");
+    return;
+  }
+  const std::vector<std::string> diffs = identity_differences(plan.config, run_cfg);
+  if (diffs.empty()) return;
+  std::string list;
+  for (const std::string& d : diffs) list += "\n  " + d;
+  throw CheckpointError("--resume: checkpoint '" + plan.checkpoint + "' is not of the run in '" + run_dir +
+                        "': its config differs from '" + run_yaml.string() + "' in" + list +
+                        "\nA checkpoint of another run (copied or linked into its checkpoints/)? Resume the run it "
+                        "belongs to, or start a new run from its weights with model.init_from=" + plan.checkpoint +
+                        ". (Should config.yaml be the stale one, after a resume with --set data... that stopped "
+                        "before its first checkpoint, pass that --set again.)");
+}
+
 }  // namespace
 
 ResumePlan plan_resume(const std::string& target, const std::vector<std::string>& overrides) {
@@ -56,11 +115,13 @@ ResumePlan plan_resume(const std::string& target, const std::vector<std::string>
     std::string note;
     plan.checkpoint = find_latest_checkpoint(run_dir, &note);
     if (!note.empty()) plan.notes.push_back(note);
+    refuse_checkpoint_outside(plan.checkpoint, checkpoints_dir(run_dir), "`latest` names ");
   } else if (fs::exists(target)) {
     plan.checkpoint = target;
     const fs::path parent = fs::path(target).parent_path();
     run_dir = (parent.filename() == "checkpoints" ? parent.parent_path() : parent).string();
     if (run_dir.empty()) run_dir = ".";
+    refuse_checkpoint_outside(target, parent, "");
   } else {
     throw CheckpointError("--resume: '" + target + "' is neither a run directory nor a checkpoint file");
   }
@@ -100,6 +161,7 @@ ResumePlan plan_resume(const std::string& target, const std::vector<std::string>
   }
   plan.config.train.out_dir = run_dir;
   validate(plan.config);
+  check_checkpoint_belongs_to_run(plan, run_dir, plan.notes);
   const TrainConfig& was = info.config.train;
   const TrainConfig& now = plan.config.train;
   // The run reached train.steps but its final model.h5 was lost (killed or a full disk during

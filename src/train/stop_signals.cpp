@@ -1,9 +1,12 @@
 #include "kvroute/stop_signals.h"
 
 #include <pthread.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -99,12 +102,29 @@ void start_signal_thread() {
 }
 
 int system_with_stop_signals_unblocked(const char* command) {
-  const sigset_t set = stop_set();
-  sigset_t old;
-  ::pthread_sigmask(SIG_UNBLOCK, &set, &old);
-  const int rc = std::system(command);
-  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  return rc;
+  // Only the child gets them unblocked and at their default action: were they unblocked in
+  // this thread too, a stop signal arriving meanwhile (after a run's `final |` line, while
+  // gnuplot draws) could be delivered here and end the process before its last checkpoint
+  // and model.h5; blocked here, the receiving thread takes it.
+  sigset_t mask;
+  ::pthread_sigmask(SIG_BLOCK, nullptr, &mask);
+  sigdelset(&mask, SIGINT);
+  sigdelset(&mask, SIGTERM);
+  const sigset_t defaults = stop_set();
+  posix_spawnattr_t attr;
+  ::posix_spawnattr_init(&attr);
+  ::posix_spawnattr_setsigmask(&attr, &mask);
+  ::posix_spawnattr_setsigdefault(&attr, &defaults);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  const char* argv[] = {"sh", "-c", command, nullptr};
+  pid_t pid = 0;
+  const int rc = ::posix_spawn(&pid, "/bin/sh", nullptr, &attr, const_cast<char* const*>(argv), environ);
+  ::posix_spawnattr_destroy(&attr);
+  if (rc != 0) return -1;
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) return -1;
+  return status;
 }
 
 StopSignals::StopSignals() {

@@ -25,6 +25,7 @@
 #include "kvroute/run_checkpoints.h"
 #include "kvroute/strategy.h"
 #include "checkpoint/durable_file.h"
+#include "checkpoint/output_paths.h"
 #include "kvroute/stop_signals.h"
 #include "train/strategy_curves.h"
 #include "train/train_state.h"
@@ -136,7 +137,7 @@ const char* const kRunFiles[] = {"config.yaml", "train.log", "metrics.jsonl", "c
 // A new run must not write into a directory that holds another run: its model.h5, config,
 // a step checkpoint and `latest` would be overwritten, the logs appended to and the old
 // run's later checkpoints left beside the new ones. With force, the old run's files go.
-void prepare_new_run_dir(const fs::path& run_dir, bool force) {
+void prepare_new_run_dir(const fs::path& run_dir, bool force, const Config& cfg) {
   std::error_code ec;
   if (fs::exists(run_dir, ec) && !fs::is_directory(run_dir, ec))
     throw std::runtime_error("train.out_dir '" + run_dir.string() + "' exists and is not a directory");
@@ -151,6 +152,13 @@ void prepare_new_run_dir(const fs::path& run_dir, bool force) {
                              "). To continue it: kvroute train --resume " + run_dir.string() +
                              "; to start a new run: choose another train.out_dir, or pass --force to delete that "
                              "run's files first");
+  // What the new run reads must survive the old run's removal (e.g. model.init_from=RUN/model.h5).
+  std::vector<InputPath> inputs = {{"model.init_from", cfg.model.init_from}, {"data.train_path", cfg.data.train_path},
+                                   {"data.val_path", cfg.data.val_path}, {"data.shards", cfg.data.shards}};
+  if (cfg.data.tokenizer != "byte") inputs.push_back({"data.tokenizer", cfg.data.tokenizer});
+  for (const std::string& f : found)
+    refuse_output_over_inputs("--force", "the earlier run's", (run_dir / f).string(), inputs,
+                              /*inside_too=*/false);
   for (const std::string& f : found) {
     fs::remove_all(run_dir / f, ec);
     if (ec)
@@ -280,7 +288,7 @@ TrainingRun::TrainingRun(const Config& cfg, const TrainOptions& options)
   if (cfg_.routing.mode == "fixed") sample_routes(cfg_.routing, 1, L_, 0, 0, 0);  // validates the strategy early
 
   run_dir_ = tc_.out_dir;
-  if (lead_ && options_.resume_from.empty()) prepare_new_run_dir(run_dir_, options_.force);
+  if (lead_ && options_.resume_from.empty()) prepare_new_run_dir(run_dir_, options_.force, cfg_);
   if (lead_) {
     fs::create_directories(run_dir_);
     write_file_atomically(run_dir_ / "config.yaml", to_yaml(cfg_));
@@ -564,6 +572,10 @@ TrainResult TrainingRun::finish() {
   if (lead_) save_checkpoint(final_path.string(), *model_, cfg_, state_, tokenizer_);
   result_.final_checkpoint = final_path.string();
   log_->line("saved " + final_path.string());
+  // A stop request after the last step (stop_requested() ignores it there) waited for these writes.
+  if (const int sig = stop_signals_.received())
+    log_->line(std::string(StopSignals::name(sig)) + " received after the last step: the run had finished, so its last "
+               "checkpoint and model.h5 were written first");
   return result_;
 }
 
