@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "data_fixtures.h"
+#include "kvroute/llmc_shards.h"
 #include "run_kvroute.h"
 
 namespace {
@@ -101,6 +102,54 @@ TEST_F(DataCli, TrainAndEvalReadTheShards) {
   const Result window = run("train " + path("tiny.yaml") + " --set model.context=50000 --set train.seq_len=50000");
   EXPECT_EQ(window.status, 1);
   EXPECT_THAT(window.output, HasSubstr("validation split has only"));
+}
+
+// llm.c / modded-nanogpt token files (llmc_shards.h), read in place from a folder as llm.c's
+// scripts write it: training and validation by file name, the vocabulary padded to a multiple of
+// 64 as llm.c pads GPT-2's, bad files and out-of-vocabulary ids refused naming the file.
+TEST_F(DataCli, TrainsOnLlmcTokenFilesInPlace) {
+  const fs::path dir = dir_ / "llmc";
+  fs::create_directories(dir);
+  // Byte ids of the generated corpus, documents separated by an end-of-text id (here 10, a newline).
+  std::vector<int32_t> ids;
+  for (const std::string& d : generated_documents(200)) {
+    for (unsigned char c : d) ids.push_back(c);
+    ids.push_back(10);
+  }
+  const std::size_t cut = ids.size() * 9 / 10;
+  kvroute::write_llmc_shard((dir / "tiny_train_000001.bin").string(), std::vector<int32_t>(ids.begin(), ids.begin() + cut / 2));
+  kvroute::write_llmc_shard((dir / "tiny_train_000002.bin").string(), std::vector<int32_t>(ids.begin() + cut / 2, ids.begin() + cut));
+  kvroute::write_llmc_shard((dir / "tiny_val_000000.bin").string(), std::vector<int32_t>(ids.begin() + cut, ids.end()));
+  std::ofstream(dir_ / "llmc.yaml")
+      << "model: {vocab_size: 320, d_model: 32, n_layers: 2, n_heads: 2, n_kv_heads: 1, d_ff: 64, context: 32}\n"
+      << "train: {batch_size: 4, seq_len: 32, steps: 6, lr: 0.01, warmup_steps: 2, log_interval: 2,\n"
+      << "        eval_batches: 2, out_dir: " << path("llmc_run") << "}\n"
+      << "data: {tokenizer: byte, shards: " << dir.string() << "}\n";
+  Result t = run("train " + path("llmc.yaml"));
+  ASSERT_EQ(t.status, 0) << t.output;
+  EXPECT_THAT(t.output, HasSubstr("llm.c shards " + dir.string() + " (2 train, 1 val; ids checked against byte)"));
+  EXPECT_THAT(t.output, HasSubstr("final | val loss"));
+  // 320 rows for 256 ids is padding; 384 is not.
+  t = run("train " + path("llmc.yaml") + " --set model.vocab_size=384 --set train.out_dir=" + path("llmc_384"));
+  EXPECT_EQ(t.status, 1);
+  EXPECT_THAT(t.output, HasSubstr("(or that rounded up to a multiple of 64, 256)"));
+  // An id the tokenizer does not have.
+  kvroute::write_llmc_shard((dir / "tiny_val_000000.bin").string(), {1, 2, 50256});
+  t = run("train " + path("llmc.yaml") + " --set train.out_dir=" + path("llmc_oov"));
+  EXPECT_EQ(t.status, 1);
+  EXPECT_THAT(t.output, HasSubstr("tiny_val_000000.bin': token 2 is id 50256, outside data.tokenizer's 256 ids"));
+  // A truncated file, and another version.
+  std::string bytes = read_file_bytes(dir / "tiny_train_000002.bin");
+  write_file_bytes(dir / "tiny_train_000002.bin", bytes.substr(0, bytes.size() - 7));
+  kvroute::write_llmc_shard((dir / "tiny_val_000000.bin").string(), {1, 2, 3});
+  t = run("train " + path("llmc.yaml") + " --set train.out_dir=" + path("llmc_cut"));
+  EXPECT_EQ(t.status, 1);
+  EXPECT_THAT(t.output, HasSubstr("tiny_train_000002.bin': the header says"));
+  bytes[4] = 2;
+  write_file_bytes(dir / "tiny_train_000002.bin", bytes);
+  t = run("train " + path("llmc.yaml") + " --set train.out_dir=" + path("llmc_v2"));
+  EXPECT_EQ(t.status, 1);
+  EXPECT_THAT(t.output, HasSubstr("version 2; kvroute reads version 1"));
 }
 
 // --input-list FILE names the inputs in a file (a corpus of thousands of files is too long for a

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "kvroute/data.h"
+#include "kvroute/llmc_shards.h"
 #include "kvroute/shard.h"
 #include "kvroute/shard_dir.h"
 
@@ -81,6 +82,39 @@ void load_shards(Corpus& c, const DataConfig& dc, const Tokenizer& tok, CorpusPa
              " val; " + (dc.verify ? "checksums verified" : "checksums not verified") + ")";
 }
 
+// llm.c / modded-nanogpt token files read in place (llmc_shards.h).
+void load_llmc_shards(Corpus& c, const DataConfig& dc, const Tokenizer& tok, CorpusParts parts) {
+  const std::vector<std::string> train = llmc_shard_files(dc.shards, "train"), val = llmc_shard_files(dc.shards, "val");
+  if (train.empty())
+    throw std::runtime_error("data.shards '" + dc.shards + "': llm.c shards, but no *.bin file with \"train\" in its name");
+  if (val.empty())
+    throw std::runtime_error("data.shards '" + dc.shards + "': llm.c shards, but no *.bin file with \"val\" in its name");
+  // Every id must be one of the tokenizer's: in one pass over every file (data.verify), else over
+  // the validation files, which are read into memory anyway.
+  auto check_ids = [&](const TokenSegment& s) {
+    for (uint64_t i = 0; i < s.count; ++i)
+      if (s[i] >= tok.vocab_size())
+        throw std::runtime_error("llm.c shard '" + s.name + "': token " + std::to_string(i) + " is id " +
+                                 std::to_string(s[i]) + ", outside data.tokenizer's " + std::to_string(tok.vocab_size()) +
+                                 " ids (" + tok.identity() + "); llm.c shards hold GPT-2 ids: set data.tokenizer to "
+                                 "Hugging Face's gpt2 tokenizer folder");
+  };
+  if (parts == CorpusParts::train_and_val)
+    for (const std::string& f : train) {
+      TokenSegment s = open_llmc_shard(f);
+      if (dc.verify) check_ids(s);
+      c.train.segments.push_back(std::move(s));
+    }
+  for (const std::string& f : val) {
+    const TokenSegment s = open_llmc_shard(f);
+    check_ids(s);
+    for (uint64_t i = 0; i < s.count; ++i) c.val.push_back(s[i]);
+  }
+  c.source = "llm.c shards " + dc.shards + " (" + std::to_string(train.size()) + " train, " +
+             std::to_string(val.size()) + " val; ids " + (dc.verify ? "checked" : "of the training files not checked") +
+             " against " + tok.identity() + ")";
+}
+
 void load_text(Corpus& c, const DataConfig& dc, const Tokenizer& tok, CorpusParts parts) {
   const std::string text = read_text_file(dc.train_path, "data.train_path");
   std::string_view train = text, val;
@@ -123,7 +157,9 @@ Corpus load_corpus(const DataConfig& dc, CorpusParts parts) {
   c.tokenizer = tok->identity();
   c.tokenizer_fingerprint = fingerprint_hex(tok->fingerprint());
   c.vocab_size = tok->vocab_size();
-  if (!dc.shards.empty())
+  if (!dc.shards.empty() && is_llmc_shard_dir(dc.shards))
+    load_llmc_shards(c, dc, *tok, parts);
+  else if (!dc.shards.empty())
     load_shards(c, dc, *tok, parts);
   else
     load_text(c, dc, *tok, parts);
@@ -132,10 +168,16 @@ Corpus load_corpus(const DataConfig& dc, CorpusParts parts) {
 
 void check_model_vocab(const Corpus& corpus, int model_vocab_size, bool pretrained) {
   if (pretrained && model_vocab_size > corpus.vocab_size) return;
-  if (corpus.vocab_size != model_vocab_size)
+  // Padding the embedding to a multiple of 64 (GPT-2's 50257 ids in 50304 rows, as llm.c does)
+  // keeps the output GEMM on fast tile sizes; the extra rows are never targets.
+  const bool padded = model_vocab_size > corpus.vocab_size && model_vocab_size % 64 == 0 &&
+                      model_vocab_size - corpus.vocab_size < 128;
+  if (corpus.vocab_size != model_vocab_size && !padded)
     throw std::runtime_error("model.vocab_size is " + std::to_string(model_vocab_size) + " but the tokenizer (" +
                              corpus.tokenizer + ", data.tokenizer) has " + std::to_string(corpus.vocab_size) +
-                             " tokens; set model.vocab_size: " + std::to_string(corpus.vocab_size));
+                             " tokens; set model.vocab_size: " + std::to_string(corpus.vocab_size) +
+                             " (or that rounded up to a multiple of 64, " +
+                             std::to_string((corpus.vocab_size + 63) / 64 * 64) + ")");
 }
 
 LoaderOptions loader_options(const Config& cfg) {
