@@ -17,6 +17,7 @@
 #include "kvroute/model.h"
 #include "kvroute/probe.h"
 #include "kvroute/strategy.h"
+#include "kvroute/tasks.h"
 
 namespace kvroute {
 
@@ -66,6 +67,9 @@ struct EvalSpec {
   // Retrieval probe (probe.h): when set, every row also gets its greedy exact-match score.
   const std::vector<ProbeItem>* probe = nullptr;
   const Tokenizer* probe_tokenizer = nullptr;
+  // Downstream tasks (tasks.h): when set, every row also gets each task's scores.
+  const std::vector<Task>* tasks = nullptr;
+  const Tokenizer* task_tokenizer = nullptr;
   // greedy:N chooses its map on windows of these tokens (the training split), never on the
   // validation windows it then reports, so its row has no selection bias. Required for greedy:N.
   const std::vector<int32_t>* selection_tokens = nullptr;
@@ -87,6 +91,7 @@ struct StrategyResult {
   long peak_rss_kib = 0;           // VmHWM while measuring this row (see peak_rss_is_per_row)
   int probe_items = 0;             // 0 when no probe was given
   int probe_correct = 0;
+  std::vector<TaskScore> tasks;    // one per task of EvalSpec::tasks
 };
 
 // Peak resident memory (VmHWM of /proc/self/status, KiB; 0 if unavailable).

@@ -16,6 +16,7 @@
 #include "kvroute/strategy.h"
 #include "kvroute/model.h"
 #include "kvroute/probe.h"
+#include "kvroute/tasks.h"
 #include "kvroute/strategy.h"
 #include "kvroute/tokenizer.h"
 
@@ -62,6 +63,7 @@ void add_eval_command(CLI::App& app) {
   static std::vector<std::string> ckpts, overrides;
   static std::string strategies = "full,cla:2,cla:3,cla:4,half,first", out_dir, plot_format = "png";
   static std::string probe_path;
+  static std::vector<std::string> task_paths;
   static int batches = 0, batch_size = 0, seq_len = 0, threads = 0;
   static long val_tokens = 0;
   static GenerationBenchSpec bench{0, 1, 0, 3, 1};
@@ -84,6 +86,10 @@ void add_eval_command(CLI::App& app) {
   cmd->add_option("--threads", threads, "CPU threads (default: the checkpoint's train.threads, else all cores)");
   cmd->add_option("--probe", probe_path,
                   "Retrieval probe file (kvroute data probe): adds greedy exact match per strategy, through its cache");
+  cmd->add_option("--task", task_paths,
+                  "Downstream task file (JSON Lines; multiple choice or completion, see tasks.h), repeatable: adds "
+                  "accuracy per strategy, scored as lm-evaluation-harness scores it")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--set", overrides, "Override a key of each checkpoint's config, e.g. --set data.val_path=x.txt");
   cmd->add_flag("--allow-tokenizer-mismatch", allow_tokenizer_mismatch,
                 "Evaluate even if the tokenizer is not the one the checkpoint was trained with (results are then "
@@ -125,6 +131,8 @@ void add_eval_command(CLI::App& app) {
     }
     std::vector<ProbeItem> probe;
     if (!probe_path.empty()) probe = read_probe_file(probe_path);
+    std::vector<Task> tasks;  // read before measuring anything, so a bad file fails at once
+    for (const std::string& t : task_paths) tasks.push_back(read_task_file(t));
     for (std::size_t i = 0; i < infos.size() && !probe.empty(); ++i) {  // before measuring anything
       const auto tok = load_tokenizer(infos[i].config.data.tokenizer);
       std::size_t longest = 0;
@@ -188,6 +196,12 @@ void add_eval_command(CLI::App& app) {
         probe_tokenizer = load_tokenizer(cfg.data.tokenizer);
         spec.probe = &probe;
         spec.probe_tokenizer = probe_tokenizer.get();
+      }
+      std::unique_ptr<Tokenizer> task_tokenizer;
+      if (!tasks.empty()) {
+        task_tokenizer = load_tokenizer(cfg.data.tokenizer);
+        spec.tasks = &tasks;
+        spec.task_tokenizer = task_tokenizer.get();
       }
       if (spec.bench.prompt_len <= 0) spec.bench.prompt_len = std::min(128, cfg.model.context);
       if (spec.bench.decode_len <= 0) spec.bench.decode_len = std::min(32, cfg.model.context - 1);

@@ -208,6 +208,20 @@ std::string results_markdown(const std::vector<StrategyResult>& results, const E
       }
       os << row;
     }
+    if (!rows.front()->tasks.empty()) {
+      // Downstream tasks: one row per strategy and task, the change against the baseline row.
+      os << "\n| strategy | task | items | acc | acc vs " << base->strategy.name << " | acc_norm | mean loglik |\n";
+      os << "|---|---|---:|---:|---:|---:|---:|\n";
+      for (const StrategyResult* r : rows)
+        for (std::size_t t = 0; t < r->tasks.size(); ++t) {
+          const TaskScore& ts = r->tasks[t];
+          const double base_acc = t < base->tasks.size() ? base->tasks[t].acc : ts.acc;
+          os << "| " << r->strategy.name << " | " << ts.name << (ts.multiple_choice ? "" : " (exact match)") << " | "
+             << ts.items << " | " << fmt("%.3f", ts.acc) << " | " << fmt("%+.3f", ts.acc - base_acc) << " | "
+             << (ts.multiple_choice ? fmt("%.3f", ts.acc_norm) : std::string("-")) << " | " << fmt("%.3f", ts.mean_ll)
+             << " |\n";
+        }
+    }
     for (const StrategyResult* r : rows)
       if (!r->greedy_path.empty())
         os << "\n" << r->strategy.name << " path: " << r->greedy_path << "; map list:" << r->strategy.map_string() << "\n";
@@ -255,6 +269,18 @@ std::string results_json(const std::vector<StrategyResult>& results, const EvalR
     if (r.probe_items > 0)
       os << ", \"probe_items\": " << r.probe_items << ", \"probe_correct\": " << r.probe_correct
          << ", \"probe_exact_match\": " << json_number(static_cast<double>(r.probe_correct) / r.probe_items);
+    if (!r.tasks.empty()) {
+      os << ", \"tasks\": [";
+      for (std::size_t t = 0; t < r.tasks.size(); ++t) {
+        const TaskScore& ts = r.tasks[t];
+        os << (t ? ", " : "") << "{\"task\": " << json_string(ts.name) << ", \"kind\": "
+           << (ts.multiple_choice ? "\"multiple_choice\"" : "\"completion\"") << ", \"items\": " << ts.items
+           << ", \"acc\": " << json_number(ts.acc)
+           << ", \"acc_norm\": " << (ts.multiple_choice ? json_number(ts.acc_norm) : "null")
+           << ", \"mean_loglikelihood\": " << json_number(ts.mean_ll) << "}";
+      }
+      os << "]";
+    }
     os << "}";
   }
   os << "\n  ]\n}\n";

@@ -116,6 +116,14 @@ std::vector<StrategyResult> evaluate_strategies(Model& model, const std::string&
       r.probe_correct = ps.correct;
       log << "  " << r.strategy.name << ": probe exact match " << ps.correct << "/" << ps.items << "\n";
     }
+    if (spec.tasks)
+      for (const Task& t : *spec.tasks) {
+        r.tasks.push_back(score_task(model, r.strategy, *spec.task_tokenizer, t));
+        const TaskScore& ts = r.tasks.back();
+        log << "  " << r.strategy.name << ": " << ts.name << " acc " << ts.acc
+            << (ts.multiple_choice ? " acc_norm " + std::to_string(ts.acc_norm) : std::string()) << " ("
+            << ts.items << " items)\n";
+      }
     r.peak_rss_kib = peak_rss_kib();
     log << "  " << r.strategy.name << " [" << r.strategy.map_string() << "]: val loss " << r.val_loss << "\n";
     out.push_back(r);
