@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <future>
 
 #include "data_fixtures.h"
@@ -195,6 +196,26 @@ TEST(UntrustedInput, TokenizerJsonLimits) {
   fs::create_directories(tmp / "t");
   fs::create_symlink("/dev/zero", tmp / "t" / "tokenizer.json");
   EXPECT_THAT(error_within_seconds([&] { load_tokenizer((tmp / "t").string()); }), HasSubstr("character device"));
+}
+
+// A Split regex whose work grows with the square of the line ends in an error naming the file
+// after the time limit (lowered to 1 s here), instead of running for hours.
+TEST(UntrustedInput, AQuadraticPreTokenizerRegexStopsWithAnError) {
+  const fs::path tmp = fresh_temp_dir("untrusted_regex");
+  json j = json::parse(read_file_bytes(kSource / "tokenizers" / "bpe_gpt2" / "tokenizer.json"));
+  const json split = {{"type", "Split"}, {"pattern", {{"Regex", "[a-z]*@|[a-z]"}}}, {"behavior", "Isolated"},
+                      {"invert", false}};
+  j["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", json::array({split, j["pre_tokenizer"]})}};
+  fs::create_directories(tmp / "t");
+  write_file_bytes(tmp / "t" / "tokenizer.json", j.dump());
+  ::setenv("KVROUTE_PRETOKENIZE_SECONDS", "1", 1);
+  const auto tok = load_tokenizer((tmp / "t").string());
+  ::unsetenv("KVROUTE_PRETOKENIZE_SECONDS");
+  EXPECT_FALSE(tok->encode("some words@here and there").empty());  // short text: fine
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THAT(error_within_seconds([&] { tok->encode(std::string(400000, 'a')); }),
+              AllOf(HasSubstr("tokenizer.json': the pre-tokenizer regex took over 1 s"), HasSubstr("split long lines")));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
 }
 
 std::string raw_safetensors(const std::string& header, const std::string& data) {

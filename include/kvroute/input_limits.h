@@ -35,6 +35,10 @@ inline constexpr long kContext = 1l << 24;
 inline constexpr std::size_t kTextLineBytes = 4u << 20;
 // One JSON Lines record (a document with its metadata), held whole while it is read.
 inline constexpr std::size_t kJsonlRecordBytes = 256u << 20;
+// Seconds a tokenizer.json pre-tokenizer regex may spend on one piece of text (at most a line,
+// a few MB): real regexes take well under one; one whose work grows with the square of the text
+// would otherwise run for hours with no sign of life.
+inline constexpr int kPreTokenizeSeconds = 60;
 // Steps of a tokenizer.json pre-tokenizer Sequence (real files use at most 3).
 inline constexpr int kPreTokenizerSteps = 64;
 

@@ -18,6 +18,7 @@
 #include <utf8proc.h>
 
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -90,6 +91,9 @@ struct MatchData {
   ~MatchData() { pcre2_match_data_free(md); }
 };
 
+// When the pre-tokenization of the current piece must end (per encoding thread).
+thread_local std::chrono::steady_clock::time_point pre_tokenize_deadline;
+
 class HfBpeTokenizer final : public Tokenizer {
  public:
   explicit HfBpeTokenizer(const std::string& dir) : dir_(dir), file_((fs::path(dir) / "tokenizer.json").string()) {
@@ -103,6 +107,9 @@ class HfBpeTokenizer final : public Tokenizer {
     read_added_tokens(j, top);
     read_normalizer(j, top);
     read_pre_tokenizer(j, top);
+    // KVROUTE_PRETOKENIZE_SECONDS lowers the limit for tests.
+    if (const char* env = std::getenv("KVROUTE_PRETOKENIZE_SECONDS"); env && std::atoi(env) > 0)
+      pre_tokenize_limit_ = std::chrono::seconds(std::atoi(env));
     build_surfaces();
     read_bos_eos();
   }
@@ -131,7 +138,10 @@ class HfBpeTokenizer final : public Tokenizer {
           std::size_t j = i;
           std::size_t n;
           while (j < s.size() && (n = utf8_char_length(s, j)) > 0) j += n;
-          if (j > i) pre_tokenize(0, s.substr(i, j - i), out, md.md, word);
+          if (j > i) {
+            pre_tokenize_deadline = std::chrono::steady_clock::now() + pre_tokenize_limit_;
+            pre_tokenize(0, s.substr(i, j - i), out, md.md, word);
+          }
           if (j < s.size()) bpe(s.substr(j, 1), out, word);
           i = j + 1;
         }
@@ -455,7 +465,14 @@ class HfBpeTokenizer final : public Tokenizer {
       return pre_tokenize(step + 1, spaced, out, md, word);
     }
     std::size_t last = 0, pos = 0;
-    while (pos < piece.size()) {
+    for (unsigned matches = 0; pos < piece.size(); ++matches) {
+      // A regex whose work grows with the square of the text (`[a-z]*@|[a-z]` on a long line of
+      // letters) would run for hours with no sign of life: after a bounded time it is an error.
+      if ((matches & 255) == 255 && std::chrono::steady_clock::now() > pre_tokenize_deadline)
+        throw std::runtime_error("tokenizer '" + file_ + "': the pre-tokenizer regex took over " +
+                                 std::to_string(pre_tokenize_limit_.count()) + " s on one piece of " +
+                                 std::to_string(piece.size()) +
+                                 " bytes (its work grows faster than the text; split long lines)");
       int rc = pcre2_match(s.regex, reinterpret_cast<PCRE2_SPTR>(piece.data()), piece.size(), pos, PCRE2_NO_UTF_CHECK,
                            md, nullptr);
       if (rc == PCRE2_ERROR_JIT_STACKLIMIT)  // a very long piece: the interpreter has no such limit
@@ -546,6 +563,7 @@ class HfBpeTokenizer final : public Tokenizer {
   bool ignore_merges_ = false;
   bool nfc_ = false;  // the NFC normalizer
   int32_t unk_ = -1, bos_ = -1, eos_ = -1, max_id_ = -1;
+  std::chrono::seconds pre_tokenize_limit_{limits::kPreTokenizeSeconds};
   std::vector<AddedToken> added_;
   AddedTokenMatcher raw_tokens_, normalized_tokens_;
   std::vector<Regex> regexes_;
