@@ -13,6 +13,7 @@
 
 #include "data/sentencepiece_spec.h"
 #include "data_fixtures.h"
+#include "error_of.h"
 #include "kvroute/checkpoint.h"
 #include "kvroute/hf_model.h"
 #include "kvroute/hf_tokenizer_json.h"
@@ -25,6 +26,7 @@ namespace {
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 using namespace testing_data;
+using testing_errors::error_of;
 
 const fs::path kFixtures = fs::path(KVROUTE_SOURCE_DIR) / "tests" / "fixtures" / "tokenizers";
 
@@ -36,16 +38,6 @@ const Fixture kFixtureList[] = {{"kv_unigram", ""}, {"kv_bpe", ""}, {"kv_byte", 
 
 std::string spec_of(const Fixture& f) { return *f.spec ? f.spec : (kFixtures / f.name).string(); }
 json reference(const Fixture& f) { return json::parse(read_file_bytes(kFixtures / f.name / "reference.json")); }
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(HfTokenizerExport, KvrouteIdsEqualTransformersIdsOnTheExportedFolder) {
   for (const Fixture& f : kFixtureList) {

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data_fixtures.h"
+#include "error_of.h"
 #include "kvroute/encode.h"
 #include "kvroute/input_format.h"
 #include "kvroute/tokenizer.h"
@@ -21,16 +22,7 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using json = nlohmann::json;
 using namespace testing_data;
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing_errors::error_of;
 
 std::string gzip(const std::string& bytes) {
   uLongf n = compressBound(bytes.size()) + 64;

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "data_fixtures.h"
+#include "error_of.h"
 #include "kvroute/backend.h"
 #include "kvroute/cpu_threads.h"
 #include "kvroute/inference.h"
@@ -21,6 +22,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using namespace testing_data;
+using testing_errors::error_of;
 
 ModelConfig byte_model() {
   ModelConfig m;
@@ -33,16 +35,6 @@ ModelConfig byte_model() {
   m.context = 64;
   m.init_std = 0.3;
   return m;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // Slow, obviously correct: the log-probability of each continuation token from a fresh prefill
