@@ -53,19 +53,20 @@ if [ ! -f data/docs/.complete ]; then
   touch data/docs.tmp/.complete
   rm -rf data/docs && mv data/docs.tmp data/docs
 fi
-inputs=$(find data/docs -name '*.txt' | sort -V)
-echo "data_docs: data/docs ($(echo "$inputs" | wc -l) files, $(cat $inputs | wc -c) bytes)"
+# Thousands of files: named in a list file, not on command lines (kvroute's --input-list).
+input_list=$(mktemp)
+trap 'rm -f "$input_list"' EXIT
+find data/docs -name '*.txt' | sort -V > "$input_list"
+echo "data_docs: data/docs ($(wc -l < "$input_list") files, $(xargs cat < "$input_list" | wc -c) bytes)"
 
 [ -x "$KVROUTE" ] || { echo "data_docs: $KVROUTE not found; build it first (scripts/setup.sh), or set KVROUTE=path/to/kvroute" >&2; exit 1; }
 if [ ! -s "$TOKENIZER/tokenizer.model" ]; then
-  # shellcheck disable=SC2086
-  "$KVROUTE" data tokenizer --input $inputs --vocab-size "$VOCAB" --model-type unigram \
+  "$KVROUTE" data tokenizer --input-list "$input_list" --vocab-size "$VOCAB" --model-type unigram \
     --max-sentences "$MAX_SENTENCES" --threads "$FIT_THREADS" --out "$TOKENIZER" --force
 fi
 echo "data_docs: tokenizer $TOKENIZER"
 if [ ! -s "$SHARDS/manifest.yaml" ] || ! cmp -s "$TOKENIZER/tokenizer.model" "$SHARDS/tokenizer/tokenizer.model"; then
-  # shellcheck disable=SC2086
-  "$KVROUTE" data encode --tokenizer "$TOKENIZER" --input $inputs --docs file --val-fraction 0.05 \
+  "$KVROUTE" data encode --tokenizer "$TOKENIZER" --input-list "$input_list" --docs file --val-fraction 0.05 \
     --out "$SHARDS" --force
 fi
 echo "data_docs: shards $SHARDS ($(grep -m1 '^tokens:' "$SHARDS/manifest.yaml" | sed 's/^tokens: //'))"
