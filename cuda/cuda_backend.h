@@ -35,6 +35,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "kvroute/attention_dims.h"
 #include "kvroute/backend.h"
 
 namespace kvroute {
@@ -70,19 +71,14 @@ void launch_float_to_bf16(const float* x, uint16_t* y, std::size_t n, cudaStream
 // y[i] = a bf16 value in [-0.5, 0.5) hashed from i (operands for peak_gemm_flops: zeros would be unrealistic).
 void launch_bf16_pattern(uint16_t* y, std::size_t n, cudaStream_t stream);
 
-// attention_bf16_cuda.cu: the tensor-core attention forward used in bf16 precision.
-struct AttentionBf16Dims {
-  int B, Tq, Tk, H, Hkv, D, group, q_pos0;
-  float scale;
-  int q_row;   // elements between time steps in q/out: H * D
-  int kv_row;  // elements between time steps in K/V: Hkv * D
-};
+// attention_bf16_cuda.cu: the tensor-core attention forward used in bf16 precision (AttentionDims:
+// kvroute/attention_dims.h, the front every attention implementation shares).
 // table: [K base of b = 0..B-1, V base of b = 0..B-1] on the device, as the fp32 kernel.
-void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
+void launch_attention_forward_bf16(const AttentionDims& a, const float* q, float* const* table, float* out,
                                    float* lse, cudaStream_t stream);
 // attention_bf16_backward_cuda.cu: its backward (dq, dK, dV added into; delta = dout . out per
 // row [B, H, Tq]). table: [K..., V..., dK..., dV...] bases per sequence.
-void launch_attention_backward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table,
+void launch_attention_backward_bf16(const AttentionDims& a, const float* q, float* const* table,
                                     const float* dout, const float* lse, const float* delta, float* dq,
                                     cudaStream_t stream);
 
