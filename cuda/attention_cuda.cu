@@ -503,23 +503,18 @@ void launch_backward(const AttentionDims& a, const float* q, float* const* table
 
 }  // namespace
 
-bool CudaBackend::attention_on_tensor_cores(int head_dim) {
-  const AttentionKernelChoice c = choose_attention_kernel(options_.precision == "bf16", head_dim, smem_optin_);
-  if (!c.error.empty()) throw std::runtime_error(c.error);
-  if (!c.fallback.empty() && attention_fallback_said_.insert(head_dim).second) std::cerr << "kvroute: " << c.fallback << "\n";
-  return c.tensor_cores;
-}
-
 void CudaBackend::attention_forward(const AttentionForward& p) {
   const AttentionDims a = forward_dims(p);
   if (a.empty()) return;
   require_kernel_limits(a, "attention_forward");
+  const AttentionPath path = attention_path(a);
+  if (path == AttentionPath::Cudnn) return attention_forward_cudnn(p, a);
   std::vector<void*> ptrs;
   ptrs.reserve(2 * static_cast<std::size_t>(a.B));
   gather(ptrs, p.k_layers, p.src, a);
   gather(ptrs, p.v_layers, p.src, a);
   auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
-  if (attention_on_tensor_cores(a.D)) {
+  if (path == AttentionPath::Bf16Kernels) {
     launch_attention_forward_bf16(a, p.q, table, p.out, p.lse, stream_);
     return;
   }
@@ -536,6 +531,9 @@ void CudaBackend::attention_backward(const AttentionBackward& p) {
   const AttentionDims a = backward_dims(p);
   if (a.empty()) return;
   require_kernel_limits(a, "attention_backward");
+  // The path of this shape's forward: the choice depends on the shape alone.
+  const AttentionPath path = attention_path(a);
+  if (path == AttentionPath::Cudnn) return attention_backward_cudnn(p, a);
   std::vector<void*> ptrs;
   ptrs.reserve(4 * static_cast<std::size_t>(a.B));
   gather(ptrs, p.k_layers, p.src, a);
@@ -551,8 +549,7 @@ void CudaBackend::attention_backward(const AttentionBackward& p) {
   attention_delta_kernel<<<delta_blocks, 32 * kDeltaWarps, 0, stream_>>>(a, p.out, p.dout, delta);
   KVR_KERNEL_CHECK();
 
-  // The forward ran on tensor cores exactly when this holds (attention_forward).
-  if (attention_on_tensor_cores(a.D)) {
+  if (path == AttentionPath::Bf16Kernels) {
     launch_attention_backward_bf16(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
     return;
   }
