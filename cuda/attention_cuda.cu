@@ -41,7 +41,8 @@
 // instead (attention_bf16_cuda.cu, attention_bf16_backward_cuda.cu) where the
 // device gives them the shared memory they need (attention_plan.h); these fp32
 // kernels serve fp32 precision, other head dims, and bf16 at head_dim 128 on GPUs
-// with 99 KiB of shared memory per block (sm_86, sm_89).
+// with 99 KiB of shared memory per block (sm_86, sm_89). Training shapes in bf16 run cuDNN's
+// fused attention where cuDNN is there (cudnn_attention_cuda.cu, cudnn_attention_plan.h).
 //
 // deterministic = false drops the dQ kernel: the dK/dV kernel, which already
 // holds dS for each (key tile, query tile) pair, adds scale * dS^T K into dq
@@ -51,7 +52,6 @@
 // deterministic because a resumed run must continue bit-exactly (train
 // --resume) and because the atomic path is not yet measured on hardware.
 #include <cmath>
-#include <iostream>
 #include <stdexcept>
 #include <string>
 #include <vector>

@@ -244,7 +244,7 @@ TEST(CudnnGradAdditions, MatchTheRoutedGradientContract) {
 #ifdef KVROUTE_WITH_CUDA
 
 TEST(CudnnGraph, ValidatesForAnH100WithoutAGpu) {
-  if (!cudnn_attention_built()) GTEST_SKIP() << "built without cuDNN: " << cudnn_validate_sdpa_graph({}, 90, 132);
+  if (!cudnn_attention_built()) GTEST_SKIP() << "kvroute was built without cuDNN";
   for (int hd : {64, 128}) {
     // GPT-2 124M's shape at head_dim 64 (12 heads), GQA 12/4; d_model 2048 at head_dim 128.
     const AttentionDims a = hd == 64 ? dims(16, 1024, 12, 4, 64) : dims(16, 1024, 16, 4, 128);
