@@ -100,7 +100,7 @@ AttentionPath CudaBackend::attention_path(const AttentionDims& a) {
   in.q_pos0 = a.q_pos0;
   in.smem_optin_limit = smem_optin_;
   in.cudnn_unavailable = "not asked";
-  if (in.bf16 && attention_bf16_head_dim(a.D) && a.Tq == a.Tk && a.q_pos0 == 0) in.cudnn_unavailable = cudnn_unavailable_for(a);
+  if (cudnn_attention_shape(in.bf16, a.D, a.Tq, a.Tk, a.q_pos0)) in.cudnn_unavailable = cudnn_unavailable_for(a);
   const AttentionPathChoice c = choose_attention_path(in);
   if (!c.error.empty()) throw std::runtime_error(c.error);
   if (attention_path_said_.insert(c.why).second) std::cerr << "kvroute: " << c.why << "\n";

@@ -53,10 +53,16 @@ struct AttentionPathChoice {
   std::string error;  // non-empty: no path fits this GPU (choose_attention_kernel's error)
 };
 
+// The calls cuDNN runs when it can: bf16 at head_dim 64 or 128, training shapes (query 0 at
+// position 0, as many queries as keys).
+inline bool cudnn_attention_shape(bool bf16, int head_dim, int Tq, int Tk, int q_pos0) {
+  return bf16 && attention_bf16_head_dim(head_dim) && Tq == Tk && q_pos0 == 0;
+}
+
 inline AttentionPathChoice choose_attention_path(const AttentionPathInputs& in) {
   AttentionPathChoice c;
   const std::string at = "attention at head_dim " + std::to_string(in.head_dim) + ": ";
-  if (in.bf16 && attention_bf16_head_dim(in.head_dim) && in.Tq == in.Tk && in.q_pos0 == 0) {
+  if (cudnn_attention_shape(in.bf16, in.head_dim, in.Tq, in.Tk, in.q_pos0)) {
     if (in.cudnn_unavailable.empty()) {
       c.path = AttentionPath::Cudnn;
       c.why = at + "cuDNN fused attention (bf16 I/O, fp32 softmax and sums)";
