@@ -149,7 +149,7 @@ __device__ __forceinline__ void add_rows_to_global(FragAcc (&acc)[D / kFrag], fl
 // grid: (ceil(Tk / 64), Hkv, B). table: [K..., V..., dK..., dV...].
 template <int D>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkdv_bf16_kernel(AttentionBf16Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+    attention_backward_dkdv_bf16_kernel(AttentionDims a, const float* __restrict__ q, float* const* __restrict__ table,
                                         const float* __restrict__ dout, const float* __restrict__ lse,
                                         const float* __restrict__ delta) {
   using L = Layout<D>;
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(kThreads)
 // grid: (ceil(Tq / 64), H, B). table: [K..., V..., dK..., dV...].
 template <int D>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_bf16_kernel(AttentionBf16Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+    attention_backward_dq_bf16_kernel(AttentionDims a, const float* __restrict__ q, float* const* __restrict__ table,
                                       const float* __restrict__ dout, const float* __restrict__ lse,
                                       const float* __restrict__ delta, float* __restrict__ dq) {
   using L = Layout<D>;
@@ -300,7 +300,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int D>
-void launch(const AttentionBf16Dims& a, const float* q, float* const* table, const float* dout, const float* lse,
+void launch(const AttentionDims& a, const float* q, float* const* table, const float* dout, const float* lse,
             const float* delta, float* dq, cudaStream_t stream) {
   constexpr std::size_t smem = Layout<D>::bytes;
   KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_bf16_kernel<D>,
@@ -317,7 +317,7 @@ void launch(const AttentionBf16Dims& a, const float* q, float* const* table, con
 
 }  // namespace
 
-void launch_attention_backward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table,
+void launch_attention_backward_bf16(const AttentionDims& a, const float* q, float* const* table,
                                     const float* dout, const float* lse, const float* delta, float* dq,
                                     cudaStream_t stream) {
   if (a.D == 64) {

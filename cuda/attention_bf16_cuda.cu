@@ -60,7 +60,7 @@ static_assert(Layout<64>::bytes == attention_bf16_forward_smem_bytes(64) &&
 
 template <int D>
 __global__ void __launch_bounds__(kThreads)
-    attention_forward_bf16_kernel(AttentionBf16Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+    attention_forward_bf16_kernel(AttentionDims a, const float* __restrict__ q, float* const* __restrict__ table,
                                   float* __restrict__ out, float* __restrict__ lse) {
   using L = Layout<D>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int D>
-void launch(const AttentionBf16Dims& a, const float* q, float* const* table, float* out, float* lse,
+void launch(const AttentionDims& a, const float* q, float* const* table, float* out, float* lse,
             cudaStream_t stream) {
   constexpr std::size_t smem = Layout<D>::bytes;
   KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_bf16_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -197,7 +197,7 @@ void launch(const AttentionBf16Dims& a, const float* q, float* const* table, flo
 
 }  // namespace
 
-void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
+void launch_attention_forward_bf16(const AttentionDims& a, const float* q, float* const* table, float* out,
                                    float* lse, cudaStream_t stream) {
   if (a.D == 64) {
     launch<64>(a, q, table, out, lse, stream);

@@ -41,7 +41,8 @@
 // instead (attention_bf16_cuda.cu, attention_bf16_backward_cuda.cu) where the
 // device gives them the shared memory they need (attention_plan.h); these fp32
 // kernels serve fp32 precision, other head dims, and bf16 at head_dim 128 on GPUs
-// with 99 KiB of shared memory per block (sm_86, sm_89).
+// with 99 KiB of shared memory per block (sm_86, sm_89). Training shapes in bf16 run cuDNN's
+// fused attention where cuDNN is there (cudnn_attention_cuda.cu, cudnn_attention_plan.h).
 //
 // deterministic = false drops the dQ kernel: the dK/dV kernel, which already
 // holds dS for each (key tile, query tile) pair, adds scale * dS^T K into dq
@@ -51,7 +52,6 @@
 // deterministic because a resumed run must continue bit-exactly (train
 // --resume) and because the atomic path is not yet measured on hardware.
 #include <cmath>
-#include <iostream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -70,20 +70,6 @@ constexpr int kCols = kBK / kLanes;     // tile columns per thread
 constexpr int kMaxHeadDim = 128;
 constexpr unsigned kFullMask = 0xffffffffu;
 static_assert(kBQ == kBK, "the dK/dV kernel uses the same thread layout with rows and columns swapped");
-
-struct Dims {
-  int B, Tq, Tk, H, Hkv, D, group, q_pos0;
-  float scale;
-  int q_row;   // elements between time steps in q/out/dq: H * D
-  int kv_row;  // elements between time steps in K/V: Hkv * D
-};
-
-__device__ __forceinline__ std::size_t q_offset(const Dims& a, int b, int i, int h) {
-  return (static_cast<std::size_t>(b) * a.Tq + i) * a.q_row + static_cast<std::size_t>(h) * a.D;
-}
-__device__ __forceinline__ std::size_t lse_offset(const Dims& a, int b, int h, int i) {
-  return (static_cast<std::size_t>(b) * a.H + h) * a.Tq + i;
-}
 
 // dst[r][c] (row pitch DM+1) = src[r * stride + c] for r < n_rows and c < D, else 0; 32 rows.
 template <int DM>
@@ -114,7 +100,7 @@ constexpr std::size_t dkdv_smem_bytes() {
 // table: [K base of b = 0..B-1, V base of b = 0..B-1]. grid: (ceil(Tq / kBQ), H, B).
 template <int DM>
 __global__ void __launch_bounds__(kThreads)
-    attention_forward_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+    attention_forward_kernel(AttentionDims a, const float* __restrict__ q, float* const* __restrict__ table,
                              float* __restrict__ out, float* __restrict__ lse) {
   constexpr int DP = DM + 1;
   constexpr int kAcc = DM / kLanes;
@@ -138,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
   const int visible = min(a.Tk, a.q_pos0 + qi + 1);       // this row sees keys [0, visible)
   const int block_keys = min(a.Tk, a.q_pos0 + q0 + nq);   // the last row of the block sees the most
 
-  load_tile<DM>(sQ, q + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+  load_tile<DM>(sQ, q + a.q_offset(b, q0, h), a.q_row, nq, a.D);
 
   float m = -INFINITY;
   float l = 0.f;
@@ -205,18 +191,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   if (row_valid) {
-    float* o = out + q_offset(a, b, qi, h);
+    float* o = out + a.q_offset(b, qi, h);
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) {
       const int d = lane + kLanes * i;
       if (d < a.D) o[d] = acc[i] / l;
     }
-    if (lse && lane == 0) lse[lse_offset(a, b, h, qi)] = m + logf(l);
+    if (lse && lane == 0) lse[a.lse_offset(b, h, qi)] = m + logf(l);
   }
 }
 
 // delta[b, h, i] = dot(dout[b, i, h, :], out[b, i, h, :]); one warp per row of [B, Tq, H].
-__global__ void attention_delta_kernel(Dims a, const float* __restrict__ out, const float* __restrict__ dout,
+__global__ void attention_delta_kernel(AttentionDims a, const float* __restrict__ out, const float* __restrict__ dout,
                                        float* __restrict__ delta) {
   const long rows = static_cast<long>(a.B) * a.Tq * a.H;
   const long r = static_cast<long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
@@ -231,14 +217,14 @@ __global__ void attention_delta_kernel(Dims a, const float* __restrict__ out, co
     const int h = static_cast<int>(r % a.H);
     const int i = static_cast<int>((r / a.H) % a.Tq);
     const int b = static_cast<int>(r / (static_cast<long>(a.H) * a.Tq));
-    delta[lse_offset(a, b, h, i)] = s;
+    delta[a.lse_offset(b, h, i)] = s;
   }
 }
 
 // dq += scale * sum_j dS_ij k_j. table: [K..., V..., dK..., dV...]. grid: (ceil(Tq / kBQ), H, B).
 template <int DM>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dq_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+    attention_backward_dq_kernel(AttentionDims a, const float* __restrict__ q, float* const* __restrict__ table,
                                  const float* __restrict__ dout, const float* __restrict__ lse,
                                  const float* __restrict__ delta, float* __restrict__ dq) {
   constexpr int DP = DM + 1;
@@ -264,11 +250,11 @@ __global__ void __launch_bounds__(kThreads)
   const bool row_valid = row < nq;
   const int visible = min(a.Tk, a.q_pos0 + qi + 1);
   const int block_keys = min(a.Tk, a.q_pos0 + q0 + nq);
-  const float row_lse = row_valid ? lse[lse_offset(a, b, h, qi)] : 0.f;
-  const float row_delta = row_valid ? delta[lse_offset(a, b, h, qi)] : 0.f;
+  const float row_lse = row_valid ? lse[a.lse_offset(b, h, qi)] : 0.f;
+  const float row_delta = row_valid ? delta[a.lse_offset(b, h, qi)] : 0.f;
 
-  load_tile<DM>(sQ, q + q_offset(a, b, q0, h), a.q_row, nq, a.D);
-  load_tile<DM>(sdO, dout + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+  load_tile<DM>(sQ, q + a.q_offset(b, q0, h), a.q_row, nq, a.D);
+  load_tile<DM>(sdO, dout + a.q_offset(b, q0, h), a.q_row, nq, a.D);
 
   float acc[kAcc];
 #pragma unroll
@@ -315,7 +301,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   if (row_valid) {
-    float* g = dq + q_offset(a, b, qi, h);
+    float* g = dq + a.q_offset(b, qi, h);
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) {
       const int d = lane + kLanes * i;
@@ -330,7 +316,7 @@ __global__ void __launch_bounds__(kThreads)
 // With kFuseDq it also adds each tile's dq contribution with atomics (dq otherwise unused).
 template <int DM, bool kFuseDq>
 __global__ void __launch_bounds__(kThreads)
-    attention_backward_dkdv_kernel(Dims a, const float* __restrict__ q, float* const* __restrict__ table,
+    attention_backward_dkdv_kernel(AttentionDims a, const float* __restrict__ q, float* const* __restrict__ table,
                                    const float* __restrict__ dout, const float* __restrict__ lse,
                                    const float* __restrict__ delta, float* __restrict__ dq) {
   constexpr int DP = DM + 1;
@@ -374,12 +360,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int q0 = first_tile; q0 < a.Tq; q0 += kBQ) {
       const int nq = min(kBQ, a.Tq - q0);
       __syncthreads();  // previous sQ / sdO / sP / sdS readers are done (and sK / sV are loaded)
-      load_tile<DM>(sQ, q + q_offset(a, b, q0, h), a.q_row, nq, a.D);
-      load_tile<DM>(sdO, dout + q_offset(a, b, q0, h), a.q_row, nq, a.D);
+      load_tile<DM>(sQ, q + a.q_offset(b, q0, h), a.q_row, nq, a.D);
+      load_tile<DM>(sdO, dout + a.q_offset(b, q0, h), a.q_row, nq, a.D);
       if (threadIdx.x < kBQ) {
         const bool ok = static_cast<int>(threadIdx.x) < nq;
-        sL[threadIdx.x] = ok ? lse[lse_offset(a, b, h, q0 + threadIdx.x)] : 0.f;
-        sD[threadIdx.x] = ok ? delta[lse_offset(a, b, h, q0 + threadIdx.x)] : 0.f;
+        sL[threadIdx.x] = ok ? lse[a.lse_offset(b, h, q0 + threadIdx.x)] : 0.f;
+        sD[threadIdx.x] = ok ? delta[a.lse_offset(b, h, q0 + threadIdx.x)] : 0.f;
       }
       __syncthreads();
 
@@ -436,7 +422,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int i = 0; i < kAcc; ++i) acc_q[i] += ds * sK[j * DP + lane + kLanes * i];
           }
-          float* g = dq + q_offset(a, b, q0 + r, h);
+          float* g = dq + a.q_offset(b, q0 + r, h);
 #pragma unroll
           for (int i = 0; i < kAcc; ++i) {
             const int d = lane + kLanes * i;
@@ -462,59 +448,24 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---- host side ----
-
-void require(bool ok, const char* op, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+// The limits of these kernels, beyond the front's checks (kvroute/attention_dims.h).
+void require_kernel_limits(const AttentionDims& a, const char* op) {
+  auto require = [op](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(std::string(op) + ": " + what);
+  };
+  require(a.D <= kMaxHeadDim, "head_dim " + std::to_string(a.D) + " exceeds the CUDA kernels' maximum of " +
+                                  std::to_string(kMaxHeadDim));
+  require(a.H <= 65535 && a.Hkv <= 65535 && a.B <= 65535, "B or head count exceeds grid limits");
 }
 
-// Validates the shape (as the CPU backend does) and returns the kernel dims and
-// the elements between sequences in K/V.
-Dims make_dims(const AttentionShape& s, long* seq_stride, const char* op) {
-  Dims a{};
-  a.B = s.B;
-  a.Tq = s.Tq;
-  a.Tk = s.Tk;
-  a.H = s.n_heads;
-  a.Hkv = s.n_kv_heads;
-  a.D = s.head_dim;
-  a.q_pos0 = s.q_pos0;
-  a.scale = s.scale;
-  require(s.B >= 0 && s.Tq >= 0, op, "B and Tq must be >= 0");
-  if (s.B == 0 || s.Tq == 0) return a;
-  require(s.Tk >= 1, op, "Tk must be >= 1");
-  require(s.n_heads >= 1 && s.n_kv_heads >= 1 && s.head_dim >= 1, op, "heads and head_dim must be >= 1");
-  require(s.n_heads % s.n_kv_heads == 0, op,
-          "n_kv_heads (" + std::to_string(s.n_kv_heads) + ") must divide n_heads (" + std::to_string(s.n_heads) +
-              ")");
-  require(s.head_dim <= kMaxHeadDim, op,
-          "head_dim " + std::to_string(s.head_dim) + " exceeds the CUDA kernels' maximum of " +
-              std::to_string(kMaxHeadDim));
-  require(s.q_pos0 >= 0, op, "q_pos0 must be >= 0");
-  require(std::isfinite(s.scale) && s.scale != 0.f, op, "shape.scale must be set (usually 1/sqrt(head_dim))");
-  require(s.n_heads <= 65535 && s.n_kv_heads <= 65535 && s.B <= 65535, op, "B or head count exceeds grid limits");
-  a.group = s.n_heads / s.n_kv_heads;
-  a.q_row = s.n_heads * s.head_dim;
-  a.kv_row = s.n_kv_heads * s.head_dim;
-  const long dense = static_cast<long>(s.Tk) * a.kv_row;
-  require(s.kv_seq_stride == 0 || s.kv_seq_stride >= dense, op,
-          "kv_seq_stride " + std::to_string(s.kv_seq_stride) + " is smaller than Tk * n_kv_heads * head_dim");
-  *seq_stride = s.kv_seq_stride ? s.kv_seq_stride : dense;
-  return a;
-}
-
-// Appends layers[src[b]] + b * seq_stride for every b to the table.
-void gather(std::vector<void*>& table, const float* const* layers, const int32_t* src, int B, long seq_stride,
-            const char* op, const char* what) {
-  for (int b = 0; b < B; ++b) {
-    require(src[b] >= 0, op, "negative source layer for sequence " + std::to_string(b));
-    const float* base = layers[src[b]];
-    require(base != nullptr, op, std::string("null ") + what + " for source layer " + std::to_string(src[b]));
-    table.push_back(const_cast<float*>(base) + static_cast<std::size_t>(b) * seq_stride);
-  }
+// Appends layers[src[b]] + b * kv_seq for every b (the front checked that none is null).
+void gather(std::vector<void*>& table, const float* const* layers, const int32_t* src, const AttentionDims& a) {
+  for (int b = 0; b < a.B; ++b)
+    table.push_back(const_cast<float*>(layers[src[b]]) + static_cast<std::size_t>(b) * a.kv_seq);
 }
 
 template <int DM>
-void launch_forward(const Dims& a, const float* q, float* const* table, float* out, float* lse,
+void launch_forward(const AttentionDims& a, const float* q, float* const* table, float* out, float* lse,
                     cudaStream_t stream) {
   constexpr std::size_t smem = forward_smem_bytes<DM>();
   KVR_CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<DM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -525,7 +476,7 @@ void launch_forward(const Dims& a, const float* q, float* const* table, float* o
 }
 
 template <int DM>
-void launch_backward(const Dims& a, const float* q, float* const* table, const float* dout, const float* lse,
+void launch_backward(const AttentionDims& a, const float* q, float* const* table, const float* dout, const float* lse,
                      const float* delta, float* dq, bool deterministic, cudaStream_t stream) {
   constexpr std::size_t smem_dkdv = dkdv_smem_bytes<DM>();
   const dim3 grid_k((a.Tk + kBK - 1) / kBK, a.Hkv, a.B);
@@ -552,28 +503,19 @@ void launch_backward(const Dims& a, const float* q, float* const* table, const f
 
 }  // namespace
 
-bool CudaBackend::attention_on_tensor_cores(int head_dim) {
-  const AttentionKernelChoice c = choose_attention_kernel(options_.precision == "bf16", head_dim, smem_optin_);
-  if (!c.error.empty()) throw std::runtime_error(c.error);
-  if (!c.fallback.empty() && attention_fallback_said_.insert(head_dim).second) std::cerr << "kvroute: " << c.fallback << "\n";
-  return c.tensor_cores;
-}
-
 void CudaBackend::attention_forward(const AttentionForward& p) {
-  const char* op = "attention_forward";
-  long seq_stride = 0;
-  const Dims a = make_dims(p.shape, &seq_stride, op);
-  if (a.B == 0 || a.Tq == 0) return;
-  require(p.q && p.out, op, "null q or out");
-  require(p.src && p.k_layers && p.v_layers, op, "null src / k_layers / v_layers");
+  const AttentionDims a = forward_dims(p);
+  if (a.empty()) return;
+  require_kernel_limits(a, "attention_forward");
+  const AttentionPath path = attention_path(a);
+  if (path == AttentionPath::Cudnn) return attention_forward_cudnn(p, a);
   std::vector<void*> ptrs;
   ptrs.reserve(2 * static_cast<std::size_t>(a.B));
-  gather(ptrs, p.k_layers, p.src, a.B, seq_stride, op, "K");
-  gather(ptrs, p.v_layers, p.src, a.B, seq_stride, op, "V");
+  gather(ptrs, p.k_layers, p.src, a);
+  gather(ptrs, p.v_layers, p.src, a);
   auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
-  if (attention_on_tensor_cores(a.D)) {
-    const AttentionBf16Dims d{a.B, a.Tq, a.Tk, a.H, a.Hkv, a.D, a.group, a.q_pos0, a.scale, a.q_row, a.kv_row};
-    launch_attention_forward_bf16(d, p.q, table, p.out, p.lse, stream_);
+  if (path == AttentionPath::Bf16Kernels) {
+    launch_attention_forward_bf16(a, p.q, table, p.out, p.lse, stream_);
     return;
   }
   if (a.D <= 32) {
@@ -586,19 +528,18 @@ void CudaBackend::attention_forward(const AttentionForward& p) {
 }
 
 void CudaBackend::attention_backward(const AttentionBackward& p) {
-  const char* op = "attention_backward";
-  long seq_stride = 0;
-  const Dims a = make_dims(p.shape, &seq_stride, op);
-  if (a.B == 0 || a.Tq == 0) return;
-  require(p.q && p.out && p.lse && p.dout, op, "null q, out, lse or dout");
-  require(p.dq && p.dk_layers && p.dv_layers, op, "null dq, dk_layers or dv_layers");
-  require(p.src && p.k_layers && p.v_layers, op, "null src / k_layers / v_layers");
+  const AttentionDims a = backward_dims(p);
+  if (a.empty()) return;
+  require_kernel_limits(a, "attention_backward");
+  // The path of this shape's forward: the choice depends on the shape alone.
+  const AttentionPath path = attention_path(a);
+  if (path == AttentionPath::Cudnn) return attention_backward_cudnn(p, a);
   std::vector<void*> ptrs;
   ptrs.reserve(4 * static_cast<std::size_t>(a.B));
-  gather(ptrs, p.k_layers, p.src, a.B, seq_stride, op, "K");
-  gather(ptrs, p.v_layers, p.src, a.B, seq_stride, op, "V");
-  gather(ptrs, p.dk_layers, p.src, a.B, seq_stride, op, "dK");
-  gather(ptrs, p.dv_layers, p.src, a.B, seq_stride, op, "dV");
+  gather(ptrs, p.k_layers, p.src, a);
+  gather(ptrs, p.v_layers, p.src, a);
+  gather(ptrs, p.dk_layers, p.src, a);
+  gather(ptrs, p.dv_layers, p.src, a);
   auto* table = reinterpret_cast<float* const*>(upload_pointers(ptrs));
 
   const std::size_t n_rows = static_cast<std::size_t>(a.B) * a.Tq * a.H;
@@ -608,10 +549,8 @@ void CudaBackend::attention_backward(const AttentionBackward& p) {
   attention_delta_kernel<<<delta_blocks, 32 * kDeltaWarps, 0, stream_>>>(a, p.out, p.dout, delta);
   KVR_KERNEL_CHECK();
 
-  // The forward ran on tensor cores exactly when this holds (attention_forward).
-  if (attention_on_tensor_cores(a.D)) {
-    const AttentionBf16Dims d{a.B, a.Tq, a.Tk, a.H, a.Hkv, a.D, a.group, a.q_pos0, a.scale, a.q_row, a.kv_row};
-    launch_attention_backward_bf16(d, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
+  if (path == AttentionPath::Bf16Kernels) {
+    launch_attention_backward_bf16(a, p.q, table, p.dout, p.lse, delta, p.dq, stream_);
     return;
   }
 

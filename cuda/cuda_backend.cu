@@ -74,6 +74,7 @@ CudaBackend::~CudaBackend() { release(); }
 // Frees everything that was created; never throws (errors on teardown are ignored).
 void CudaBackend::release() noexcept {
   if (stream_) (void)cudaStreamSynchronize(stream_);
+  cudnn_.reset();  // its handle is bound to stream_
   for (auto& [key, plan] : lt_plans_) {
     if (plan.a) (void)cublasLtMatrixLayoutDestroy(plan.a);
     if (plan.b) (void)cublasLtMatrixLayoutDestroy(plan.b);

@@ -13,12 +13,13 @@
 // alpha/beta as in fp32 (matmul_cuda.cu), and runs attention forward and backward
 // on tensor cores for head_dim 64 and 128 (attention_bf16_cuda.cu,
 // attention_bf16_backward_cuda.cu) where the device has the shared memory for them
-// (attention_plan.h; else the fp32 kernels, said once on stderr). Weights,
+// (attention_plan.h; else the fp32 kernels, said once on stderr), or through cuDNN's fused
+// attention at training shapes where cuDNN is there (cudnn_attention_plan.h). Weights,
 // gradients, AdamW state, activations and all other ops stay fp32.
 //
 // Each op's kernels live in their own file (matmul_cuda.cu, elementwise_cuda.cu,
 // embedding_cuda.cu, rmsnorm_cuda.cu, rope_cuda.cu, bias_cuda.cu, cross_entropy_cuda.cu,
-// adamw_cuda.cu, attention_cuda.cu); memory, streams and scratch live in
+// adamw_cuda.cu, attention_cuda.cu, cudnn_attention*); memory, streams and scratch live in
 // cuda_backend.cu. This header is for .cu files only (it includes CUDA headers).
 #pragma once
 
@@ -29,12 +30,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <tuple>
 #include <unordered_map>
 #include <vector>
 
+#include "cudnn_attention.h"
+#include "kvroute/attention_dims.h"
 #include "kvroute/backend.h"
 
 namespace kvroute {
@@ -70,21 +74,22 @@ void launch_float_to_bf16(const float* x, uint16_t* y, std::size_t n, cudaStream
 // y[i] = a bf16 value in [-0.5, 0.5) hashed from i (operands for peak_gemm_flops: zeros would be unrealistic).
 void launch_bf16_pattern(uint16_t* y, std::size_t n, cudaStream_t stream);
 
-// attention_bf16_cuda.cu: the tensor-core attention forward used in bf16 precision.
-struct AttentionBf16Dims {
-  int B, Tq, Tk, H, Hkv, D, group, q_pos0;
-  float scale;
-  int q_row;   // elements between time steps in q/out: H * D
-  int kv_row;  // elements between time steps in K/V: Hkv * D
-};
+// attention_bf16_cuda.cu: the tensor-core attention forward used in bf16 precision (AttentionDims:
+// kvroute/attention_dims.h, the front every attention implementation shares).
 // table: [K base of b = 0..B-1, V base of b = 0..B-1] on the device, as the fp32 kernel.
-void launch_attention_forward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table, float* out,
+void launch_attention_forward_bf16(const AttentionDims& a, const float* q, float* const* table, float* out,
                                    float* lse, cudaStream_t stream);
 // attention_bf16_backward_cuda.cu: its backward (dq, dK, dV added into; delta = dout . out per
 // row [B, H, Tq]). table: [K..., V..., dK..., dV...] bases per sequence.
-void launch_attention_backward_bf16(const AttentionBf16Dims& a, const float* q, float* const* table,
+void launch_attention_backward_bf16(const AttentionDims& a, const float* q, float* const* table,
                                     const float* dout, const float* lse, const float* delta, float* dq,
                                     cudaStream_t stream);
+
+// cudnn_attention_cuda.cu: the casts around cuDNN attention. dst[i * per + r] = bf16(bases[i][r]);
+// y = float(x); bases[i][r] += float(src[i * per + r]). n elements in all; bases is a device table.
+void launch_gather_to_bf16(float* const* bases, long per, std::size_t n, uint16_t* dst, cudaStream_t stream);
+void launch_bf16_to_float(const uint16_t* x, float* y, std::size_t n, cudaStream_t stream);
+void launch_add_bf16(float* const* bases, long per, std::size_t n, const uint16_t* src, cudaStream_t stream);
 
 class CudaBackend final : public Backend {
  public:
@@ -172,6 +177,7 @@ class CudaBackend final : public Backend {
     kScratchBf16A,   // bf16 copy of matmul's A
     kScratchBf16B,   // bf16 copy of matmul's B
     kScratchPeak,    // peak_gemm_flops operands
+    kScratchCudnn,   // cuDNN attention: bf16 operands and results, then cuDNN's workspace
     kScratchCount
   };
   void* scratch(ScratchSlot slot, std::size_t bytes);
@@ -193,10 +199,16 @@ class CudaBackend final : public Backend {
   // first target >= V a cross_entropy call since the last check has met, as the CPU backend would.
   void throw_device_errors();
   void track_free(void* p);
-  // attention_cuda.cu: whether attention at head_dim runs the bf16 tensor-core kernels (bf16
-  // precision, head_dim 64/128, and their shared memory fits this device: attention_plan.h).
-  // Says once per head_dim on stderr when bf16 falls back to the fp32 kernels.
-  bool attention_on_tensor_cores(int head_dim);
+  // cudnn_attention_cuda.cu: the attention path of a call (cudnn_attention_plan.h), said once per
+  // distinct reason on stderr; throws when no path fits this GPU.
+  AttentionPath attention_path(const AttentionDims& a);
+  // Empty when cuDNN runs this shape (starting cuDNN and building both directions' graphs at
+  // the first call), else why not.
+  std::string cudnn_unavailable_for(const AttentionDims& a);
+  void attention_forward_cudnn(const AttentionForward& p, const AttentionDims& a);
+  void attention_backward_cudnn(const AttentionBackward& p, const AttentionDims& a);
+  void kv_to_bf16(const float* const* layers, const int32_t* src, const AttentionDims& a, uint16_t* dst);
+  void add_kv_grad(float* const* layers, const int32_t* src, const AttentionDims& a, const uint16_t* grad);
 
   BackendOptions options_;
   cublasLtHandle_t lt_ = nullptr;
@@ -211,7 +223,11 @@ class CudaBackend final : public Backend {
   unsigned long long* ce_error_host_ = nullptr;
   bool ce_error_pending_ = false;  // a cross_entropy ran since the last check
   std::size_t smem_optin_ = 0;          // cudaDevAttrMaxSharedMemoryPerBlockOptin of device_
-  std::set<int> attention_fallback_said_;  // head dims whose fp32 fallback was announced
+  std::set<std::string> attention_path_said_;  // attention path lines already on stderr
+  std::unique_ptr<CudnnAttention> cudnn_;       // null until asked, or where cuDNN cannot run
+  bool cudnn_tried_ = false;
+  std::string cudnn_unavailable_;               // why cudnn_ is null
+  std::map<CudnnSdpaKey, std::string> cudnn_shape_unavailable_;  // per forward key: empty, or cuDNN's refusal
 
   std::unordered_map<void*, std::size_t> allocations_;  // every device allocation and its size
   std::size_t in_use_bytes_ = 0, peak_bytes_ = 0;

@@ -24,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PRESET="${1:-${KVROUTE_PRESET:-default}}"
+# A CUDA build also wants cudnn-frontend's headers for cuDNN attention; without them (no pip, no
+# network) it goes on with kvroute's own attention kernels, and CMake says so.
+case "$PRESET" in
+  cuda) scripts/fetch_cudnn_frontend.sh || true ;;
+  default) if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then scripts/fetch_cudnn_frontend.sh || true; fi ;;
+esac
 cmake --preset "$PRESET" >/dev/null
 # KVROUTE_TARGETS limits the build (the quickstart needs only the kvroute binary).
 cmake --build --preset "$PRESET" -j "$(nproc)" ${KVROUTE_TARGETS:+--target $KVROUTE_TARGETS}

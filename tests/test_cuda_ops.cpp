@@ -25,6 +25,11 @@
 //   attention dq / dK / dV                  2e-2  2e-2   bf16 dout, P, dS; the forward's out
 //   attention vs the CPU's bf16 twin        5e-5  5e-4   summation order, exp (99% of elements; the rest
 //     (out, dq, dK, dV; lse 1e-5 1e-5)                     within the lines above: rare bf16 rounding flips)
+//   (the lines above pin the WMMA kernels: BackendOptions::cudnn_attention = false)
+//   cuDNN attention vs the CPU bf16 twin (cuda/cudnn_attention_plan.h; bf16, head_dim 64/128, training shapes)
+//     out                                  3e-3  1e-2   cuDNN writes out in bf16, rounds P where its kernel does
+//     lse                                  1e-4  1e-4   exact bf16 products, fp32 sums in another order
+//     dq / dK / dV                         2e-2  2e-2   written in bf16 by cuDNN, then added in fp32
 //   whole model step, loss                  0     2e-2   bf16 operands in every projection
 //   whole model step, gradients             5e-2 * max|grad| + 5e-2 rel  (errors compound through
 //                                           12 GEMMs per layer; checked per tensor, see below)
@@ -34,6 +39,7 @@
 
 #ifdef KVROUTE_WITH_CUDA
 
+#include "../cuda/cudnn_attention.h"
 #include "comm/comm_impl.h"
 #include "kvroute/bf16.h"
 #include "kvroute/config.h"
@@ -85,6 +91,26 @@ constexpr Tol kAttentionBf16GradTol{2e-2, 2e-2};
 constexpr Tol kAttentionTwinTol{5e-5, 5e-4};
 constexpr Tol kAttentionTwinLseTol{1e-5, 1e-5};
 constexpr double kAttentionTwinMaxOutliers = 0.01;  // fraction of elements allowed outside kAttentionTwinTol
+// cuDNN attention against the CPU bf16 twin: cuDNN writes out, dq, dK and dV in bf16 (2^-9
+// relative each) and rounds P and dS where its kernels do, so the bf16-vs-fp32 tolerances hold
+// for every element.
+constexpr Tol kAttentionCudnnOutTol{3e-3, 1e-2};
+constexpr Tol kAttentionCudnnLseTol{1e-4, 1e-4};
+constexpr Tol kAttentionCudnnGradTol{2e-2, 2e-2};
+
+// The tensor-core (WMMA) kernels in bf16, with cuDNN attention off.
+BackendOptions bf16_wmma() {
+  BackendOptions o{"bf16", true};
+  o.cudnn_attention = false;
+  return o;
+}
+
+// Skips the test unless cuDNN attention can run here; says why not.
+#define KVR_REQUIRE_CUDNN()                                                                          \
+  do {                                                                                               \
+    std::string kvr_why_;                                                                            \
+    if (!CudnnAttention::create(nullptr, &kvr_why_)) GTEST_SKIP() << "no cuDNN attention: " << kvr_why_; \
+  } while (0)
 
 #define KVR_REQUIRE_CUDA()                                                       \
   do {                                                                           \
@@ -495,10 +521,11 @@ struct AttnCase {
   int t_cap;     // time steps allocated per sequence in K/V (> Tk: KV-cache layout via kv_seq_stride)
   int n_layers;  // K/V layers that exist
   int layer;     // the querying layer: src[b] is drawn from [0, layer]
+  int batch_source = -1;  // >= 0: every sequence reads this layer (routing.granularity batch)
   std::string name() const {
     std::ostringstream s;
     s << "B=" << B << " Tq=" << Tq << " Tk=" << Tk << " H=" << H << " Hkv=" << Hkv << " D=" << D
-      << " q_pos0=" << q_pos0 << " t_cap=" << t_cap;
+      << " q_pos0=" << q_pos0 << " t_cap=" << t_cap << (batch_source >= 0 ? " one source " + std::to_string(batch_source) : "");
     return s.str();
   }
 };
@@ -517,9 +544,11 @@ std::vector<float> rounded_to_bf16(std::vector<float> v);
 
 // cpu_twin: the CPU backend runs with gpu_options too, so in bf16 it runs its twin of the
 // tensor-core kernels (src/cpu/attention_bf16_cpu.h) on the same unrounded inputs.
-void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu_options = {}, bool cpu_twin = false) {
+// cudnn: the GPU runs cuDNN attention (the caller checked it can), compared with the cuDNN rows.
+void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu_options = {}, bool cpu_twin = false,
+                     bool cudnn = false) {
   SCOPED_TRACE(c.name() + (gpu_options.deterministic ? "" : " deterministic=false") + " precision " +
-               gpu_options.precision + (cpu_twin ? " against the CPU twin" : ""));
+               gpu_options.precision + (cpu_twin ? " against the CPU twin" : "") + (cudnn ? " cuDNN" : ""));
   Backends be(gpu_options, cpu_twin ? gpu_options : BackendOptions{});
   // In bf16 against the fp32 CPU both backends get bf16-representable Q/K/V, so only the kernel's
   // own rounding differs.
@@ -527,15 +556,17 @@ void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu
   const bool round_inputs = bf16 && !cpu_twin;
   auto inputs = [round_inputs](std::vector<float> v) { return round_inputs ? rounded_to_bf16(std::move(v)) : v; };
   auto expect_attention_close = [&](const Mirror<float>& m, Tol tol, const std::string& what) {
-    if (cpu_twin)
+    if (cudnn)
+      expect_close(m, tol, what);
+    else if (cpu_twin)
       expect_mostly_close(m, what.find("lse") != std::string::npos ? kAttentionTwinLseTol : kAttentionTwinTol, tol,
                           kAttentionTwinMaxOutliers, what);
     else
       expect_close(m, tol, what);
   };
-  const Tol out_tol = bf16 ? kAttentionBf16OutTol : kAttentionTol;
-  const Tol lse_tol = bf16 ? kAttentionBf16LseTol : kAttentionTol;
-  const Tol grad_tol = bf16 ? kAttentionBf16GradTol : kAttentionTol;
+  const Tol out_tol = cudnn ? kAttentionCudnnOutTol : bf16 ? kAttentionBf16OutTol : kAttentionTol;
+  const Tol lse_tol = cudnn ? kAttentionCudnnLseTol : bf16 ? kAttentionBf16LseTol : kAttentionTol;
+  const Tol grad_tol = cudnn ? kAttentionCudnnGradTol : bf16 ? kAttentionBf16GradTol : kAttentionTol;
   std::mt19937 rng(seed);
   const std::size_t kv_row = static_cast<std::size_t>(c.Hkv) * c.D;
   const std::size_t seq_stride = static_cast<std::size_t>(c.t_cap) * kv_row;
@@ -583,6 +614,7 @@ void check_attention(const AttnCase& c, uint32_t seed, const BackendOptions& gpu
   auto src = random_ints(c.B, rng, 0, c.layer);
   src[0] = c.layer;               // ordinary self-attention
   if (c.B > 1) src[c.B - 1] = 0;  // routed to the first layer
+  if (c.batch_source >= 0) std::fill(src.begin(), src.end(), c.batch_source);
 
   Mirror<float> q(be, inputs(random_floats(q_n, rng))), dout(be, random_floats(q_n, rng));
   Mirror<float> out(be, random_floats(q_n, rng)), lse(be, random_floats(lse_n, rng));
@@ -765,9 +797,9 @@ TEST(CudaOps, AttentionManyLayersAccumulate) {
 
 // ---------------------------------------------------------------- determinism
 
-TEST(CudaOps, AttentionBackwardIsBitwiseDeterministic) {
-  KVR_REQUIRE_CUDA();
-  auto gpu = make_backend("cuda");
+// Forward twice and backward twice with the same inputs give the same bits.
+void check_attention_bitwise(const BackendOptions& options, const std::vector<int32_t>& src) {
+  auto gpu = make_backend("cuda", options);
   std::mt19937 rng(24);
   const int B = 4, T = 96, H = 4, Hkv = 2, D = 64, L = 3;
   const std::size_t q_n = static_cast<std::size_t>(B) * T * H * D;
@@ -779,7 +811,6 @@ TEST(CudaOps, AttentionBackwardIsBitwiseDeterministic) {
   shape.n_kv_heads = Hkv;
   shape.head_dim = D;
   shape.scale = 1.f / std::sqrt(static_cast<float>(D));
-  const std::vector<int32_t> src = {2, 0, 2, 1};  // two sequences share layer 2
 
   std::vector<DeviceBuffer<float>> K, V, dK, dV;
   std::vector<const float*> kp, vp;
@@ -852,6 +883,19 @@ TEST(CudaOps, AttentionBackwardIsBitwiseDeterministic) {
   }
 }
 
+TEST(CudaOps, AttentionBackwardIsBitwiseDeterministic) {
+  KVR_REQUIRE_CUDA();
+  check_attention_bitwise(BackendOptions{}, {2, 0, 2, 1});  // two sequences share layer 2
+}
+
+// cuDNN's deterministic backward, and the dK/dV additions in a fixed order.
+TEST(CudaOps, AttentionCudnnIsBitwiseDeterministic) {
+  KVR_REQUIRE_CUDA();
+  KVR_REQUIRE_CUDNN();
+  check_attention_bitwise(BackendOptions{"bf16", true}, {2, 0, 2, 1});  // per sequence
+  check_attention_bitwise(BackendOptions{"bf16", true}, {1, 1, 1, 1});  // one source layer
+}
+
 TEST(CudaOps, ReductionsAreBitwiseDeterministic) {
   KVR_REQUIRE_CUDA();
   auto gpu = make_backend("cuda");
@@ -903,7 +947,7 @@ TEST(CudaOps, AttentionAtomicDqMatchesCpu) {
 
 TEST(CudaOps, AttentionBf16MatchesCpu) {
   KVR_REQUIRE_CUDA();
-  const BackendOptions bf16{"bf16", true};
+  const BackendOptions bf16 = bf16_wmma();
   check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 51, bf16);     // GQA, partial tiles
   check_attention({3, 130, 130, 6, 2, 128, 0, 130, 3, 2}, 52, bf16); // D 128, three query tiles
   check_attention({2, 64, 64, 4, 1, 64, 0, 64, 1, 0}, 53, bf16);     // exact tile multiples, self only
@@ -916,12 +960,37 @@ TEST(CudaOps, AttentionBf16MatchesCpu) {
 // two agree far closer than bf16 does with fp32: kAttentionTwinTol.
 TEST(CudaOps, AttentionBf16MatchesCpuTwin) {
   KVR_REQUIRE_CUDA();
-  const BackendOptions bf16{"bf16", true};
+  const BackendOptions bf16 = bf16_wmma();
   check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 61, bf16, true);     // GQA, routed, partial tiles
   check_attention({3, 130, 130, 6, 2, 128, 0, 130, 3, 2}, 62, bf16, true); // D 128, three query tiles
   check_attention({2, 20, 70, 4, 1, 64, 50, 96, 3, 2}, 63, bf16, true);    // chunked prefill from a cache
   check_attention({3, 1, 37, 4, 2, 128, 36, 64, 3, 2}, 64, bf16, true);    // decode
   check_attention({2, 40, 40, 2, 1, 48, 0, 40, 3, 2}, 65, bf16, true);     // head_dim 48: fp32 on both
+}
+
+// ---------------------------------------------------------------- cuDNN attention
+
+// cuDNN against the CPU bf16 twin at training shapes, routed per sequence and with one source
+// layer for the whole batch (routing.granularity batch: K/V read from the source's buffer).
+TEST(CudaOps, AttentionCudnnMatchesCpuTwin) {
+  KVR_REQUIRE_CUDA();
+  KVR_REQUIRE_CUDNN();
+  for (const bool deterministic : {true, false}) {
+    const BackendOptions bf16{"bf16", deterministic};
+    check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2}, 71, bf16, true, true);           // per sequence
+    check_attention({4, 70, 70, 4, 2, 64, 0, 70, 3, 2, 1}, 72, bf16, true, true);        // one source: layer 1
+    check_attention({3, 130, 130, 6, 2, 128, 0, 130, 3, 2}, 73, bf16, true, true);       // head_dim 128
+    check_attention({2, 128, 128, 12, 4, 128, 0, 128, 3, 2, 2}, 74, bf16, true, true);  // GQA 12/4, self only
+  }
+}
+
+// Decode and prefill chunks keep the WMMA kernels in a backend that runs cuDNN for training.
+TEST(CudaOps, AttentionCudnnBackendKeepsKernelsForDecode) {
+  KVR_REQUIRE_CUDA();
+  KVR_REQUIRE_CUDNN();
+  const BackendOptions bf16{"bf16", true};
+  check_attention({3, 1, 37, 4, 2, 128, 36, 64, 3, 2}, 75, bf16, true);   // decode: twin tolerances
+  check_attention({2, 20, 70, 4, 1, 64, 50, 96, 3, 2}, 76, bf16, true);   // chunked prefill
 }
 
 // ---------------------------------------------------------------- bf16 matmul

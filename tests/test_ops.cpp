@@ -711,6 +711,16 @@ TEST(CpuAttentionForward, RejectsBadShapes) {
   p.shape = to_shape(attn_shape(1, 2, 2, 2, 2, 4));
   p.src = bad_src;
   EXPECT_THROW(be.attention_forward(p), std::invalid_argument);
+  // The kernels index within a sequence in int: 300000 steps x 64 heads x 128 is refused up front
+  // (the front, kvroute/attention_dims.h, checks before it reads any pointer).
+  p.src = src;
+  p.shape = to_shape(attn_shape(1, 300000, 300000, 64, 8, 128));
+  try {
+    be.attention_forward(p);
+    ADD_FAILURE() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "attention_forward: one sequence of q or K/V holds more than 2^31 - 1 elements");
+  }
 }
 
 // Backward of several attention calls (e.g. several layers) that share the K/V

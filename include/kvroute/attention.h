@@ -38,28 +38,37 @@ struct AttentionShape {
 // (src/cpu/attention_bf16_cpu.h). Other head dims run the fp32 attention on both backends.
 constexpr bool attention_bf16_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
-struct AttentionForward {
+// What a forward call reads, and so what its backward reads too: the one copy of these fields.
+struct AttentionInputs {
   AttentionShape shape;
   const float* q = nullptr;
   const float* const* k_layers = nullptr;  // host array of per-layer K pointers, indexed by source layer
   const float* const* v_layers = nullptr;
   const int32_t* src = nullptr;            // host array [B]: source layer of each sequence
+};
+
+struct AttentionForward : AttentionInputs {
   float* out = nullptr;
   float* lse = nullptr;                    // may be null when no backward follows
 };
 
-struct AttentionBackward {
-  AttentionShape shape;
-  const float* q = nullptr;
-  const float* const* k_layers = nullptr;
-  const float* const* v_layers = nullptr;
-  const int32_t* src = nullptr;
+// The backward of a forward call: that call's inputs, and its results (out, lse) read only.
+struct AttentionBackward : AttentionInputs {
   const float* out = nullptr;
   const float* lse = nullptr;
   const float* dout = nullptr;
-  float* dq = nullptr;                     // += 
+  float* dq = nullptr;                     // +=
   float* const* dk_layers = nullptr;       // += into dk_layers[src[b]]
   float* const* dv_layers = nullptr;
 };
+
+// The backward parameters of forward call f, gradients left to fill in.
+inline AttentionBackward backward_of(const AttentionForward& f) {
+  AttentionBackward b;
+  static_cast<AttentionInputs&>(b) = f;
+  b.out = f.out;
+  b.lse = f.lse;
+  return b;
+}
 
 }  // namespace kvroute

@@ -41,6 +41,10 @@ struct BackendOptions {
   // make_backend picks the launcher's local rank (launcher_local_rank() in comm.h), so under
   // mpirun each rank of a node drives its own GPU.
   int device_ordinal = -1;
+  // CUDA, bf16: run attention through cuDNN's fused kernels where they apply (training shapes at
+  // head_dim 64 and 128; cuda/cudnn_attention_plan.h). false keeps kvroute's own kernels, as does
+  // a build or a machine without cuDNN, or KVROUTE_CUDNN=0 in the environment.
+  bool cudnn_attention = true;
 };
 
 // Device memory held by a backend's own allocations (alloc_bytes and internal scratch).

@@ -11,8 +11,9 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/attention_geometry.h"
+#include "cpu/attention_flash.h"
 #include "cpu/bf16_tile_gemm.h"
+#include "cpu/cpu_backend.h"
 #include "cpu/cpu_math.h"
 
 namespace kvroute::cpu {
@@ -92,11 +93,10 @@ void pack_row_pairs(uint32_t* dst, int ld, const float* src, std::size_t stride,
 bool attention_bf16_native_available() { return cpu_has_avx512_bf16(); }
 
 void attention_forward_bf16(const AttentionForward& p, Bf16Path path) {
-  const AttentionGeometry g = forward_geometry(p);
+  const AttentionDims g = forward_dims(p);
   if (g.empty()) return;
   const TileGemm gemm = tile_gemm_for(path, "attention_forward");
-  const int n_qblocks = (g.Tq + kQueryBlock - 1) / kQueryBlock;
-  const long n_tasks = static_cast<long>(g.B) * g.H * n_qblocks;
+  const long n_tasks = forward_task_count(g, kQueryBlock);
   const int D = g.D;
   const int D2 = (D + 1) / 2;                // pairs per Q/K row
   const int Dp = round_up(D, kBf16TileCols);  // padded head_dim of the value/output tiles
@@ -115,34 +115,27 @@ void attention_forward_bf16(const AttentionForward& p, Bf16Path path) {
     std::vector<float> scores(static_cast<std::size_t>(kQueryBlock) * kKeyBlock);
     std::vector<uint32_t> p_pairs(static_cast<std::size_t>(kQueryBlock) * kKeyPairs);  // [query][key / 2]
     std::vector<float> acc(static_cast<std::size_t>(kQueryBlock) * Dp);                // unnormalised output
-    float row_max[kQueryBlock], row_sum[kQueryBlock];
+    SoftmaxRow rows_state[kQueryBlock];
 
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < n_tasks; ++task) {
-      // Latest query blocks (most keys) first, for load balance.
-      const int qb = n_qblocks - 1 - static_cast<int>(task % n_qblocks);
-      const int h = static_cast<int>((task / n_qblocks) % g.H);
-      const int b = static_cast<int>(task / n_qblocks / g.H);
-      const int layer = p.src[b];
-      const float* K = p.k_layers[layer] + g.kv_offset(b, h / g.group);
-      const float* V = p.v_layers[layer] + g.kv_offset(b, h / g.group);
-      const int i0 = qb * kQueryBlock;
-      const int nq = std::min(kQueryBlock, g.Tq - i0);
-      const int rows = round_up(nq, kBf16TileRows);
-      const int n_keys = g.keys_visible(i0 + nq - 1);
+      const ForwardTask t = forward_task(g, kQueryBlock, task);
+      const int layer = p.src[t.b];
+      const float* K = p.k_layers[layer] + g.kv_offset(t.b, t.h / g.group);
+      const float* V = p.v_layers[layer] + g.kv_offset(t.b, t.h / g.group);
+      const int rows = round_up(t.nq, kBf16TileRows);
 
-      pack_rows(q_pairs.data(), D2, p.q + g.q_offset(b, i0, h), g.q_row, nq, D, kQueryBlock);
+      pack_rows(q_pairs.data(), D2, p.q + g.q_offset(t.b, t.i0, t.h), g.q_row, t.nq, D, kQueryBlock);
       if (packed_of != K) {
         pack_transposed(k_t.data(), kt_ld, K, g.kv_row, max_keys, D);
         pack_row_pairs(v_pairs.data(), Dp, V, g.kv_row, max_keys, D, kt_ld);
         packed_of = K;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(row_max, row_max + kQueryBlock, -std::numeric_limits<float>::infinity());
-      std::fill(row_sum, row_sum + kQueryBlock, 0.f);
+      std::fill(rows_state, rows_state + kQueryBlock, SoftmaxRow{});
 
-      for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
-        const int nk = std::min(kKeyBlock, n_keys - j0);
+      for (int j0 = 0; j0 < t.n_keys; j0 += kKeyBlock) {
+        const int nk = std::min(kKeyBlock, t.n_keys - j0);
         const int nk2 = (nk + 1) / 2;
         // Only the key columns some query of the block sees (the diagonal tile is partly in the future).
         gemm(scores.data(), kKeyBlock, q_pairs.data(), D2, k_t.data() + j0, kt_ld, rows, round_up(nk, kBf16TileCols),
@@ -151,40 +144,21 @@ void attention_forward_bf16(const AttentionForward& p, Bf16Path path) {
         for (int i = 0; i < rows; ++i) {
           float* s = scores.data() + static_cast<std::size_t>(i) * kKeyBlock;
           uint32_t* pp = p_pairs.data() + static_cast<std::size_t>(i) * kKeyPairs;
-          const int cnt = i < nq ? std::min(nk, g.keys_visible(i0 + i) - j0) : 0;
+          const int cnt = visible_in_tile(g, t, i, j0, nk);
           if (cnt <= 0) {  // this tile is entirely in query i's future
             std::fill(pp, pp + nk2, 0u);
             continue;
           }
-          float tile_max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : tile_max)
-          for (int j = 0; j < cnt; ++j) {
-            s[j] *= g.scale;  // after the product, as the CUDA kernel scales S
-            tile_max = s[j] > tile_max ? s[j] : tile_max;
-          }
-          const float new_max = std::max(row_max[i], tile_max);
-          const float correction = fast_exp(row_max[i] - new_max);  // 0 on the first tile
-          const float tile_sum = exp_shifted(s, s, cnt, new_max);   // summed before rounding
-          std::fill(s + cnt, s + 2 * nk2, 0.f);                     // the P V product reads nk2 pairs
-          for (int j = 0; j < nk2; ++j) pp[j] = bf16_pair(s[2 * j], s[2 * j + 1]);
-          row_sum[i] = row_sum[i] * correction + tile_sum;
-          row_max[i] = new_max;
-          float* o = acc.data() + static_cast<std::size_t>(i) * Dp;
 #pragma omp simd
-          for (int d = 0; d < Dp; ++d) o[d] *= correction;
+          for (int j = 0; j < cnt; ++j) s[j] *= g.scale;  // after the product, as the CUDA kernel scales S
+          online_softmax_update(s, cnt, rows_state[i], acc.data() + static_cast<std::size_t>(i) * Dp, Dp);
+          std::fill(s + cnt, s + 2 * nk2, 0.f);  // the P V product reads nk2 pairs
+          for (int j = 0; j < nk2; ++j) pp[j] = bf16_pair(s[2 * j], s[2 * j + 1]);
         }
         gemm(acc.data(), Dp, p_pairs.data(), kKeyPairs, v_pairs.data() + static_cast<std::size_t>(j0 / 2) * Dp, Dp,
              rows, Dp, nk2, true);
       }
-
-      for (int i = 0; i < nq; ++i) {
-        const float inv = 1.0f / row_sum[i];
-        const float* o = acc.data() + static_cast<std::size_t>(i) * Dp;
-        float* dst = p.out + g.q_offset(b, i0 + i, h);
-#pragma omp simd
-        for (int d = 0; d < D; ++d) dst[d] = o[d] * inv;
-        if (p.lse) p.lse[g.lse_offset(b, h, i0 + i)] = row_max[i] + std::log(row_sum[i]);
-      }
+      finalize_rows(g, p, t, acc.data(), Dp, rows_state);
     }
   }
 }
@@ -193,7 +167,7 @@ void attention_forward_bf16(const AttentionForward& p, Bf16Path path) {
 //   dV_j += sum_i bf16(P_ij) dout_i,  dS_ij = P_ij (dout_i . v_j - delta_i),
 //   dK_j += scale sum_i bf16(dS_ij) q_i,  dq_i += scale sum_j bf16(dS_ij) k_j.
 void attention_backward_bf16(const AttentionBackward& p, Bf16Path path) {
-  const AttentionGeometry g = backward_geometry(p);
+  const AttentionDims g = backward_dims(p);
   if (g.empty()) return;
   const TileGemm gemm = tile_gemm_for(path, "attention_backward");
   constexpr int QB = kBackwardQueryBlock, KB = kBackwardKeyBlock;
@@ -203,7 +177,7 @@ void attention_backward_bf16(const AttentionBackward& p, Bf16Path path) {
   const int Tqp = round_up(g.Tq, QB);          // queries, padded to whole blocks
   const int n_keys = g.keys_visible(g.Tq - 1);
   const int Kp = round_up(n_keys, KB);         // keys, padded to whole tiles
-  const long n_tasks = static_cast<long>(g.B) * g.Hkv;
+  const long n_tasks = backward_task_count(g);
 
 #pragma omp parallel
   {
@@ -225,8 +199,7 @@ void attention_backward_bf16(const AttentionBackward& p, Bf16Path path) {
 
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < n_tasks; ++task) {
-      const int b = static_cast<int>(task / g.Hkv);
-      const int kv_head = static_cast<int>(task % g.Hkv);
+      const auto [b, kv_head] = backward_task(g, task);
       const int layer = p.src[b];
       const std::size_t kv_off = g.kv_offset(b, kv_head);
       const float* K = p.k_layers[layer] + kv_off;
@@ -239,15 +212,7 @@ void attention_backward_bf16(const AttentionBackward& p, Bf16Path path) {
 
       for (int hh = 0; hh < g.group; ++hh) {
         const int h = kv_head * g.group + hh;
-        for (int i = 0; i < g.Tq; ++i) {
-          const float* o = p.out + g.q_offset(b, i, h);
-          const float* go = p.dout + g.q_offset(b, i, h);
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int d = 0; d < D; ++d) dot += o[d] * go[d];
-          row_dot[i] = dot;
-          lse[i] = p.lse[g.lse_offset(b, h, i)];
-        }
+        load_row_stats(g, p, b, h, row_dot.data(), lse.data());
         const float* q = p.q + g.q_offset(b, 0, h);
         const float* dout = p.dout + g.q_offset(b, 0, h);
         pack_transposed(q_t.data(), Tqp, q, g.q_row, g.Tq, D);

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "cpu/attention_bf16_cpu.h"
-#include "cpu/attention_geometry.h"
+#include "cpu/attention_flash.h"
 #include "cpu/cpu_backend.h"
 #include "cpu/cpu_math.h"
 #include "cpu/tile_gemm.h"
@@ -36,7 +36,6 @@ constexpr int kBackwardQueryBlock = 32;
 constexpr int kBackwardKeyBlock = 32;
 static_assert(kBackwardQueryBlock % cpu::kTileCols == 0 && kBackwardKeyBlock % cpu::kTileRows == 0);
 
-using Geometry = cpu::AttentionGeometry;
 using cpu::round_up;
 
 // dst[r * ld + c] = scale * src[r * src_stride + c] for r < rows, c < cols; zero elsewhere
@@ -76,10 +75,9 @@ void add_rows(float* dst, std::size_t dst_stride, const float* tile, int ld, int
 
 void CpuBackend::attention_forward(const AttentionForward& p) {
   if (bf16_attention(p.shape)) return cpu::attention_forward_bf16(p, bf16_attention_path_);
-  const Geometry g = cpu::forward_geometry(p);
+  const AttentionDims g = forward_dims(p);
   if (g.empty()) return;
-  const int n_qblocks = (g.Tq + kQueryBlock - 1) / kQueryBlock;
-  const long n_tasks = static_cast<long>(g.B) * g.H * n_qblocks;
+  const long n_tasks = cpu::forward_task_count(g, kQueryBlock);
   const int D = g.D;
   const int Dp = round_up(D, cpu::kTileCols);  // padded head_dim of the value/output tiles
   const bool v_in_place = Dp == D;               // value rows can feed tile_gemm straight from memory
@@ -96,34 +94,27 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
     std::vector<float> v_tile(v_in_place ? 0 : static_cast<std::size_t>(kKeyBlock) * Dp);
     std::vector<float> scores(static_cast<std::size_t>(kQueryBlock) * kKeyBlock);  // then probabilities
     std::vector<float> acc(static_cast<std::size_t>(kQueryBlock) * Dp);           // unnormalised output
-    float row_max[kQueryBlock], row_sum[kQueryBlock];
+    cpu::SoftmaxRow rows_state[kQueryBlock];
 
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < n_tasks; ++task) {
-      // Latest query blocks (most keys) first, for load balance.
-      const int qb = n_qblocks - 1 - static_cast<int>(task % n_qblocks);
-      const int h = static_cast<int>((task / n_qblocks) % g.H);
-      const int b = static_cast<int>(task / n_qblocks / g.H);
-      const int layer = p.src[b];
-      const float* K = p.k_layers[layer] + g.kv_offset(b, h / g.group);
-      const float* V = p.v_layers[layer] + g.kv_offset(b, h / g.group);
-      const int i0 = qb * kQueryBlock;
-      const int nq = std::min(kQueryBlock, g.Tq - i0);
-      const int rows = round_up(nq, cpu::kTileRows);
-      const int n_keys = g.keys_visible(i0 + nq - 1);
+      const cpu::ForwardTask t = cpu::forward_task(g, kQueryBlock, task);
+      const int layer = p.src[t.b];
+      const float* K = p.k_layers[layer] + g.kv_offset(t.b, t.h / g.group);
+      const float* V = p.v_layers[layer] + g.kv_offset(t.b, t.h / g.group);
+      const int rows = round_up(t.nq, cpu::kTileRows);
 
-      load_rows(q_tile.data(), D, p.q + g.q_offset(b, i0, h), g.q_row, nq, D, kQueryBlock, g.scale);
+      load_rows(q_tile.data(), D, p.q + g.q_offset(t.b, t.i0, t.h), g.q_row, t.nq, D, kQueryBlock, g.scale);
       if (k_t_of != K) {
         load_transposed(k_t.data(), kt_ld, K, g.kv_row, max_keys, D);
         k_t_of = K;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      std::fill(row_max, row_max + kQueryBlock, -std::numeric_limits<float>::infinity());
-      std::fill(row_sum, row_sum + kQueryBlock, 0.f);
+      std::fill(rows_state, rows_state + kQueryBlock, cpu::SoftmaxRow{});
 
-      for (int j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
-        const int nk = std::min(kKeyBlock, n_keys - j0);
-        const float* v_rows = V + j0 * g.kv_row;
+      for (int j0 = 0; j0 < t.n_keys; j0 += kKeyBlock) {
+        const int nk = std::min(kKeyBlock, t.n_keys - j0);
+        const float* v_rows = V + static_cast<std::size_t>(j0) * g.kv_row;
         std::size_t v_ld = g.kv_row;
         if (!v_in_place) {
           load_rows(v_tile.data(), Dp, v_rows, g.kv_row, nk, D, kKeyBlock);
@@ -136,35 +127,17 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
 
         for (int i = 0; i < rows; ++i) {
           float* s = scores.data() + static_cast<std::size_t>(i) * kKeyBlock;
-          const int cnt = i < nq ? std::min(nk, g.keys_visible(i0 + i) - j0) : 0;
+          const int cnt = cpu::visible_in_tile(g, t, i, j0, nk);
           if (cnt <= 0) {  // this tile is entirely in query i's future
             std::fill(s, s + nk, 0.f);
             continue;
           }
-          float tile_max = -std::numeric_limits<float>::infinity();
-#pragma omp simd reduction(max : tile_max)
-          for (int j = 0; j < cnt; ++j) tile_max = s[j] > tile_max ? s[j] : tile_max;
-          const float new_max = std::max(row_max[i], tile_max);
-          const float correction = cpu::fast_exp(row_max[i] - new_max);  // 0 on the first tile
-          const float tile_sum = cpu::exp_shifted(s, s, cnt, new_max);
+          cpu::online_softmax_update(s, cnt, rows_state[i], acc.data() + static_cast<std::size_t>(i) * Dp, Dp);
           std::fill(s + cnt, s + nk, 0.f);  // the P.V product reads nk columns
-          row_sum[i] = row_sum[i] * correction + tile_sum;
-          row_max[i] = new_max;
-          float* o = acc.data() + static_cast<std::size_t>(i) * Dp;
-#pragma omp simd
-          for (int d = 0; d < Dp; ++d) o[d] *= correction;
         }
         cpu::tile_gemm(acc.data(), Dp, scores.data(), kKeyBlock, v_rows, static_cast<int>(v_ld), rows, Dp, nk);
       }
-
-      for (int i = 0; i < nq; ++i) {
-        const float inv = 1.0f / row_sum[i];
-        const float* o = acc.data() + static_cast<std::size_t>(i) * Dp;
-        float* dst = p.out + g.q_offset(b, i0 + i, h);
-#pragma omp simd
-        for (int d = 0; d < D; ++d) dst[d] = o[d] * inv;
-        if (p.lse) p.lse[g.lse_offset(b, h, i0 + i)] = row_max[i] + std::log(row_sum[i]);
-      }
+      cpu::finalize_rows(g, p, t, acc.data(), Dp, rows_state);
     }
   }
 }
@@ -178,7 +151,7 @@ void CpuBackend::attention_forward(const AttentionForward& p) {
 // the group, key tile (its dK/dV accumulate in tiles), query blocks that see it.
 void CpuBackend::attention_backward(const AttentionBackward& p) {
   if (bf16_attention(p.shape)) return cpu::attention_backward_bf16(p, bf16_attention_path_);
-  const Geometry g = cpu::backward_geometry(p);
+  const AttentionDims g = backward_dims(p);
   if (g.empty()) return;
   constexpr int QB = kBackwardQueryBlock, KB = kBackwardKeyBlock;
   using cpu::floatv;
@@ -188,7 +161,7 @@ void CpuBackend::attention_backward(const AttentionBackward& p) {
   const int Dr = round_up(D, cpu::kTileRows);  // rows of the transposed dq
   const int Tqp = round_up(g.Tq, QB);          // queries, padded to whole blocks
   const bool rows_in_place = Dp == D;          // q/dout rows can feed tile_gemm straight from memory
-  const long n_tasks = static_cast<long>(g.B) * g.Hkv;
+  const long n_tasks = cpu::backward_task_count(g);
   const int n_keys = g.keys_visible(g.Tq - 1);
 
 #pragma omp parallel
@@ -206,8 +179,7 @@ void CpuBackend::attention_backward(const AttentionBackward& p) {
 
 #pragma omp for schedule(dynamic)
     for (long task = 0; task < n_tasks; ++task) {
-      const int b = static_cast<int>(task / g.Hkv);
-      const int kv_head = static_cast<int>(task % g.Hkv);
+      const auto [b, kv_head] = cpu::backward_task(g, task);
       const int layer = p.src[b];
       const std::size_t kv_off = g.kv_offset(b, kv_head);
       const float* K = p.k_layers[layer] + kv_off;
@@ -217,15 +189,10 @@ void CpuBackend::attention_backward(const AttentionBackward& p) {
 
       for (int hh = 0; hh < g.group; ++hh) {
         const int h = kv_head * g.group + hh;
+        cpu::load_row_stats(g, p, b, h, row_dot.data(), lse.data());
         for (int i = 0; i < g.Tq; ++i) {
           const float* q = p.q + g.q_offset(b, i, h);
-          const float* o = p.out + g.q_offset(b, i, h);
           const float* go = p.dout + g.q_offset(b, i, h);
-          float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-          for (int d = 0; d < D; ++d) dot += o[d] * go[d];
-          row_dot[i] = dot;
-          lse[i] = p.lse[g.lse_offset(b, h, i)];
           for (int d = 0; d < D; ++d) {
             q_t[static_cast<std::size_t>(d) * Tqp + i] = q[d] * g.scale;  // scaled as in the forward
             do_t[static_cast<std::size_t>(d) * Tqp + i] = go[d];

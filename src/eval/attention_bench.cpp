@@ -65,14 +65,7 @@ AttentionBenchRow benchmark_attention(Backend* be, const AttentionBenchSpec& spe
   f.src = src.data();
   f.out = out.get();
   f.lse = lse.get();
-  AttentionBackward b;
-  b.shape = shape;
-  b.q = q.get();
-  b.k_layers = k_layers;
-  b.v_layers = v_layers;
-  b.src = src.data();
-  b.out = out.get();
-  b.lse = lse.get();
+  AttentionBackward b = backward_of(f);
   b.dout = dout.get();
   b.dq = dq.get();
   b.dk_layers = dk_layers;
