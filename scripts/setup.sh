@@ -24,6 +24,21 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 PRESET="${1:-${KVROUTE_PRESET:-default}}"
+# A CUDA build fetches cudnn-frontend's headers with pip and unzips them
+# (scripts/fetch_cudnn_frontend.sh): Debian's python3-pip and unzip.
+if [ "$PRESET" = cuda ] || { [ "$PRESET" = default ] && { command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; }; }; then
+  cuda_missing=()
+  for p in python3-pip unzip; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || cuda_missing+=("$p")
+  done
+  if [ ${#cuda_missing[@]} -gt 0 ]; then
+    echo "setup: installing ${cuda_missing[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${cuda_missing[@]}" ||
+      echo "setup: could not install ${cuda_missing[*]}; the CUDA build goes on without cuDNN attention" >&2
+  fi
+fi
 # A CUDA build also wants cudnn-frontend's headers for cuDNN attention; without them (no pip, no
 # network) it goes on with kvroute's own attention kernels, and CMake says so.
 case "$PRESET" in
